@@ -1,0 +1,187 @@
+"""The merge contract: flat inputs -> per-vector coefficients -> exact application.
+
+A merge method never builds weights. It returns one coefficient ``c_i`` per task vector
+(a Python float for a constant, or a flat fp32 tensor the shape of ``tau_i``) such that
+
+    theta = theta_pre + sum_i c_i ⊙ tau_i,
+
+and :func:`apply_coefficients` evaluates the algebraically equal form
+
+    theta = (1 - sum_i c_i) ⊙ theta_pre + sum_i c_i ⊙ theta_ft_i,
+
+which returns ``theta_ft_i`` bit for bit when ``c = e_i`` (in fp32, ``pre + (ft - pre)`` is
+not always ``ft``). That is what makes alpha=0 / alpha=1 reproduce the endpoints exactly.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from explorer.config import MergeSpec
+
+logger = logging.getLogger(__name__)
+
+Coefficient = Union[Tensor, float]
+MergeFn = Callable[["MergeInputs", MergeSpec], "list[Coefficient]"]
+
+
+@dataclass
+class MergeInputs:
+    """Everything a merge method may read.
+
+    Shape:
+        every ``taus[i]``: ``(N,)`` float32, all on one device.
+    """
+
+    taus: list[Tensor]                 # flat task vectors tau_i = ft_i - pre, natural ones first
+    segments: list[tuple[int, int]]    # (start, end) of each original tensor; tiles [0, N) in order
+    names: list[str] = field(default_factory=list)       # tensor keys, parallel to segments
+    context: dict[str, Any] = field(default_factory=dict)  # extras computed elsewhere (cached scores)
+
+    def __post_init__(self) -> None:
+        self.taus = list(self.taus)
+        if not self.taus:
+            raise ValueError("MergeInputs needs at least one task vector")
+        first = self.taus[0]
+        for i, tau in enumerate(self.taus):
+            if tau.dim() != 1 or tau.dtype != torch.float32:
+                raise ValueError(f"tau[{i}] must be a flat float32 tensor, "
+                                 f"got {tuple(tau.shape)} {tau.dtype}")
+            if tau.numel() != first.numel() or tau.device != first.device:
+                raise ValueError(f"tau[{i}] has {tau.numel()} elements on {tau.device}; "
+                                 f"tau[0] has {first.numel()} on {first.device}")
+        self.segments = [(int(a), int(b)) for a, b in self.segments] or [(0, first.numel())]
+        _check_tiling(self.segments, first.numel())
+        self.names = list(self.names) or [f"segment{i}" for i in range(len(self.segments))]
+        if len(self.names) != len(self.segments):
+            raise ValueError(f"{len(self.names)} names for {len(self.segments)} segments")
+
+    @property
+    def numel(self) -> int:
+        return self.taus[0].numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.taus[0].device
+
+
+def _check_tiling(segments: list[tuple[int, int]], numel: int) -> None:
+    pos = 0
+    for a, b in segments:
+        if a != pos or b < a:
+            raise ValueError(f"segments must tile [0, {numel}) in order; got ({a}, {b}) at offset {pos}")
+        pos = b
+    if pos != numel:
+        raise ValueError(f"segments end at {pos}, but the task vectors have {numel} elements")
+
+
+def masked_coefficient(lam: float, mask: Tensor | None, scale: float = 1.0) -> Coefficient:
+    """``lam * scale * mask`` as a coefficient; a float when there is no mask, ``0.0`` when lam is 0.
+
+    Shape:
+        mask: ``(N,)`` bool (or None for "keep everything"); result ``(N,)`` float32 or float.
+    """
+    if lam == 0.0:
+        return 0.0
+    if mask is None:
+        return float(lam) * scale
+    return mask.to(torch.float32).mul_(float(lam) * scale)
+
+
+@torch.no_grad()
+def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
+    """Run the registered method ``spec.method``: one coefficient per task vector.
+
+    Raises:
+        KeyError: unknown method (the message lists the valid ones).
+        ValueError: ``len(spec.lambdas) != len(inputs.taus)``.
+    """
+    from explorer.merging import get_method  # the registry lives in the package; avoid a cycle
+
+    method = get_method(spec.method)
+    if len(spec.lambdas) != len(inputs.taus):
+        raise ValueError(f"merge spec has {len(spec.lambdas)} lambdas for {len(inputs.taus)} task vectors")
+    coeffs = list(method(inputs, spec))
+    if len(coeffs) != len(inputs.taus):
+        raise RuntimeError(f"method {spec.method!r} returned {len(coeffs)} coefficients "
+                           f"for {len(inputs.taus)} task vectors")
+    for i, c in enumerate(coeffs):
+        if isinstance(c, Tensor) and (c.shape != inputs.taus[i].shape or c.dtype != torch.float32):
+            raise RuntimeError(f"method {spec.method!r}: coefficient {i} is {tuple(c.shape)} {c.dtype}, "
+                               f"expected {tuple(inputs.taus[i].shape)} float32")
+    return coeffs
+
+
+def _fp32(x: float) -> float:
+    """Round a Python float to the nearest float32 (as a Python float)."""
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
+@torch.no_grad()
+def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coefficient],
+                       out: Tensor | None = None) -> Tensor:
+    """``theta = (1 - sum_i c_i) ⊙ pre + sum_i c_i ⊙ ft_i``, exact at ``c = e_i``.
+
+    All arithmetic is float32 elementwise; float coefficients are rounded to float32 first, so a
+    float ``c`` and a tensor filled with ``c`` give the same result (tested on CPU; a backend that
+    fuses ``add(alpha=)`` and ``addcmul`` differently could differ in the last ulp away from the
+    endpoints, which stay exact because their products are exact). Terms with ``c_i == 0.0``
+    (a float) are skipped, so ``ft_i`` is not even read.
+
+    Args:
+        pre: pretrained weights. Shape ``(N,)`` float32.
+        fts: fine-tuned weights ``ft_i = pre + tau_i``, each ``(N,)`` float32 on pre's device.
+        coeffs: one per ft, a float or an ``(N,)`` float32 tensor.
+        out: optional ``(N,)`` float32 buffer written in place (e.g. the flat buffer a resident
+            model's parameters are views of); must not alias ``pre`` or any ``ft``.
+
+    Returns:
+        ``out`` (or a new tensor). No other full-size allocation is made.
+    """
+    fts, coeffs = list(fts), [c if isinstance(c, Tensor) else _fp32(float(c)) for c in coeffs]
+    if len(fts) != len(coeffs):
+        raise ValueError(f"{len(coeffs)} coefficients for {len(fts)} fine-tuned weight vectors")
+    for i, t in enumerate([*fts, *(c for c in coeffs if isinstance(c, Tensor))]):
+        if t.shape != pre.shape or t.device != pre.device or t.dtype != pre.dtype:
+            raise ValueError(f"operand {i}: {tuple(t.shape)} {t.dtype} on {t.device}; "
+                             f"pre is {tuple(pre.shape)} {pre.dtype} on {pre.device}")
+    if out is None:
+        out = torch.empty_like(pre)
+    elif (out.shape, out.dtype, out.device) != (pre.shape, pre.dtype, pre.device):
+        raise ValueError(f"out is {tuple(out.shape)} {out.dtype} on {out.device}; must match pre")
+    elif any(out.data_ptr() == t.data_ptr() for t in [pre, *fts]):
+        raise ValueError("out must not alias pre or a fine-tuned vector")
+
+    if any(isinstance(c, Tensor) for c in coeffs):
+        # The base weight 1 - sum c is a full tensor: build it in `out`, then scale by pre.
+        out.fill_(1.0)
+        for c in coeffs:
+            if isinstance(c, Tensor) or c != 0.0:
+                out.sub_(c)
+        out.mul_(pre)
+    else:
+        w0 = 1.0
+        for c in coeffs:
+            w0 = _fp32(w0 - c)  # exact fp32 subtraction (double rounding is innocuous for +,-)
+        torch.mul(pre, w0, out=out)
+    for c, ft in zip(coeffs, fts):
+        if isinstance(c, Tensor):
+            out.addcmul_(ft, c)
+        elif c != 0.0:
+            out.add_(ft, alpha=c)
+    return out
+
+
+@torch.no_grad()
+def merge_weights(pre: Tensor, fts: Sequence[Tensor], inputs: MergeInputs, spec: MergeSpec,
+                  out: Tensor | None = None) -> Tensor:
+    """Convenience: :func:`merge_coefficients` then :func:`apply_coefficients`.
+
+    Shape:
+        pre, every ft, out: ``(N,)`` float32 on the taus' device.
+    """
+    return apply_coefficients(pre, fts, merge_coefficients(inputs, spec), out=out)

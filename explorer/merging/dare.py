@@ -1,0 +1,35 @@
+"""DARE (drop and rescale): ``c_i = lambda_i * m_i / keep``, ``m_ij ~ Bernoulli(keep)``.
+
+Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a
+Free Lunch", https://arxiv.org/abs/2311.03099 (mergekit ``dare_linear``).
+"""
+from __future__ import annotations
+
+import torch
+
+from explorer.config import MergeSpec
+from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
+from explorer.merging.sparsify import bernoulli_mask, vector_seed
+
+PAPER = "https://arxiv.org/abs/2311.03099"
+
+
+@torch.no_grad()
+def dare(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
+    """``theta = pre + sum_i lambda_i (m_i ⊙ tau_i) / keep`` (https://arxiv.org/abs/2311.03099).
+
+    ``m_i`` is an i.i.d. Bernoulli(keep) mask drawn on the taus' device from a generator seeded
+    by ``vector_seed(spec.seed, i)``: deterministic, independent across vectors, and the same for
+    every lambda (so an alpha sweep reuses one draw). The 1/keep rescale keeps E[c_i] = lambda_i.
+    ``scope`` is irrelevant (the draw is per coordinate). keep=1 is task arithmetic exactly.
+    """
+    if spec.keep >= 1.0:
+        return [float(lam) for lam in spec.lambdas]
+    coeffs: list[Coefficient] = []
+    for i, (tau, lam) in enumerate(zip(inputs.taus, spec.lambdas)):
+        if lam == 0.0:
+            coeffs.append(0.0)
+            continue
+        mask = bernoulli_mask(tau.numel(), spec.keep, vector_seed(spec.seed, i), tau.device)
+        coeffs.append(masked_coefficient(lam, mask, 1.0 / spec.keep))
+    return coeffs

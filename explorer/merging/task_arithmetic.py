@@ -1,0 +1,22 @@
+"""Task arithmetic: ``c_i = lambda_i``.
+
+Ilharco et al., "Editing Models with Task Arithmetic", https://arxiv.org/abs/2212.04089
+"""
+from __future__ import annotations
+
+import torch
+
+from explorer.config import MergeSpec
+from explorer.merging.base import Coefficient, MergeInputs
+
+PAPER = "https://arxiv.org/abs/2212.04089"
+
+
+@torch.no_grad()
+def task_arithmetic(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
+    """``theta = pre + sum_i lambda_i tau_i`` (https://arxiv.org/abs/2212.04089).
+
+    Constant coefficients (floats): no tensor is read or allocated. A negative lambda negates.
+    ``keep``, ``scope`` and ``seed`` are ignored.
+    """
+    return [float(lam) for lam in spec.lambdas]
