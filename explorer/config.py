@@ -1,0 +1,177 @@
+"""Frozen configuration objects with JSON round-trip and a stable content hash.
+
+Every result row carries these; a row can be reproduced from its stored config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+Scope = Literal["global", "per_tensor"]
+Norm = Literal["Linf", "L2"]
+CODE_VERSION = "0.1.0"  # part of every store key: bump when results would change
+
+
+def parse_eps(value: str | float | int) -> float:
+    """``"4/255"`` or ``"0.0157"`` or a number -> float in [0, 1]; anything else is an error."""
+    if isinstance(value, (int, float)):
+        eps = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            eps = float(Fraction(text)) if "/" in text else float(text)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ValueError(f"eps {value!r} is not a number or a fraction like 4/255") from exc
+    if not 0.0 <= eps <= 1.0 or eps != eps:
+        raise ValueError(f"eps must lie in [0, 1] (pixel units), got {value!r}")
+    return eps
+
+
+def eps_label(eps: float) -> str:
+    """Human label: ``4/255`` when eps is a multiple of 1/255, else the float."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+class _Config:
+    """Mixin: JSON round-trip and content hash for frozen dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                v = data[f.name]
+                sub = _NESTED.get((cls.__name__, f.name))
+                if sub is not None and isinstance(v, dict):
+                    v = sub.from_dict(v)
+                elif isinstance(v, list):
+                    v = tuple(tuple(i) if isinstance(i, list) else i for i in v)
+                kwargs[f.name] = v
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """Stable content hash (sha256 of the canonical JSON)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AttackSpec(_Config):
+    name: str = "pgd-10"   # registry name: none | fgsm | pgd-K | apgd-ce | apgd-t | autoattack-fast | autoattack
+    eps: float = 4 / 255   # radius in pixel units ([0,1] images)
+    norm: Norm = "Linf"    # threat model
+    seed: int = 0          # every random choice of the attack derives from this
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eps", parse_eps(self.eps))
+        if self.norm not in ("Linf", "L2"):
+            raise ValueError(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
+
+    @property
+    def label(self) -> str:
+        """E.g. ``pgd-10 Linf eps=4/255``: what every number on screen names."""
+        if self.name == "none" or self.eps == 0:
+            return "none (clean)"
+        return f"{self.name} {self.norm} eps={eps_label(self.eps)}"
+
+
+@dataclass(frozen=True)
+class EvalSpec(_Config):
+    task: str = "shapes"   # registry name of the evaluation task
+    n: int = 256           # number of evaluation images (a fixed seeded subset)
+    seed: int = 0          # which subset
+    split: str = "test"    # held-out split
+
+    def __post_init__(self) -> None:
+        if int(self.n) < 1:
+            raise ValueError(f"sample count n must be >= 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class MergeSpec(_Config):
+    method: str = "task_arithmetic"    # registry name in explorer.merging.METHODS
+    lambdas: tuple[float, ...] = ()    # one coefficient per task vector (natural ones first)
+    keep: float = 1.0                  # fraction of coordinates kept, in (0, 1]
+    scope: Scope = "global"            # sparsity over all merged tensors or per tensor
+    seed: int = 0                      # randomness of the method (DARE drops, ...)
+    alpha: float | None = None         # trade-off weight when built by ``from_alpha``
+    options: tuple[tuple[str, Any], ...] = ()  # method-specific settings, sorted (key, value) pairs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in self.options)))
+        if not 0.0 < float(self.keep) <= 1.0:
+            raise ValueError(f"keep must lie in (0, 1], got {self.keep}")
+        if self.scope not in ("global", "per_tensor"):
+            raise ValueError(f"scope must be 'global' or 'per_tensor', got {self.scope!r}")
+        if self.alpha is not None and not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+
+    @classmethod
+    def from_alpha(cls, alpha: float, n_natural: int = 1, n_robust: int = 1, scale: float = 1.0,
+                   **kwargs: Any) -> "MergeSpec":
+        """The trade-off parametrisation: natural vectors share ``s*(1-alpha)``, robust ``s*alpha``.
+
+        With one vector of each kind, alpha=0 is the natural model and alpha=1 the robust one.
+        """
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        nat = [scale * (1.0 - alpha) / n_natural] * n_natural
+        rob = [scale * alpha / n_robust] * n_robust
+        return cls(lambdas=tuple(nat + rob), alpha=float(alpha), **kwargs)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class SweepSpec(_Config):
+    manifest: str                         # path of the TOML manifest
+    base: str                             # manifest name of the pretrained model
+    natural: tuple[str, ...]              # manifest names of natural fine-tunes
+    robust: tuple[str, ...]               # manifest names of robust fine-tunes
+    methods: tuple[str, ...] = ("task_arithmetic",)
+    alphas: tuple[float, ...] = tuple(i / 10 for i in range(11))
+    keeps: tuple[float, ...] = (1.0,)
+    scope: Scope = "global"
+    scale: float = 1.0
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    merge_seed: int = 0
+
+
+_NESTED = {("SweepSpec", "attack"): AttackSpec, ("SweepSpec", "eval"): EvalSpec}
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """``"0:1:11"`` (start:stop:count, inclusive) or ``"0,0.5,1"`` -> tuple of floats in [0,1]."""
+    text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"alphas {text!r}: use start:stop:count, e.g. 0:1:11")
+        start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+        if count < 1:
+            raise ValueError("alphas: count must be >= 1")
+        vals = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
+    else:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    vals = [round(v, 10) for v in vals]
+    bad = [v for v in vals if not 0.0 <= v <= 1.0]
+    if not vals or bad:
+        raise ValueError(f"alphas must be in [0, 1]; got {text!r}")
+    return tuple(vals)

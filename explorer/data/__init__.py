@@ -1,0 +1,78 @@
+"""Evaluation tasks: a registry of named zero-shot classification tasks.
+
+A task gives class names, prompt templates and fixed, seeded subsets of its images as
+float tensors in [0, 1] (NCHW). Names: the synthetic demo tasks (``explorer.data.synthetic``),
+``folder:/path/to/root`` (one sub-folder per class) and ``torchvision:NAME`` (downloaded only
+when the user passes ``download=True``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    """A zero-shot classification task.
+
+    Attributes:
+        name: registry name.
+        classnames: class names in label order.
+        templates: prompt templates, each with one ``{}``.
+        loader: ``loader(split, n, seed) -> (images [n,3,H,W] in [0,1], labels [n] int64)``;
+            the same (split, n, seed) always gives the same images.
+        splits: the split names the loader accepts.
+        description: one line for the UI and docs.
+    """
+
+    name: str
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    loader: Callable[[str, int, int], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
+    splits: tuple[str, ...] = ("test",)
+    description: str = ""
+
+    def load(self, split: str = "test", n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed, seeded subset of ``n`` images of ``split``. Shape: [n,3,H,W] in [0,1], [n]."""
+        if split not in self.splits:
+            raise ValueError(f"task {self.name!r} has no split {split!r}; it has {list(self.splits)}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        x, y = self.loader(split, n, seed)
+        return x.float().clamp_(0, 1), y.long()
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task]) -> None:
+    """Register a task factory under ``name`` (called lazily by ``get_task``)."""
+    _FACTORIES[name] = factory
+
+
+def task_names() -> list[str]:
+    """Names of the registered tasks (``folder:`` and ``torchvision:`` names come on top)."""
+    _ensure_builtin()
+    return sorted(_FACTORIES)
+
+
+def get_task(name: str, download: bool = False) -> Task:
+    """Look up a task by name; unknown names raise ``KeyError`` listing the valid ones."""
+    _ensure_builtin()
+    if name.startswith("folder:"):
+        from .folder import folder_task
+        return folder_task(name[len("folder:"):])
+    if name.startswith("torchvision:"):
+        from .tv import torchvision_task
+        return torchvision_task(name[len("torchvision:"):], download=download)
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown task {name!r}; valid: {sorted(_FACTORIES)} "
+                       "or folder:PATH or torchvision:NAME")
+    return _FACTORIES[name]()
+
+
+def _ensure_builtin() -> None:
+    # The synthetic demo tasks register themselves on import.
+    from . import synthetic  # noqa: F401

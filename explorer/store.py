@@ -1,0 +1,95 @@
+"""SQLite results store: every point is committed the moment it is computed.
+
+Rows are keyed by a content hash of (weights digests, merge spec, eval spec, attack spec,
+code version), so a re-run is served from the store and a sweep cut off midway resumes where
+it stopped. Per-sample flags are kept beside each row.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    sweep TEXT,
+    row TEXT NOT NULL,
+    clean_flags BLOB,
+    robust_flags BLOB
+);
+CREATE INDEX IF NOT EXISTS points_sweep ON points(sweep);
+"""
+
+
+def default_store_path() -> Path:
+    """``$EXPLORER_HOME/results.sqlite`` (default ``~/.cache/trade-off-explorer``)."""
+    import os
+
+    home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "trade-off-explorer"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "results.sqlite"
+
+
+class Store:
+    """Thread-safe SQLite store of result rows (JSON) with per-sample boolean flags."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        with self._lock:
+            if str(self.path) != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._db.commit()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            cur = self._db.execute("SELECT row FROM points WHERE key = ?", (key,)).fetchone()
+        return json.loads(cur[0]) if cur else None
+
+    def flags(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(clean_correct, robust) boolean arrays of a stored point."""
+        with self._lock:
+            cur = self._db.execute("SELECT clean_flags, robust_flags FROM points WHERE key = ?",
+                                   (key,)).fetchone()
+        if not cur or cur[0] is None:
+            return None
+        return (np.frombuffer(cur[0], dtype=np.bool_).copy(), np.frombuffer(cur[1], dtype=np.bool_).copy())
+
+    def put(self, key: str, row: dict[str, Any], clean: np.ndarray | None = None,
+            robust: np.ndarray | None = None, sweep: str | None = None) -> None:
+        """Insert or replace one point and commit at once."""
+        blob = (lambda a: None if a is None else np.asarray(a, dtype=np.bool_).tobytes())
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO points (key, created, sweep, row, clean_flags, robust_flags) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, time.time(), sweep, json.dumps(row, sort_keys=True), blob(clean), blob(robust)))
+            self._db.commit()
+
+    def rows(self, sweep: str | None = None) -> list[dict[str, Any]]:
+        """All rows (of one sweep if given), oldest first."""
+        sql, args = "SELECT row FROM points", ()
+        if sweep is not None:
+            sql, args = sql + " WHERE sweep = ?", (sweep,)
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY created", args).fetchall()
+        return [json.loads(r[0]) for r in cur]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM points").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,114 @@
+"""Zero-shot CLIP classification with the pixel-space contract.
+
+``ZeroShotClassifier`` takes images in [0, 1] (NCHW, any size), resizes and normalises them
+inside ``forward`` (so attacks see the real threat model) and returns logits
+``logit_scale * cos(image_emb, class_emb)``, never probabilities.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALISATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+
+
+def text_digest(model: nn.Module) -> str:
+    """Content digest of every weight outside the visual tower (what the text head depends on)."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        if not name.startswith("visual."):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def build_text_head(
+    model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """Class embeddings: mean of the normalised prompt embeddings of each class, renormalised.
+
+    Shape: returns [n_classes, embed_dim], rows of unit norm.
+    """
+    if not classnames:
+        raise ValueError("the class list is empty: give at least two class names")
+    if not templates:
+        raise ValueError("no prompt templates given")
+    device = next(model.parameters()).device
+    prompts = [t.format(c) for c in classnames for t in templates]
+    tokens = tokenizer(prompts).to(device)
+    emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    emb = emb.view(len(classnames), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+class ZeroShotClassifier(nn.Module):
+    """CLIP as an image classifier over a fixed class list.
+
+    Args:
+        model: an open_clip CLIP model (its weights may change in place between calls;
+            call ``refresh_text_head`` if anything outside ``visual.`` changed).
+        tokenizer: the model's tokenizer.
+        classnames: class names, in label order.
+        templates: prompt templates with one ``{}``.
+        normalize: ``"clip"`` or ``"imagenet"`` mean/std, or an explicit (mean, std) pair.
+        image_size: side the images are resized to before the visual tower.
+
+    Shape:
+        forward: x [N, 3, H, W] float in [0, 1] -> logits [N, n_classes].
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, classnames: Sequence[str],
+                 templates: Sequence[str] = DEFAULT_TEMPLATES,
+                 normalize: str | tuple = "clip", image_size: int | None = None,
+                 text_key: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.classnames = tuple(classnames)
+        self.templates = tuple(templates)
+        mean, std = NORMALISATIONS[normalize] if isinstance(normalize, str) else normalize
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        size = image_size or getattr(model.visual, "image_size", 224)
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self._head_key: str | None = None
+        self.text_head: torch.Tensor | None = None
+        self.refresh_text_head(key=text_key)
+
+    def refresh_text_head(self, key: str | None = None, force: bool = False) -> bool:
+        """Recompute the class embeddings if the text weights changed. Returns True if it did.
+
+        ``key`` names the text weights (the engine passes a cheap one); by default it is a
+        digest of every non-visual weight.
+        """
+        key = (key if key is not None else text_digest(self.model)) + repr((self.classnames, self.templates))
+        if not force and key == self._head_key:
+            return False
+        self.text_head = build_text_head(self.model, self.tokenizer, self.classnames, self.templates)
+        self._head_key = key
+        return True
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """[0,1] pixels -> normalised model input at the tower's resolution (differentiable)."""
+        if x.shape[-2:] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = F.normalize(self.model.encode_image(self.preprocess(x)).float(), dim=-1)
+        head = self.text_head.to(feats.device)
+        return self.model.logit_scale.exp().float() * feats @ head.t()
