@@ -1,0 +1,120 @@
+"""``python -m explorer bench``: the engine against a plain per-point path, on the same work.
+
+The plain path is what one writes without the engine: for every point, read the checkpoints,
+build task vectors and the merged state dict, create a fresh model, rebuild the text head, and
+run torchattacks on every image. Both paths run the same sweep in one process, side by side;
+the output gives both times, both robust accuracies and, last, ``speedup ratio: X``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+import torchattacks
+
+from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
+from .data import get_task
+from .frontier import Engine
+from .taskvec import TaskVector, sum_vectors
+from .zeroshot import ZeroShotClassifier
+from .zoo import Manifest, create_model, load_manifest, load_weights
+
+log = logging.getLogger(__name__)
+
+
+def plain_classifier(manifest: Manifest, base: str, state_dict: dict[str, torch.Tensor], task: str,
+                     device: str | torch.device = "cpu") -> ZeroShotClassifier:
+    """A freshly created model holding ``state_dict``, wrapped as a zero-shot classifier."""
+    entry = manifest.get(base)
+    model, tok = create_model(entry)
+    model.load_state_dict(state_dict, strict=False)
+    model = model.to(device).eval()
+    t = get_task(task)
+    return ZeroShotClassifier(model, tok, t.classnames, t.templates, normalize=entry.normalize)
+
+
+def torchattacks_attack(model: torch.nn.Module, spec: AttackSpec, n_classes: int):
+    """The torchattacks object a plain script would use for ``spec`` (all images attacked)."""
+    k = int(spec.name.split("-")[1]) if spec.name.startswith("pgd-") else None
+    if k is not None:
+        return torchattacks.PGD(model, eps=spec.eps, alpha=2.5 * spec.eps / k, steps=k, random_start=True)
+    if spec.name == "fgsm":
+        return torchattacks.FGSM(model, eps=spec.eps)
+    apgd = torchattacks.APGD(model, norm=spec.norm, eps=spec.eps, steps=100, seed=spec.seed, loss="ce")
+    apgdt = torchattacks.APGDT(model, norm=spec.norm, eps=spec.eps, steps=100, seed=spec.seed,
+                               n_classes=min(n_classes, 10))
+    stages = {"apgd-ce": [apgd], "apgd-t": [apgdt], "autoattack-fast": [apgd, apgdt]}
+    if spec.name not in stages:
+        raise ValueError(f"bench supports pgd-K, fgsm, apgd-ce, apgd-t, autoattack-fast; got {spec.name}")
+    return stages[spec.name][0] if len(stages[spec.name]) == 1 else torchattacks.MultiAttack(stages[spec.name])
+
+
+def plain_point(manifest: Manifest, base: str, natural: Sequence[str], robust: Sequence[str],
+                spec: MergeSpec, attack: AttackSpec, ev: EvalSpec, device: str = "cpu") -> dict:
+    """One point the plain way (task arithmetic on state dicts; torchattacks on every image)."""
+    t0 = time.perf_counter()
+    ref = create_model(manifest.get(base))[0].state_dict()
+    pre = load_weights(manifest.get(base), ref)
+    vecs = [TaskVector.extract(pre, load_weights(manifest.get(n), ref), n) for n in [*natural, *robust]]
+    merged = sum_vectors(vecs, spec.lambdas).apply_to(pre)
+    clf = plain_classifier(manifest, base, merged, ev.task, device)
+    x, y = get_task(ev.task).load(ev.split, ev.n, ev.seed)
+    x, y = x.to(device), y.to(device)
+    torch.manual_seed(attack.seed)
+    atk = torchattacks_attack(clf, attack, len(clf.classnames))
+    correct, robust_ok = 0, 0
+    for i in range(0, x.shape[0], 256):
+        xb, yb = x[i:i + 256], y[i:i + 256]
+        with torch.no_grad():
+            correct += int((clf(xb).argmax(1) == yb).sum())
+        adv = atk(xb, yb)
+        with torch.no_grad():
+            robust_ok += int((clf(adv).argmax(1) == yb).sum())
+    n = x.shape[0]
+    return {"alpha": spec.alpha, "clean_acc": correct / n, "robust_acc": robust_ok / n,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec, ev: EvalSpec,
+              alphas: Sequence[float], device: str | None = None) -> dict:
+    """Time the plain path and the engine on the same sweep; returns both and the ratio."""
+    engine_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    plain_rows, t0 = [], time.perf_counter()
+    for a in alphas:
+        plain_rows.append(plain_point(manifest, manifest.defaults.get("base", "pretrained"), [natural],
+                                      [robust], MergeSpec.from_alpha(a), attack, ev, engine_device))
+    plain_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    engine = Engine(manifest, device=engine_device, store=None)
+    spec = SweepSpec(manifest=str(manifest.path), base=engine.base, natural=(natural,), robust=(robust,),
+                     alphas=tuple(alphas), attack=attack, eval=ev)
+    engine_rows = list(engine.sweep(spec, progress=False))
+    engine_s = time.perf_counter() - t1
+    mean = lambda rows: sum(r["robust_acc"] for r in rows) / len(rows)  # noqa: E731
+    return {"device": str(engine.device), "params": engine.layout.numel, "points": len(alphas),
+            "attack": attack.label, "n": ev.n, "plain_seconds": plain_s, "engine_seconds": engine_s,
+            "plain_robust": mean(plain_rows), "engine_robust": mean(engine_rows),
+            "plain_rows": plain_rows, "engine_rows": engine_rows, "speedup": plain_s / engine_s}
+
+
+def cmd_bench(args) -> int:
+    from .__main__ import resolve_specs
+
+    manifest = load_manifest(args.manifest)
+    attack, ev = resolve_specs(args, manifest)
+    nat = manifest.names("natural")[0]
+    rob = manifest.names("robust")[0]
+    alphas = parse_alphas(f"0:1:{args.points}")
+    r = run_bench(manifest, nat, rob, attack, ev, alphas, args.device)
+    print(f"device: {r['device']}  model: {r['params'] / 1e6:.2f}M params  sweep: {nat} -> {rob}, "
+          f"{r['points']} points, {r['attack']}, n={r['n']}, task={ev.task}")
+    for p, e in zip(r["plain_rows"], r["engine_rows"]):
+        print(f"  alpha={p['alpha']:.2f}  plain clean={p['clean_acc']:.3f} robust={p['robust_acc']:.3f} "
+              f"({p['seconds']:.2f}s) | engine clean={e['clean_acc']:.3f} robust={e['robust_acc']:.3f} "
+              f"({e['seconds']:.2f}s)")
+    print(f"plain path:  {r['plain_seconds']:.2f} s, mean robust acc {r['plain_robust']:.4f}")
+    print(f"engine:      {r['engine_seconds']:.2f} s, mean robust acc {r['engine_robust']:.4f}")
+    print(f"speedup ratio: {r['speedup']:.2f}")
+    return 0

@@ -1,0 +1,148 @@
+"""Clean and robust evaluation with per-sample results and sanity checks.
+
+Robust accuracy counts a sample as robust only if it is clean-correct and no valid adversarial
+example is known for it: first the bank of examples found at neighbouring merge points (any
+``x_adv`` in the eps-ball that fools the current model is a proof), then the attack, run only
+on what survives.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .attacks import check_gradients, check_logits, run_attack
+from .config import AttackSpec
+
+log = logging.getLogger(__name__)
+
+
+class SanityError(AssertionError):
+    """An evaluation broke an invariant (robust > clean, x_adv outside the ball, ...)."""
+
+
+@dataclass
+class EvalResult:
+    """Per-sample outcome of one evaluation. Flags are boolean CPU tensors of length n."""
+
+    clean_correct: torch.Tensor
+    robust: torch.Tensor
+    attack: AttackSpec
+    seconds: dict[str, float] = field(default_factory=dict)
+    n_reused: int = 0        # non-robust samples proved by a banked adversarial example
+    n_attacked: int = 0      # samples the attack itself ran on
+    x_adv: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.clean_correct.numel())
+
+    @property
+    def clean_acc(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_acc(self) -> float:
+        return float(self.robust.float().mean())
+
+
+class AdversarialBank:
+    """Adversarial examples found so far for one eval set and one threat model (eps, norm).
+
+    Shape: ``x`` [n, 3, H, W] in [0, 1]; ``has`` [n] bool.
+    """
+
+    def __init__(self, x: torch.Tensor, attack: AttackSpec) -> None:
+        self.key = (attack.eps, attack.norm)
+        self.x = x.clone()
+        self.has = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def matches(self, attack: AttackSpec) -> bool:
+        return (attack.eps, attack.norm) == self.key
+
+    def update(self, idx: torch.Tensor, x_adv: torch.Tensor) -> None:
+        self.x[idx] = x_adv.to(self.x.device)
+        self.has[idx] = True
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Predicted labels. Shape: x [N,3,H,W] in [0,1] -> [N] int64 (on x's device)."""
+    out = [model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def check_ball(x: torch.Tensor, x_adv: torch.Tensor, attack: AttackSpec) -> None:
+    """Raise ``SanityError`` if ``x_adv`` leaves [0,1] or the attack's eps-ball."""
+    if x_adv.numel() == 0:
+        return
+    if x_adv.min() < 0 or x_adv.max() > 1:
+        raise SanityError(f"{attack.label}: adversarial images leave [0, 1]")
+    d = (x_adv - x).flatten(1)
+    dist = d.abs().amax(1) if attack.norm == "Linf" else d.norm(dim=1)
+    if dist.max() > attack.eps + 1e-6 * (1 if attack.norm == "Linf" else 10):
+        raise SanityError(f"{attack.label}: perturbation {float(dist.max()):.6f} exceeds eps {attack.eps:.6f}")
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, *,
+             sample_ids: torch.Tensor | None = None, bank: AdversarialBank | None = None,
+             batch_size: int = 256, checks: bool = True, return_adv: bool = False,
+             progress: bool = False) -> EvalResult:
+    """Clean and robust accuracy of ``model`` on (x, y) under ``attack``.
+
+    Args:
+        model: pixels in [0,1] -> logits (e.g. ``ZeroShotClassifier``), in eval mode.
+        x: images [N,3,H,W] in [0,1]; y: labels [N].
+        sample_ids: stable ids of the samples (seed the attack's per-sample randomness).
+        bank: adversarial examples from neighbouring points, tried before the attack and
+            updated with what the attack finds.
+        checks: run the sanity checks (logits not probabilities, non-zero input gradients,
+            x_adv in the eps-ball and in [0,1], robust <= clean).
+    """
+    ids = torch.arange(x.shape[0], device=x.device) if sample_ids is None else sample_ids
+    t0 = time.perf_counter()
+    if checks:
+        with torch.no_grad():
+            check_logits(model(x[: min(8, x.shape[0])]))
+    pred = predict(model, x, batch_size)
+    correct = pred == y
+    t1 = time.perf_counter()
+    robust = correct.clone()
+    res = EvalResult(correct.cpu(), robust.cpu(), attack)
+    x_adv = x.clone() if return_adv else None
+    if attack.name != "none" and attack.eps > 0 and bool(correct.any()):
+        if checks:
+            check_gradients(model, x[correct][:8], y[correct][:8])
+        todo = correct.nonzero().flatten()
+        if bank is not None and bank.matches(attack):
+            cand = todo[bank.has[todo]]
+            if cand.numel():
+                fooled = predict(model, bank.x[cand], batch_size) != y[cand]
+                robust[cand[fooled]] = False
+                res.n_reused = int(fooled.sum())
+                if x_adv is not None:
+                    x_adv[cand[fooled]] = bank.x[cand[fooled]]
+                todo = todo[robust[todo]]
+        t2 = time.perf_counter()
+        if todo.numel():
+            adv = run_attack(model, x[todo], y[todo], attack, sample_ids=ids[todo],
+                             batch_size=batch_size, progress=progress)
+            if checks:
+                check_ball(x[todo], adv, attack)
+            fooled = predict(model, adv, batch_size) != y[todo]
+            robust[todo[fooled]] = False
+            if bank is not None and bank.matches(attack):
+                bank.update(todo[fooled], adv[fooled])
+            if x_adv is not None:
+                x_adv[todo] = adv
+        res.n_attacked = int(todo.numel())
+        res.seconds.update(bank=t2 - t1, attack=time.perf_counter() - t2)
+    res.seconds["clean"] = t1 - t0
+    res.robust = robust.cpu()
+    res.x_adv = x_adv
+    if checks and bool((res.robust & ~res.clean_correct).any()):
+        raise SanityError("robust accuracy counts a sample that is not clean-correct")
+    return res

@@ -1,0 +1,236 @@
+"""Frontier engine: merged models on the clean vs robust accuracy plane, streamed and stored.
+
+The engine keeps theta_pre and every fine-tuned model as flat float32 buffers on the device and
+the model's parameters as views into one flat buffer, so a merge is one pass written into the
+resident model (no state-dict rebuild, no disk read, no re-creation). Eval sets and text heads
+are cached; adversarial examples found at one point are tried first at the next (``evaluate``).
+Every point is committed to the store as it finishes; a re-run is served from the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .data import get_task
+from .evaluate import AdversarialBank, EvalResult, evaluate
+from .merging import MergeInputs, apply_coefficients, merge_coefficients
+from .merging.context import PREPARERS
+from .store import Store
+from .taskvec import FlatLayout, bind_flat
+from .zeroshot import ZeroShotClassifier
+from .zoo import Manifest, ModelEntry, create_model, load_manifest, load_weights
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def flat_digest(flat: torch.Tensor) -> str:
+    return hashlib.sha256(flat.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class Vector:
+    """A fine-tuned model held flat on the device: ``ft`` and ``tau = ft - pre``."""
+
+    name: str
+    role: str
+    ft: torch.Tensor
+    tau: torch.Tensor
+    digest: str
+    touches_text: bool
+
+
+class Engine:
+    """Resident merge + evaluation engine for one manifest and base model.
+
+    Args:
+        manifest: a ``Manifest`` or the path of one (default: the demo zoo).
+        base: manifest name of the pretrained model (default: the manifest's default).
+        device: ``"cuda"``/``"cpu"`` (default: cuda when available).
+        store: results store (default: none, nothing persisted).
+        batch_size: evaluation/attack batch size.
+    """
+
+    def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
+                 device: str | None = None, store: Store | None = None, batch_size: int | None = None) -> None:
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.base = base or self.manifest.defaults.get("base") or self.manifest.names("base")[0]
+        self.device = torch.device(device or default_device())
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.store = store
+        self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
+        entry = self.manifest.get(self.base)
+        model, self.tokenizer = create_model(entry)
+        self.reference = {k: v.clone() for k, v in model.state_dict().items()}
+        self.layout = FlatLayout.from_state_dict(self.reference)
+        self.pre_sd = load_weights(entry, self.reference)
+        missing = [k for k in self.layout.keys if k not in self.pre_sd]
+        if missing:
+            raise ValueError(f"base model {self.base!r} must hold both towers; missing {missing[:5]}")
+        self.pre = self.layout.flatten(self.pre_sd, self.device)
+        self.base_digest = flat_digest(self.pre)
+        self.theta = self.pre.clone()
+        self.model = model.to(self.device).eval()
+        bind_flat(self.model, self.layout, self.theta)
+        self._text_mask = self.layout.mask_of(lambda k: not k.startswith("visual.")).to(self.device)
+        self._vectors: dict[str, Vector] = {}
+        self._classifiers: dict[str, ZeroShotClassifier] = {}
+        self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._banks: dict[tuple, AdversarialBank] = {}
+        self._text_key: Any = None
+        self._contexts: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ models
+    def vector(self, name: str) -> Vector:
+        """The named fine-tune, loaded once and kept resident (missing towers = pretrained)."""
+        if name not in self._vectors:
+            entry = self.manifest.get(name)
+            sd = load_weights(entry, self.reference)
+            ft = self.layout.flatten(sd, self.device, fill=self.pre_sd)
+            tau = ft - self.pre
+            self._vectors[name] = Vector(name, entry.role, ft, tau, flat_digest(ft),
+                                         bool(tau[self._text_mask].abs().max() > 0))
+        return self._vectors[name]
+
+    def add_entry(self, entry: ModelEntry) -> Vector:
+        """Register a new checkpoint (validated against the base architecture) and load it."""
+        self.manifest.add(entry)
+        self._vectors.pop(entry.name, None)
+        try:
+            return self.vector(entry.name)
+        except Exception:
+            self.manifest.models.pop(entry.name, None)
+            raise
+
+    def vectors(self, names: Sequence[str]) -> list[Vector]:
+        return [self.vector(n) for n in names]
+
+    def merge(self, names: Sequence[str], spec: MergeSpec) -> None:
+        """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model."""
+        vecs = self.vectors(names)
+        if len(spec.lambdas) != len(vecs):
+            raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
+        inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
+                             names=list(self.layout.keys), context=self.context(names, spec))
+        coeffs = merge_coefficients(inputs, spec)
+        apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
+        text = tuple((v.name, c if isinstance(c, float) else spec.digest())
+                     for v, c in zip(vecs, coeffs) if v.touches_text and (not isinstance(c, float) or c != 0))
+        if text != self._text_key:
+            self._text_key = text
+            for clf in self._classifiers.values():
+                clf.refresh_text_head(key=repr(text))
+
+    def context(self, names: Sequence[str], spec: MergeSpec) -> dict:
+        """Extras a method needs (e.g. stability scores), computed once per setting and cached."""
+        prepare = PREPARERS.get(spec.method)
+        if prepare is None:
+            return {}
+        return prepare(self, list(names), spec)
+
+    def merged_state_dict(self, names: Sequence[str], spec: MergeSpec) -> dict[str, torch.Tensor]:
+        """The merged weights as a CPU state dict (for download / the plain path)."""
+        self.merge(names, spec)
+        out = {k: v.detach().cpu().clone() for k, v in self.layout.unflatten(self.theta).items()}
+        return out
+
+    # ------------------------------------------------------------------ data
+    def classifier(self, task: str) -> ZeroShotClassifier:
+        if task not in self._classifiers:
+            t = get_task(task)
+            entry = self.manifest.get(self.base)
+            self._classifiers[task] = ZeroShotClassifier(
+                self.model, self.tokenizer, t.classnames, t.templates, normalize=entry.normalize,
+                text_key=repr(self._text_key))
+        return self._classifiers[task]
+
+    def eval_data(self, ev: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (ev.task, ev.split, ev.n, ev.seed)
+        if key not in self._data:
+            x, y = get_task(ev.task).load(ev.split, ev.n, ev.seed)
+            self._data[key] = (x.to(self.device), y.to(self.device))
+        return self._data[key]
+
+    def bank(self, ev: EvalSpec, attack: AttackSpec) -> AdversarialBank:
+        key = (ev.task, ev.split, ev.n, ev.seed, attack.eps, attack.norm)
+        if key not in self._banks:
+            self._banks[key] = AdversarialBank(self.eval_data(ev)[0], attack)
+        return self._banks[key]
+
+    # ------------------------------------------------------------------ points
+    def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec) -> str:
+        parts = [CODE_VERSION, self.base_digest, *[self.vector(n).digest for n in names],
+                 spec.to_json(), attack.to_json(), ev.to_json()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
+              ev: EvalSpec, *, use_store: bool = True, use_bank: bool = True, sweep: str | None = None,
+              progress: bool = False) -> dict[str, Any]:
+        """Merge, evaluate and store one point; served from the store when already computed."""
+        names = [*natural, *robust]
+        key = self.point_key(names, spec, attack, ev)
+        if use_store and self.store is not None:
+            row = self.store.get(key)
+            if row is not None:
+                return {**row, "cached": True}
+        t0 = time.perf_counter()
+        self.merge(names, spec)
+        t1 = time.perf_counter()
+        clf = self.classifier(ev.task)
+        x, y = self.eval_data(ev)
+        res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
+                       batch_size=self.batch_size, progress=progress)
+        row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
+                        seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
+        if self.store is not None:
+            self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
+        return row
+
+    def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, progress: bool = True) -> Iterator[dict]:
+        """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent)."""
+        n_nat, n_rob = len(spec.natural), len(spec.robust)
+        grid = [(m, k, a) for m in spec.methods for k in spec.keeps for a in spec.alphas]
+        sweep_id = spec.digest()[:16]
+        for method, keep, alpha in tqdm(grid, desc="sweep", disable=not progress):
+            if should_stop is not None and should_stop():
+                log.info("sweep stopped by the caller; computed points are in the store")
+                return
+            ms = MergeSpec.from_alpha(alpha, n_nat, n_rob, spec.scale, method=method, keep=keep,
+                                      scope=spec.scope, seed=spec.merge_seed)
+            row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id)
+            if on_point is not None:
+                on_point(row)
+            yield row
+
+
+def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
+              natural: Sequence[str], robust: Sequence[str], base: str, key: str, *,
+              seconds: float, merge_seconds: float, device: str) -> dict[str, Any]:
+    """The JSON row of one point: accuracies, the full config, attack label, timings."""
+    return {
+        "method": spec.method, "alpha": spec.alpha, "keep": spec.keep, "scope": spec.scope,
+        "lambdas": list(spec.lambdas), "clean_acc": res.clean_acc, "robust_acc": res.robust_acc,
+        "attack": attack.label, "attack_name": attack.name, "eps": attack.eps, "norm": attack.norm,
+        "n": res.n, "seed": attack.seed, "eval_seed": ev.seed, "task": ev.task, "split": ev.split,
+        "base": base, "natural": list(natural), "robust": list(robust),
+        "seconds": round(seconds, 4), "merge_seconds": round(merge_seconds, 5),
+        "attack_seconds": round(res.seconds.get("attack", 0.0), 4),
+        "n_reused": res.n_reused, "n_attacked": res.n_attacked, "cached": False, "key": key,
+        "code_version": CODE_VERSION, "device": device,
+        "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
+    }

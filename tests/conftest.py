@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny zoo of real open_clip models built in about a second.
+
+The models are random-init (not trained) but real open_clip architectures with real checkpoint
+files in every format the loader supports, so the invariants can be checked quickly. Tests that
+need trained behaviour use the ``micro_zoo`` fixture (the demo recipe's micro preset).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_ARCH = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def make_tiny_zoo(root: Path, seed: int = 0) -> Path:
+    """Write a manifest with a base, a natural (full) and two robust (visual-only) checkpoints."""
+    import open_clip
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_ARCH))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(seed)
+    base = open_clip.create_model("tiny-clip", pretrained=None).state_dict()
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def shifted(sd, scale, visual_only=False):
+        out = {}
+        for k, v in sd.items():
+            if visual_only and not k.startswith("visual."):
+                continue
+            noise = torch.randn(v.shape, generator=g) * scale * (v.std() if v.numel() > 1 else 1.0)
+            out[k[len("visual."):] if visual_only else k] = v + noise
+        return out
+
+    save_file(base, str(root / "base.safetensors"))
+    save_file(shifted(base, 0.05), str(root / "natural.safetensors"))
+    save_file(shifted(base, 0.08, visual_only=True), str(root / "robust.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in shifted(base, 0.08, True).items()}},
+               root / "robust2.pt")
+    entries = [("base", "base", "base.safetensors", '["visual", "text"]'),
+               ("natural", "natural", "natural.safetensors", '["visual", "text"]'),
+               ("robust", "robust", "robust.safetensors", '["visual"]'),
+               ("robust2", "robust", "robust2.pt", '["visual"]')]
+    lines = ['[defaults]', 'base = "base"', 'task = "shapes"', 'eps = "4/255"', 'attack = "pgd-3"', "n = 32"]
+    for name, role, weights, towers in entries:
+        lines += ["", f"[models.{name}]", f'role = "{role}"', 'arch = "tiny-clip"',
+                  'arch_config = "tiny-clip.json"', f'weights = "{weights}"', f"towers = {towers}",
+                  'normalize = "clip"', f"[models.{name}.provenance]", f'method = "test-{role}"']
+    manifest = root / "manifest.toml"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> Path:
+    """Path of the tiny zoo's manifest (session-wide, read-only by convention)."""
+    return make_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"))
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(tmp_path_factory) -> Path:
+    """The demo recipe's micro preset: small trained models with the demo's structure."""
+    from explorer.finetune.recipe import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("micro_zoo"), preset="micro")

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, eps_label, parse_alphas, parse_eps
+
+
+def test_sweep_spec_json_round_trip_and_stable_digest():
+    s = SweepSpec(manifest="m.toml", base="b", natural=("n",), robust=("r1", "r2"),
+                  methods=("ties", "dare"), keeps=(0.2, 1.0), attack=AttackSpec("apgd-ce", eps="2/255"),
+                  eval=EvalSpec(task="shapes", n=64, seed=3))
+    back = SweepSpec.from_json(s.to_json())
+    assert back == s
+    assert back.digest() == s.digest()
+    assert SweepSpec.from_json(s.to_json().replace('"n":64', '"n":65')).digest() != s.digest()
+
+
+def test_merge_spec_round_trip_with_options():
+    m = MergeSpec.from_alpha(0.25, method="stability", keep=0.5, options={"calib_n": 32}.items())
+    assert MergeSpec.from_json(m.to_json()) == m
+    assert m.option("calib_n") == 32 and m.option("missing", 7) == 7
+
+
+@pytest.mark.parametrize("text,value", [("4/255", 4 / 255), ("0.5", 0.5), (0, 0.0), ("1", 1.0)])
+def test_parse_eps(text, value):
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("bad", ["abc", "4/0", "-1/255", "2", "nan"])
+def test_parse_eps_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_eps(bad)
+
+
+def test_eps_label():
+    assert eps_label(4 / 255) == "4/255"
+    assert AttackSpec("pgd-10", eps="8/255").label == "pgd-10 Linf eps=8/255"
+    assert AttackSpec("pgd-10", eps=0).label == "none (clean)"
+
+
+def test_parse_alphas():
+    assert parse_alphas("0:1:11")[3] == pytest.approx(0.3)
+    assert len(parse_alphas("0:1:11")) == 11
+    assert parse_alphas("0, 0.5,1") == (0.0, 0.5, 1.0)
+    for bad in ["0:2:3", "0:1", "", "1.5"]:
+        with pytest.raises(ValueError):
+            parse_alphas(bad)
+
+
+def test_from_alpha_endpoints_and_shares():
+    assert MergeSpec.from_alpha(0.0).lambdas == (1.0, 0.0)
+    assert MergeSpec.from_alpha(1.0).lambdas == (0.0, 1.0)
+    assert MergeSpec.from_alpha(0.5, n_natural=2, n_robust=1, scale=2.0).lambdas == (0.5, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"keep": 0.0}, {"keep": 1.5}, {"scope": "layer"}, {"alpha": 2.0}])
+def test_merge_spec_rejects_out_of_range(kwargs):
+    with pytest.raises(ValueError):
+        MergeSpec(**kwargs)
+
+
+def test_eval_spec_rejects_empty():
+    with pytest.raises(ValueError):
+        EvalSpec(n=0)

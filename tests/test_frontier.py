@@ -1,0 +1,93 @@
+"""The invariants of DESIGN.md on a sweep over tiny real open_clip models."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from explorer.bench import plain_classifier
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.evaluate import evaluate
+from explorer.frontier import Engine
+from explorer.store import Store
+from explorer.zoo import load_manifest
+
+EV = EvalSpec(task="shapes", n=48, seed=0)
+PGD = AttackSpec("pgd-5", eps=4 / 255, seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo, tmp_path_factory):
+    return Engine(tiny_zoo, device="cpu", store=Store(tmp_path_factory.mktemp("st") / "r.sqlite"))
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare", "magnitude"])
+def test_alpha_endpoints_reproduce_the_fine_tunes_exactly(engine, tiny_zoo, method):
+    root = tiny_zoo.parent
+    nat = load_file(str(root / "natural.safetensors"))
+    rob = load_file(str(root / "robust.safetensors"))
+    base = load_file(str(root / "base.safetensors"))
+    at0 = engine.merged_state_dict(["natural", "robust"], MergeSpec.from_alpha(0.0, method=method))
+    assert all(torch.equal(at0[k], nat[k]) for k in nat)
+    at1 = engine.merged_state_dict(["natural", "robust"], MergeSpec.from_alpha(1.0, method=method))
+    assert all(torch.equal(at1[f"visual.{k}"], v) for k, v in rob.items())
+    assert all(torch.equal(at1[k], base[k]) for k in base if not k.startswith("visual."))
+
+
+def test_eps_zero_gives_clean_and_robust_never_rises_with_eps(engine):
+    spec = MergeSpec.from_alpha(0.5)
+    rows = [engine.point(["natural"], ["robust"], spec, AttackSpec("pgd-5", eps=e), EV, use_store=False)
+            for e in (0.0, 1 / 255, 4 / 255, 16 / 255)]
+    assert rows[0]["robust_acc"] == rows[0]["clean_acc"] > 0
+    accs = [r["robust_acc"] for r in rows]
+    assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+    assert all(r["robust_acc"] <= r["clean_acc"] for r in rows)
+    assert accs[-1] < accs[0]      # the attack does something on this model
+
+
+def test_same_seed_same_numbers(engine, tiny_zoo):
+    spec = MergeSpec.from_alpha(0.3, method="dare", keep=0.5, seed=1)
+    a = engine.point(["natural"], ["robust"], spec, PGD, EV, use_store=False, use_bank=False)
+    other = Engine(tiny_zoo, device="cpu")
+    b = other.point(["natural"], ["robust"], spec, PGD, EV, use_store=False, use_bank=False)
+    assert (a["clean_acc"], a["robust_acc"]) == (b["clean_acc"], b["robust_acc"])
+
+
+def test_fast_path_never_above_plain_path(engine, tiny_zoo):
+    """Bank + resident merge vs a fresh model built from the merged state dict, attacked alone."""
+    names = ["natural", "robust"]
+    manifest = load_manifest(tiny_zoo)
+    sweep = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust",),
+                      alphas=(0.0, 0.25, 0.5, 0.75, 1.0), attack=PGD, eval=EV)
+    fast = list(engine.sweep(sweep, progress=False))
+    for row in fast:
+        spec = MergeSpec.from_alpha(row["alpha"])
+        clf = plain_classifier(manifest, "base", engine.merged_state_dict(names, spec), EV.task)
+        x, y = engine.eval_data(EV)
+        plain = evaluate(clf, x, y, PGD)
+        assert row["clean_acc"] == plain.clean_acc
+        assert row["robust_acc"] <= plain.robust_acc
+
+
+def test_store_serves_reruns_and_interrupted_sweep_resumes(tiny_zoo, tmp_path):
+    store = Store(tmp_path / "r.sqlite")
+    spec = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust2",),
+                     alphas=(0.0, 0.5, 1.0), attack=AttackSpec("pgd-2", eps=4 / 255), eval=EV)
+    seen = []
+    first = list(Engine(tiny_zoo, store=store).sweep(spec, should_stop=lambda: len(seen) >= 2,
+                                                     on_point=seen.append, progress=False))
+    assert len(first) == 2 and len(store) == 2          # cut off midway: two points kept
+    again = list(Engine(tiny_zoo, store=store).sweep(spec, progress=False))
+    assert [r["cached"] for r in again] == [True, True, False]
+    assert [r["robust_acc"] for r in again[:2]] == [r["robust_acc"] for r in first]
+    for r in again:
+        for key in ("method", "alpha", "keep", "scope", "lambdas", "clean_acc", "robust_acc",
+                    "attack", "eps", "n", "seed", "seconds", "cached"):
+            assert key in r
+
+
+def test_bad_lambda_count_and_unknown_method(engine):
+    with pytest.raises(ValueError, match="lambdas"):
+        engine.merge(["natural", "robust"], MergeSpec(lambdas=(1.0,)))
+    with pytest.raises(KeyError, match="task_arithmetic"):
+        engine.merge(["natural", "robust"], MergeSpec(method="nope", lambdas=(0.5, 0.5)))
