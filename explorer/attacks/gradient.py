@@ -1,0 +1,105 @@
+"""FGSM and PGD with per-sample early exit and batch-independent random starts.
+
+FGSM: 'Explaining and Harnessing Adversarial Examples' [https://arxiv.org/abs/1412.6572].
+PGD: 'Towards Deep Learning Models Resistant to Adversarial Attacks'
+[https://arxiv.org/abs/1706.06083].
+
+Two departures from torchattacks' PGD, both needed by the frontier engine:
+- early exit: a sample misclassified at any iterate keeps that iterate (it is a proof) and
+  leaves the active set, so later steps only compute on still-robust samples;
+- the random start of sample j depends only on (seed, sample_ids[j]), so attacking a subset
+  gives row-for-row the same result as attacking everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sample_generator(seed: int, sample_id: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, sample_id) alone (SeedSequence mixing)."""
+    state = np.random.SeedSequence([seed % 2**63, int(sample_id) % 2**63]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+def random_start(shape: torch.Size, eps: float, norm: str, seed: int,
+                 sample_ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample start offsets: uniform in the Linf cube, or uniform radius x direction (L2).
+
+    Shape:
+        shape: [N, C, H, W]; sample_ids: [N]. Returns delta [N, C, H, W] on the CPU.
+    """
+    deltas = []
+    for sid in sample_ids.tolist():
+        g = sample_generator(seed, sid)
+        if norm == "Linf":
+            deltas.append((2 * torch.rand(shape[1:], generator=g) - 1) * eps)
+        else:
+            d = torch.randn(shape[1:], generator=g)
+            r = torch.rand((), generator=g)
+            deltas.append(d / (d.norm() + 1e-12) * eps * r)
+    return torch.stack(deltas)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project onto {x' : ||x' - x|| <= eps} and then onto [0, 1] (both norms stay inside)."""
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1))
+        delta = delta * torch.clamp(eps / (n + 1e-12), max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, step: float, norm: str) -> torch.Tensor:
+    if norm == "Linf":
+        return x_adv + step * grad.sign()
+    g = grad.flatten(1).norm(dim=1).view(-1, *[1] * (grad.ndim - 1))
+    return x_adv + step * grad / (g + 1e-12)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
+        *, step_size: float | None = None, rand_init: bool = True, seed: int = 0,
+        sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected gradient ascent on the CE loss with per-sample early exit.
+
+    Args:
+        model: pixels -> logits, in eval mode (see ``safety.attack_context``).
+        eps, norm: the threat model ("Linf" sign steps, "L2" normalised steps).
+        steps: number of gradient steps K (one forward+backward each).
+        step_size: defaults to 2.5 * eps / K.
+        rand_init: random start inside the ball (seeded per sample) or start at x.
+        sample_ids: stable ids of the rows (default arange(N)) for the random start.
+
+    Shape:
+        x: [N, C, H, W] in [0, 1] on the model's device; y: [N] int64. Returns x_adv like x.
+        Fooled samples hold the first iterate that fooled the model; the others the last one.
+    """
+    step = 2.5 * eps / steps if step_size is None else step_size
+    x = x.detach().contiguous()
+    x_adv = x.clone()
+    if rand_init:
+        ids = torch.arange(len(x)) if sample_ids is None else sample_ids.cpu()
+        x_adv = project(x + random_start(x.shape, eps, norm, seed, ids).to(x), x, eps, norm)
+    active = torch.arange(len(x), device=x.device)
+    for _ in range(steps):
+        xa = x_adv[active].clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xa)
+            # Sum reduction: each sample's gradient is independent of the batch around it.
+            loss = F.cross_entropy(logits, y[active], reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        robust = logits.detach().argmax(1) == y[active]
+        active, xa, grad = active[robust], xa.detach()[robust], grad[robust]
+        if len(active) == 0:
+            break
+        x_adv[active] = project(_ascent(xa, grad, step, norm), x[active], eps, norm)
+    return x_adv
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """One step of size eps from x (sign step for Linf, normalised-gradient step for L2)."""
+    return pgd(model, x, y, eps, norm, steps=1, step_size=eps, rand_init=False)

@@ -1,0 +1,308 @@
+"""Invariants of the attack registry on tiny real models (an MLP and a tiny open_clip ViT)."""
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from explorer.attacks import (ATTACK_NAMES, attack_cost, build_stage, check_gradients,
+                              check_logits, reference_autoattack, run_attack,
+                              validate_attack)
+from explorer.attacks import stages
+from explorer.attacks.safety import AttackModel, attack_context
+from explorer.config import AttackSpec
+from explorer.zeroshot import ZeroShotClassifier
+
+FAST = ["fgsm", "pgd-5", "apgd-ce", "apgd-t", "autoattack-fast"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: one thread is faster and robust to a shared, oversubscribed CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fast_stages(monkeypatch):
+    """10 steps per APGD/FAB stage: the invariants below do not depend on the step count."""
+    monkeypatch.setattr(stages, "STEPS", 10)
+
+
+def make_mlp(n_classes: int = 10, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, n_classes))
+
+
+def make_data(model: nn.Module, n: int, n_classes: int, seed: int = 0):
+    """Labels = the model's own predictions with 10% flipped (so some points start wrong)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    flip = torch.rand(n, generator=g) < 0.1
+    y[flip] = (y[flip] + 1) % n_classes
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def mlp_setup():
+    model = make_mlp()
+    x, y = make_data(model, 48, 10)
+    return model, x, y
+
+
+def acc(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def dist(x_adv, x, norm):
+    d = (x_adv - x).flatten(1)
+    return d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+
+
+def assert_valid(x_adv, x, eps, norm):
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert (dist(x_adv, x, norm) <= eps + 1e-6).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+# --- registry -------------------------------------------------------------------------
+
+def test_validate_attack_names_and_errors():
+    for name in ATTACK_NAMES + ["pgd-1", "pgd-250"]:
+        validate_attack(AttackSpec(name=name))
+    with pytest.raises(ValueError, match="valid names: none, fgsm, pgd-K"):
+        validate_attack(AttackSpec(name="cw"))
+    for bad in ("pgd-0", "pgd-x", "pgd", "pgd-10000000"):
+        with pytest.raises(ValueError, match="pgd-K"):
+            validate_attack(AttackSpec(name=bad))
+    with pytest.raises(ValueError, match="eps"):
+        AttackSpec(name="fgsm", eps=2.0)
+
+
+def test_attack_cost_ordering():
+    costs = [attack_cost(AttackSpec(name=n)) for n in
+             ["none", "fgsm", "pgd-10", "apgd-ce", "apgd-t", "autoattack-fast", "autoattack"]]
+    assert costs[0] == 0 and costs == sorted(costs)
+    assert attack_cost(AttackSpec(name="pgd-7")) == 7
+    assert attack_cost(AttackSpec(name="autoattack", eps=0)) == 0
+
+
+# --- invariants -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["none"] + FAST)
+def test_eps_zero_returns_x(mlp_setup, name):
+    model, x, y = mlp_setup
+    assert torch.equal(run_attack(model, x, y, AttackSpec(name=name, eps=0)), x)
+    if name == "none":
+        assert torch.equal(run_attack(model, x, y, AttackSpec(name=name, eps=8 / 255)), x)
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 4 / 255), ("L2", 0.25)])
+@pytest.mark.parametrize("name", FAST)
+def test_ball_range_and_accuracy(mlp_setup, fast_stages, name, norm, eps):
+    model, x, y = mlp_setup
+    x_adv = run_attack(model, x, y, AttackSpec(name=name, eps=eps, norm=norm), batch_size=20)
+    assert_valid(x_adv, x, eps, norm)
+    assert acc(model, x_adv, y) <= acc(model, x, y)
+    wrong = model(x).argmax(1) != y
+    assert torch.equal(x_adv[wrong], x[wrong])  # only still-robust points are attacked
+    assert acc(model, x_adv, y) < acc(model, x, y)  # the attacks do something here
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_fab_and_square_stay_in_ball(mlp_setup, fast_stages, norm):
+    model, x, y = mlp_setup
+    eps = 4 / 255 if norm == "Linf" else 0.25
+    net = AttackModel(model)
+    with attack_context(net):
+        alive = net(x).argmax(1) == y
+        x_adv = stages.run_stages(net, x, y, alive, ("fab-t", "square"), eps, norm, 0, 10,
+                                  square_queries=100)
+    assert_valid(x_adv, x, eps, norm)
+
+
+@pytest.mark.parametrize("name", ["pgd-5", "apgd-ce"])
+def test_robust_accuracy_non_increasing_in_eps(mlp_setup, name):
+    model, x, y = mlp_setup
+    accs = [acc(model, run_attack(model, x, y, AttackSpec(name=name, eps=e / 255)), y)
+            for e in (0, 1, 2, 4, 8)]
+    assert accs == sorted(accs, reverse=True), accs
+    assert accs[0] == acc(model, x, y)
+
+
+@pytest.mark.parametrize("name", ["pgd-5", "apgd-t", "autoattack-fast"])
+def test_same_seed_same_result_and_global_rng_untouched(mlp_setup, fast_stages, name):
+    model, x, y = mlp_setup
+    spec = AttackSpec(name=name, eps=4 / 255, seed=3)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = run_attack(model, x, y, spec)
+    assert torch.equal(torch.random.get_rng_state(), state)  # torchattacks reseeds globally
+    assert torch.equal(a, run_attack(model, x, y, spec))
+
+
+def test_seeds_are_explicit_not_clock_based():
+    model = AttackModel(make_mlp())
+    # The trap: torchattacks.AutoAttack(seed=None) seeds its stages from time.time().
+    ref = torchattacks.AutoAttack(model, seed=None)
+    assert all(isinstance(a.seed, float) for a in ref._autoattack.attacks)
+    ours = [build_stage(s, model, 4 / 255, "Linf", 7, 10) for s in stages.STAGES]
+    assert [a.seed for a in ours] == [7, 7, 7, 7]
+
+
+def test_pgd_subset_invariance(mlp_setup):
+    model, x, y = mlp_setup
+    spec = AttackSpec(name="pgd-5", eps=4 / 255, seed=1)
+    full = run_attack(model, x, y, spec)
+    sub = torch.tensor([30, 2, 17, 5, 44, 11])  # permuted, different batch composition
+    part = run_attack(model, x[sub], y[sub], spec, sample_ids=sub, batch_size=4)
+    assert torch.equal(part, full[sub])
+    other = run_attack(model, x, y, AttackSpec(name="pgd-5", eps=4 / 255, seed=2))
+    assert not torch.equal(other, full)
+
+
+def test_early_exit_pgd_not_weaker_than_torchattacks(mlp_setup):
+    model, x, y = mlp_setup
+    for eps in (1 / 255, 2 / 255, 4 / 255):
+        ours = run_attack(model, x, y, AttackSpec(name="pgd-10", eps=eps), rand_init=False)
+        ref = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=False)
+        assert acc(model, ours, y) <= acc(model, ref(x, y), y)
+
+
+# --- torchattacks traps -------------------------------------------------------------------
+
+def test_stages_use_published_steps_not_torchattacks_defaults():
+    model = AttackModel(make_mlp())
+    ref = torchattacks.AutoAttack(model, seed=0)
+    assert [a.steps for a in ref._autoattack.attacks[:3]] == [10, 10, 10]  # the trap
+    ours = [build_stage(s, model, 4 / 255, "Linf", 0, 10) for s in ("apgd-ce", "apgd-t", "fab-t")]
+    assert [a.steps for a in ours] == [100, 100, 100]
+    assert build_stage("square", model, 4 / 255, "Linf", 0, 10).n_queries == 5000
+
+
+def test_targets_capped_at_nine(monkeypatch):
+    model = make_mlp(n_classes=20)
+    x, y = make_data(model, 6, 20)
+    net = AttackModel(model)
+    assert build_stage("apgd-t", net, 1e-4, "Linf", 0, 20).n_target_classes == 9
+    assert build_stage("fab-t", net, 1e-4, "Linf", 0, 20).n_target_classes == 9
+    # Behaviour, not just the attribute: count targeted runs on points nothing can fool.
+    monkeypatch.setattr(stages, "STEPS", 3)
+    calls = {"apgd-t": 0, "fab-t": 0}
+    for cls, name, meth in ((torchattacks.APGDT, "apgd-t", "attack_single_run"),
+                            (torchattacks.FAB, "fab-t", "attack_single_run_targeted")):
+        orig = getattr(cls, meth)
+
+        def counted(self, *a, _orig=orig, _name=name, **k):
+            calls[_name] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(cls, meth, counted)
+    run_attack(model, x, y, AttackSpec(name="autoattack-fast", eps=1e-6))
+    monkeypatch.setitem(stages.PROTOCOLS, "apgd-t", ("fab-t",))
+    run_attack(model, x, y, AttackSpec(name="apgd-t", eps=1e-6))
+    assert calls == {"apgd-t": 9, "fab-t": 9}
+
+
+TINY_VIT = {"embed_dim": 16,
+            "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny-vit-attacks.json"
+    path.write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-vit-attacks", pretrained=None)
+    tok = open_clip.get_tokenizer("tiny-vit-attacks")
+    return ZeroShotClassifier(model, tok, ["cat", "dog", "car", "tree"]).eval()
+
+
+def test_fab_runs_on_vit_with_non_contiguous_input(tiny_vit, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16).to(memory_format=torch.channels_last)  # e.g. HWC images permuted
+    with torch.no_grad():
+        y = tiny_vit(x).argmax(1)
+    monkeypatch.setattr(stages, "STEPS", 3)
+    raw = torchattacks.FAB(tiny_vit, eps=8 / 255, steps=3, multi_targeted=True, n_classes=4, seed=0)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        raw(x, y)  # the trap
+    monkeypatch.setitem(stages.PROTOCOLS, "apgd-t", ("fab-t",))
+    x_adv = run_attack(tiny_vit, x, y, AttackSpec(name="apgd-t", eps=8 / 255))
+    assert_valid(x_adv, x, 8 / 255, "Linf")
+
+
+def test_model_state_restored_and_no_param_grads():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.Dropout(0.5), nn.Linear(16, 5))
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 5, (8,))
+    model.train()
+    model[3].weight.requires_grad_(False)
+    before = [p.requires_grad for p in model.parameters()]
+    run_attack(model, x, y, AttackSpec(name="pgd-3", eps=8 / 255))
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == before
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_plain_callable_is_wrapped_and_junk_rejected():
+    model = make_mlp()
+    x, y = make_data(model, 8, 10)
+    x_adv = run_attack(lambda t: model(t), x, y, AttackSpec(name="pgd-3", eps=4 / 255))
+    assert_valid(x_adv, x, 4 / 255, "Linf")
+    with pytest.raises(TypeError, match="nn.Module or a callable"):
+        run_attack(42, x, y, AttackSpec(name="pgd-3"))
+
+
+# --- sanity checks --------------------------------------------------------------------
+
+def test_check_logits_detects_probabilities():
+    logits = torch.randn(4, 10) * 3
+    check_logits(logits)
+    with pytest.raises(ValueError, match="probabilities"):
+        check_logits(logits.softmax(1))
+    softmax_model = nn.Sequential(make_mlp(), nn.Softmax(dim=1))
+    x = torch.rand(4, 3, 8, 8)
+    with pytest.raises(ValueError, match="probabilities"):
+        run_attack(softmax_model, x, torch.zeros(4, dtype=torch.long), AttackSpec(name="fgsm"))
+
+
+def test_check_gradients_detects_zero_gradients():
+    model = make_mlp()
+    x, y = make_data(model, 8, 10)
+    assert (check_gradients(model, x, y) > 0).all()
+    # Gradient masking: a rounding front end has zero gradient almost everywhere.
+    masked = nn.Sequential(nn.Flatten(), nn.Linear(192, 10))
+    with pytest.raises(ValueError, match="zero input gradient"):
+        check_gradients(lambda t: masked(torch.round(t * 255) / 255), x, y)
+
+
+# --- reference equivalence ------------------------------------------------------------
+
+def test_autoattack_matches_torchattacks_reference(monkeypatch):
+    """Our stage-by-stage AutoAttack vs torchattacks' MultiAttack with the same stages.
+
+    Full protocol (100 steps) except Square at 1000 queries instead of 5000 (both sides), and
+    4 classes (3 targets) to fit the test budget on a shared 2-core CPU. The 10-class,
+    5000-query run gives identical counts too (142/200 both), ~35 s per side here.
+    """
+    monkeypatch.setattr(stages, "SQUARE_QUERIES", 1000)
+    model = make_mlp(n_classes=4, seed=0)
+    x, y = make_data(model, 200, 4, seed=0)
+    eps = 4 / 255  # APGD-CE and APGD-T both fool points here (185 -> 141 -> 122)
+    ours = run_attack(model, x, y, AttackSpec(name="autoattack", eps=eps, seed=0), batch_size=256)
+    ref = reference_autoattack(model, x, y, eps, "Linf", seed=0)
+    assert_valid(ours, x, eps, "Linf")
+    n_ours = round(acc(model, ours, y) * 200)
+    n_ref = round(acc(model, ref, y) * 200)
+    assert abs(n_ours - n_ref) <= 2  # within one point of accuracy on 200 points
+    assert n_ours < round(acc(model, x, y) * 200) - 40
