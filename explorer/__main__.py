@@ -86,7 +86,8 @@ def resolve_specs(args: argparse.Namespace, manifest) -> tuple[AttackSpec, EvalS
     """Attack and eval specs from the flags, falling back to the manifest's defaults."""
     d = manifest.defaults
     attack = AttackSpec(name=args.attack or d.get("attack", "pgd-10"),
-                        eps=parse_eps(args.eps if args.eps is not None else d.get("eps", "4/255")),
+                        eps=parse_eps(args.eps if args.eps is not None else d.get("eps", "4/255"),
+                                      1.0 if args.norm == "Linf" else 64.0),
                         norm=args.norm, seed=args.seed)
     from .attacks import validate_attack
     validate_attack(attack)

@@ -16,8 +16,11 @@ Norm = Literal["Linf", "L2"]
 CODE_VERSION = "0.1.0"  # part of every store key: bump when results would change
 
 
-def parse_eps(value: str | float | int) -> float:
-    """``"4/255"`` or ``"0.0157"`` or a number -> float in [0, 1]; anything else is an error."""
+def parse_eps(value: str | float | int, limit: float = 1.0) -> float:
+    """``"4/255"`` or ``"0.0157"`` or a number -> float in [0, limit]; anything else is an error.
+
+    ``limit`` is 1 for Linf radii (pixel units); L2 radii may exceed 1.
+    """
     if isinstance(value, (int, float)):
         eps = float(value)
     else:
@@ -26,8 +29,8 @@ def parse_eps(value: str | float | int) -> float:
             eps = float(Fraction(text)) if "/" in text else float(text)
         except (ValueError, ZeroDivisionError) as exc:
             raise ValueError(f"eps {value!r} is not a number or a fraction like 4/255") from exc
-    if not 0.0 <= eps <= 1.0 or eps != eps:
-        raise ValueError(f"eps must lie in [0, 1] (pixel units), got {value!r}")
+    if not 0.0 <= eps <= limit or eps != eps:
+        raise ValueError(f"eps must lie in [0, {limit:g}] (pixel units), got {value!r}")
     return eps
 
 
@@ -77,9 +80,9 @@ class AttackSpec(_Config):
     seed: int = 0          # every random choice of the attack derives from this
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eps", parse_eps(self.eps))
         if self.norm not in ("Linf", "L2"):
             raise ValueError(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
+        object.__setattr__(self, "eps", parse_eps(self.eps, 1.0 if self.norm == "Linf" else 64.0))
 
     @property
     def label(self) -> str:

@@ -50,22 +50,33 @@ class EvalResult:
 
 
 class AdversarialBank:
-    """Adversarial examples found so far for one eval set and one threat model (eps, norm).
+    """Adversarial examples found so far for one eval set and one norm, per eps.
 
-    Shape: ``x`` [n, 3, H, W] in [0, 1]; ``has`` [n] bool.
+    An example found within a smaller radius lies inside every larger ball, so it is tried at
+    every eps >= its own: robust accuracy then never rises with eps across a session.
+
+    Shape: each entry ``x`` [n, 3, H, W] in [0, 1] with ``has`` [n] bool.
     """
 
-    def __init__(self, x: torch.Tensor, attack: AttackSpec) -> None:
-        self.key = (attack.eps, attack.norm)
-        self.x = x.clone()
-        self.has = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    def __init__(self, x: torch.Tensor, norm: str) -> None:
+        self.norm = norm
+        self.shape = x.shape
+        self.device = x.device
+        self._entries: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def matches(self, attack: AttackSpec) -> bool:
-        return (attack.eps, attack.norm) == self.key
+    def candidates(self, attack: AttackSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, has) for every radius <= the attack's, largest first."""
+        if attack.norm != self.norm:
+            return []
+        return [self._entries[e] for e in sorted(self._entries, reverse=True) if e <= attack.eps]
 
-    def update(self, idx: torch.Tensor, x_adv: torch.Tensor) -> None:
-        self.x[idx] = x_adv.to(self.x.device)
-        self.has[idx] = True
+    def update(self, eps: float, idx: torch.Tensor, x_adv: torch.Tensor) -> None:
+        if eps not in self._entries:
+            self._entries[eps] = (torch.zeros(self.shape, device=self.device),
+                                  torch.zeros(self.shape[0], dtype=torch.bool, device=self.device))
+        x, has = self._entries[eps]
+        x[idx] = x_adv.to(self.device)
+        has[idx] = True
 
 
 @torch.no_grad()
@@ -117,14 +128,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         if checks:
             check_gradients(model, x[correct][:8], y[correct][:8])
         todo = correct.nonzero().flatten()
-        if bank is not None and bank.matches(attack):
-            cand = todo[bank.has[todo]]
+        for bx, has in (bank.candidates(attack) if bank is not None else []):
+            cand = todo[has[todo]]
             if cand.numel():
-                fooled = predict(model, bank.x[cand], batch_size) != y[cand]
+                fooled = predict(model, bx[cand], batch_size) != y[cand]
                 robust[cand[fooled]] = False
-                res.n_reused = int(fooled.sum())
+                res.n_reused += int(fooled.sum())
                 if x_adv is not None:
-                    x_adv[cand[fooled]] = bank.x[cand[fooled]]
+                    x_adv[cand[fooled]] = bx[cand[fooled]]
                 todo = todo[robust[todo]]
         t2 = time.perf_counter()
         if todo.numel():
@@ -134,8 +145,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
                 check_ball(x[todo], adv, attack)
             fooled = predict(model, adv, batch_size) != y[todo]
             robust[todo[fooled]] = False
-            if bank is not None and bank.matches(attack):
-                bank.update(todo[fooled], adv[fooled])
+            if bank is not None:
+                bank.update(attack.eps, todo[fooled], adv[fooled])
             if x_adv is not None:
                 x_adv[todo] = adv
         res.n_attacked = int(todo.numel())

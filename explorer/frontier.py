@@ -166,9 +166,10 @@ class Engine:
         return self._data[key]
 
     def bank(self, ev: EvalSpec, attack: AttackSpec) -> AdversarialBank:
-        key = (ev.task, ev.split, ev.n, ev.seed, attack.eps, attack.norm)
+        """Adversarial examples found so far on this eval set under this norm (all radii)."""
+        key = (ev.task, ev.split, ev.n, ev.seed, attack.norm)
         if key not in self._banks:
-            self._banks[key] = AdversarialBank(self.eval_data(ev)[0], attack)
+            self._banks[key] = AdversarialBank(self.eval_data(ev)[0], attack.norm)
         return self._banks[key]
 
     # ------------------------------------------------------------------ points

@@ -306,3 +306,13 @@ def test_autoattack_matches_torchattacks_reference(monkeypatch):
     n_ref = round(acc(model, ref, y) * 200)
     assert abs(n_ours - n_ref) <= 2  # within one point of accuracy on 200 points
     assert n_ours < round(acc(model, x, y) * 200) - 40
+
+
+def test_apgd_t_with_too_few_classes_is_an_error_not_a_silent_skip():
+    """A number labelled autoattack-fast must not come from a run where APGD-T was skipped."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x, y = torch.rand(6, 3, 4, 4), torch.zeros(6, dtype=torch.long)
+    y = net(x).argmax(1)                      # all clean-correct, so the stages must run
+    with pytest.raises(ValueError, match="apgd-t needs >= 4 classes"):
+        run_attack(net, x, y, AttackSpec("autoattack-fast", eps=8 / 255))

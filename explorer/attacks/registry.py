@@ -48,9 +48,9 @@ def validate_attack(spec: AttackSpec) -> None:
                              f"e.g. pgd-10")
     elif name not in ATTACK_NAMES:
         raise ValueError(f"unknown attack {name!r}; valid names: {_valid_names()}")
-    eps = spec.eps
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps must be a number in [0, 1] (pixel units), got {eps!r}")
+    eps, limit = spec.eps, (1.0 if spec.norm == "Linf" else 64.0)
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0.0 <= eps <= limit:
+        raise ValueError(f"eps must be a number in [0, {limit:g}] (pixel units), got {eps!r}")
     if spec.norm not in ("Linf", "L2"):
         raise ValueError(f"norm must be 'Linf' or 'L2', got {spec.norm!r}")
 

@@ -98,8 +98,9 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch
     x_adv = x.clone()
     for name in stages:
         if n_classes < STAGES[name].min_classes:
-            log.warning("%s skipped: needs >= %d classes, got %d", name, STAGES[name].min_classes, n_classes)
-            continue
+            # Skipping a stage would leave a number labelled with an attack that did not run.
+            raise ValueError(f"{name} needs >= {STAGES[name].min_classes} classes (its DLR loss reads "
+                             f"the 4th largest logit), got {n_classes}: use apgd-ce or pgd-K")
         idx = robust.nonzero().flatten()
         if len(idx) == 0:
             break

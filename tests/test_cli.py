@@ -1,0 +1,52 @@
+"""The CLI contract: flags, JSON keys, defaults from the manifest, clear errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from explorer.__main__ import main
+
+KEYS = {"method", "alpha", "keep", "scope", "lambdas", "clean_acc", "robust_acc", "attack", "eps",
+        "n", "seed", "seconds", "cached"}
+
+
+def test_sweep_writes_points_and_rerun_is_cached(tiny_zoo, tmp_path, capsys):
+    out = tmp_path / "frontier.json"
+    argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
+            "--method", "task_arithmetic", "--method", "ties", "--keep", "1.0", "--keep", "0.5",
+            "--alphas", "0,1", "--attack", "pgd-2", "--eps", "4/255", "--n", "16",
+            "--store", str(tmp_path / "s.sqlite"), "--out", str(out)]
+    assert main(argv) == 0
+    pts = json.loads(out.read_text())
+    assert len(pts) == 2 * 2 * 2
+    assert all(KEYS <= set(p) for p in pts)
+    assert {(p["method"], p["keep"]) for p in pts} == {(m, k) for m in ("task_arithmetic", "ties")
+                                                       for k in (1.0, 0.5)}
+    assert all(0 <= p["robust_acc"] <= p["clean_acc"] <= 1 for p in pts)
+    assert pts[0]["eps"] == pytest.approx(4 / 255) and pts[0]["task"] == "shapes"   # manifest default
+    assert main(argv) == 0
+    assert all(p["cached"] for p in json.loads(out.read_text()))
+
+
+def test_evaluate_single_model(tiny_zoo, tmp_path):
+    out = tmp_path / "x.json"
+    assert main(["evaluate", "--manifest", str(tiny_zoo), "--model", "robust2", "--attack", "fgsm",
+                 "--eps", "0.01", "--n", "16", "--no-store", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "robust2" and "alpha" not in row
+    assert (KEYS - {"alpha"}) <= set(row) and row["attack"] == "fgsm Linf eps=0.01"
+
+
+@pytest.mark.parametrize("flag,value,message", [("--eps", "4/0", "eps"), ("--attack", "pgd-x", "pgd-K"),
+                                                ("--alphas", "0:2:3", "alphas")])
+def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
+    argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
+            "--n", "8", "--no-store", flag, value]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_convert(tiny_zoo, tmp_path):
+    assert main(["convert", str(tiny_zoo.parent / "robust2.pt"), str(tmp_path / "r.safetensors")]) == 0
+    assert (tmp_path / "r.safetensors").stat().st_size > 0
