@@ -1,0 +1,169 @@
+"""Plotly figure builders: plain data in (result rows, dicts, lists), a ``go.Figure`` out.
+
+Pure functions, no gradio and no torch: the UI, the CLI and notebooks share them. A result
+row is the dict ``Engine.point`` returns (``method, alpha, keep, scope, lambdas, clean_acc,
+robust_acc, attack, eps, n, task, ...``); accuracies are fractions in [0, 1].
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+Row = Mapping[str, Any]
+ENDPOINT_STYLE = {  # kind -> (marker symbol, colour, legend name)
+    "pretrained": ("square", "#555555", "pretrained (all λ = 0)"),
+    "natural": ("diamond", "#1f77b4", "natural endpoint (α = 0)"),
+    "robust": ("triangle-up", "#d62728", "robust endpoint (α = 1)"),
+}
+METHOD_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
+
+
+def endpoint_kind(row: Row) -> str | None:
+    """``pretrained`` (all lambdas 0), ``natural`` (alpha 0), ``robust`` (alpha 1) or None."""
+    lambdas = row.get("lambdas") or []
+    if lambdas and all(float(v) == 0.0 for v in lambdas):
+        return "pretrained"
+    alpha, keep = row.get("alpha"), float(row.get("keep", 1.0))
+    if alpha is None or keep != 1.0:
+        return None
+    return {0.0: "natural", 1.0: "robust"}.get(float(alpha))
+
+
+def setting_label(row: Row) -> str:
+    """What produced a number: ``pgd-10 Linf eps=4/255, n=256, task shapes``."""
+    return f"{row.get('attack', '?')}, n={row.get('n', '?')}, task {row.get('task', '?')}"
+
+
+def hover_text(row: Row) -> str:
+    """Hover card of one point: merge config and the attack, eps and n behind the numbers."""
+    alpha = row.get("alpha")
+    lambdas = ", ".join(f"{float(v):+.3g}" for v in row.get("lambdas") or [])
+    return "<br>".join([
+        f"<b>{row.get('method', '?')}</b>" + (" (preview)" if row.get("preview") else ""),
+        f"clean {float(row['clean_acc']):.3f} · robust {float(row['robust_acc']):.3f}",
+        f"α = {'—' if alpha is None else f'{float(alpha):.3g}'} · λ = [{lambdas}]",
+        f"keep = {float(row.get('keep', 1.0)):.3g} ({row.get('scope', 'global')})",
+        f"attack: {row.get('attack', '?')} · eps = {float(row.get('eps', 0)):.4g} · n = {row.get('n', '?')}",
+    ])
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (higher is better), by x."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def curve_name(row: Row) -> str:
+    """Legend name of the curve a row belongs to: the method, plus keep when sparsified."""
+    keep = float(row.get("keep", 1.0))
+    return row.get("method", "?") + ("" if keep == 1.0 else f" keep={keep:g} ({row.get('scope', 'global')})")
+
+
+def _scatter(rows: Sequence[Row], **kwargs: Any) -> go.Scatter:
+    return go.Scatter(x=[r["clean_acc"] for r in rows], y=[r["robust_acc"] for r in rows],
+                      text=[hover_text(r) for r in rows], hovertemplate="%{text}<extra></extra>", **kwargs)
+
+
+def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str | None = None,
+                    attack: str | None = None) -> go.Figure:
+    """Clean (x) vs robust (y) accuracy: one curve per method, endpoints, Pareto front, current point.
+
+    Args:
+        rows: result rows of one setting (same attack, eps, n, task).
+        current: the point to highlight (may be a preview of another setting; its hover says so).
+        title: overrides the default title, which names the attack, eps and n.
+        attack: attack label for the y axis when there are no rows yet.
+    """
+    fig = go.Figure()
+    curves: dict[str, list[Row]] = {}
+    for r in rows:
+        if endpoint_kind(r) != "pretrained" and r.get("alpha") is not None:
+            curves.setdefault(curve_name(r), []).append(r)
+    for i, (name, pts) in enumerate(curves.items()):
+        pts = sorted(pts, key=lambda r: float(r["alpha"]))
+        fig.add_trace(_scatter(pts, name=name, mode="lines+markers",
+                               line=dict(color=METHOD_COLOURS[i % len(METHOD_COLOURS)], width=2)))
+    manual = [r for r in rows if r.get("alpha") is None and endpoint_kind(r) is None]
+    if manual:
+        fig.add_trace(_scatter(manual, name="advanced (λ per vector)", mode="markers",
+                               marker=dict(symbol="x", size=9, color="#7f7f7f")))
+    front = [rows[i] for i in pareto_front([(r["clean_acc"], r["robust_acc"]) for r in rows])]
+    if len(front) > 1:
+        fig.add_trace(_scatter(front, name="Pareto front", mode="lines", hoverinfo="skip",
+                               line=dict(color="rgba(0,0,0,0.35)", dash="dot", width=3, shape="hv")))
+    for kind, (symbol, colour, label) in ENDPOINT_STYLE.items():
+        pts = [r for r in rows if endpoint_kind(r) == kind]
+        if pts:
+            fig.add_trace(_scatter(pts, name=label, mode="markers", marker=dict(
+                symbol=symbol, size=15, color=colour, line=dict(color="white", width=1.5))))
+    if current is not None:
+        tag = "current (preview)" if current.get("preview") else "current"
+        fig.add_trace(_scatter([current], name=f"{tag}: {current.get('attack')}, n={current.get('n')}",
+                               mode="markers", marker=dict(symbol="star", size=22, color="#ffd400",
+                                                           line=dict(color="black", width=1.5))))
+    ref = rows[0] if rows else current
+    setting = setting_label(ref) if ref else "no points yet"
+    attack = ref.get("attack") if ref else (attack or "no attack chosen")
+    shown = [*rows, *([current] if current is not None else [])]
+    fig.update_layout(
+        title=dict(text=title or f"Clean vs robust accuracy — {setting}", font=dict(size=15)),
+        xaxis=dict(title=dict(text="clean accuracy (no attack)"), range=_axis(shown, "clean_acc")),
+        yaxis=dict(title=dict(text=f"robust accuracy ({attack})"), range=_axis(shown, "robust_acc")),
+        legend=dict(orientation="h", yanchor="top", y=-0.15), margin=dict(l=60, r=20, t=50, b=10),
+        height=520, template="plotly_white", uirevision="frontier")
+    return fig
+
+
+def _axis(rows: Sequence[Row], key: str) -> list[float]:
+    """From 0 to a little above the largest value (the whole [0, 1] once values pass 0.8)."""
+    top = max((float(r[key]) for r in rows), default=1.0)
+    return [-0.02, 1.02 if top > 0.8 else round(top + 0.15, 2)]
+
+
+def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5,
+                title: str = "", attack: str = "") -> go.Figure:
+    """Grouped horizontal bars: top-k class probabilities before and after the attack.
+
+    Classes are the union of the top-k of both distributions, ordered by clean probability.
+    """
+    top = sorted(clean, key=clean.get, reverse=True)[:k]
+    top += [c for c in sorted(adv, key=adv.get, reverse=True)[:k] if c not in top]
+    top = top[::-1]  # plotly draws the first category at the bottom
+    fig = go.Figure([
+        go.Bar(y=top, x=[clean.get(c, 0.0) for c in top], orientation="h", name="clean",
+               marker_color="#1f77b4", hovertemplate="%{y}: %{x:.3f}<extra>clean</extra>"),
+        go.Bar(y=top, x=[adv.get(c, 0.0) for c in top], orientation="h", name=f"adversarial ({attack})",
+               marker_color="#d62728", hovertemplate="%{y}: %{x:.3f}<extra>adversarial</extra>"),
+    ])
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), barmode="group",
+                      xaxis=dict(title=dict(text="probability"), range=[0, 1]), height=320,
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
+                      template="plotly_white")
+    return fig
+
+
+def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> go.Figure:
+    """Cosine similarity between task vectors (symmetric, diagonal 1)."""
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(names), y=list(names), zmin=-1, zmax=1,
+                               colorscale="RdBu", reversescale=True, texttemplate="%{z:.2f}",
+                               hovertemplate="cos(%{x}, %{y}) = %{z:.3f}<extra></extra>"))
+    fig.update_layout(title="Cosine similarity of task vectors", height=380, yaxis=dict(autorange="reversed"),
+                      margin=dict(l=10, r=10, t=40, b=10), template="plotly_white")
+    return fig
+
+
+def layer_magnitude_figure(layers: Sequence[str], norms: Mapping[str, Sequence[float]]) -> go.Figure:
+    """Per-layer L2 norm of each task vector (one line per vector, layers in model order)."""
+    fig = go.Figure([go.Scatter(x=list(layers), y=list(v), mode="lines+markers", name=name)
+                     for name, v in norms.items()])
+    fig.update_layout(title="Per-layer magnitude ‖τ‖₂", yaxis=dict(title=dict(text="L2 norm")),
+                      xaxis=dict(tickangle=-45), height=380, legend=dict(orientation="h", y=-0.5),
+                      margin=dict(l=10, r=10, t=40, b=10), template="plotly_white")
+    return fig

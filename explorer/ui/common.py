@@ -1,0 +1,122 @@
+"""Shared UI helpers: readable errors, UI values -> config objects, tables, constants."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ..config import AttackSpec, EvalSpec, MergeSpec, parse_eps
+
+log = logging.getLogger(__name__)
+
+MAX_VECTORS = 6                   # lambda sliders available in advanced mode
+PREVIEW_ATTACK = "pgd-5"          # live tier: answered within about a second on the demo zoo
+PREVIEW_N = 48                    # live tier sample count (capped by the chosen n)
+ATTACK_CHOICES = ["none", "fgsm", "pgd-2", "pgd-5", "pgd-10", "pgd-20", "apgd-ce", "apgd-t",
+                  "autoattack-fast", "autoattack"]
+TABLE_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "robust_acc",
+                 "attack", "n", "task", "cached", "seconds"]
+
+
+def readable_errors(fn: Callable) -> Callable:
+    """Turn exceptions into ``gr.Error`` messages (never a stack trace in the page).
+
+    Works for plain and generator handlers; keeps the signature (gradio reads it for
+    ``gr.Progress``/``gr.Request`` parameters).
+    """
+    def to_error(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, (ValueError, KeyError, FileNotFoundError, TypeError)):
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return gr.Error(str(msg))
+        log.exception("handler %s failed", fn.__name__)
+        return gr.Error(f"Internal error ({type(exc).__name__}): {exc}")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise to_error(exc) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise to_error(exc) from None
+    return wrapper
+
+
+def attack_spec(name: str, eps: str | float, norm: str = "Linf", seed: int = 0) -> AttackSpec:
+    """The attack of the UI values; a readable ``ValueError`` for a bad name or eps."""
+    from ..attacks import validate_attack
+
+    name = (name or "").strip()
+    spec = AttackSpec(name=name, eps=parse_eps(eps), norm=norm, seed=int(seed))
+    validate_attack(spec)
+    return spec
+
+
+def eval_spec(task: str, n: float | int | None) -> EvalSpec:
+    if n is None or int(n) < 1:
+        raise ValueError("sample count n must be a whole number >= 1")
+    return EvalSpec(task=task, n=int(n))
+
+
+def check_vectors(natural: Sequence[str] | None, robust: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    natural, robust = list(natural or []), list(robust or [])
+    if not natural or not robust:
+        raise ValueError("choose at least one natural and one robust task vector")
+    if len(natural) + len(robust) > MAX_VECTORS:
+        raise ValueError(f"at most {MAX_VECTORS} task vectors at a time")
+    if set(natural) & set(robust):
+        raise ValueError(f"{sorted(set(natural) & set(robust))} chosen as both natural and robust")
+    return natural, robust
+
+
+def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha: float, keep: float,
+               scope: str, advanced: bool, lambdas: Sequence[float]) -> MergeSpec:
+    """Alpha mode (one trade-off weight) or advanced mode (one lambda per vector)."""
+    if not method:
+        raise ValueError("choose a merge method")
+    if advanced:
+        n = len(natural) + len(robust)
+        return MergeSpec(method=method, lambdas=tuple(float(v) for v in lambdas[:n]), keep=float(keep),
+                         scope=scope)
+    return MergeSpec.from_alpha(float(alpha), len(natural), len(robust), method=method,
+                                keep=float(keep), scope=scope)
+
+
+def rows_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """The points as a table; every number beside the attack, eps and n that produced it."""
+    recs = []
+    for r in rows:
+        rec = {c: r.get(c) for c in TABLE_COLUMNS}
+        rec["lambdas"] = ", ".join(f"{float(v):+.2f}" for v in r.get("lambdas") or [])
+        rec["clean_acc"] = round(float(r["clean_acc"]), 4)
+        rec["robust_acc"] = round(float(r["robust_acc"]), 4)
+        rec["alpha"] = None if r.get("alpha") is None else round(float(r["alpha"]), 4)
+        if r.get("preview"):
+            rec["attack"] = f"{r['attack']} (preview)"
+        recs.append(rec)
+    return pd.DataFrame(recs, columns=TABLE_COLUMNS)
+
+
+def point_summary(row: dict, state: str) -> str:
+    """One line under the plot: accuracies with the attack, eps, n and tier that produced them."""
+    alpha = row.get("alpha")
+    where = f"α = {alpha:.2f}" if alpha is not None else "λ = " + ", ".join(
+        f"{v:+.2f}" for v in row.get("lambdas", []))
+    cached = " · from the store" if row.get("cached") else f" · {row.get('seconds', 0):.1f} s"
+    return (f"**{state}** — {row['method']} {where}, keep {row['keep']:g}: clean **{row['clean_acc']:.3f}**, "
+            f"robust **{row['robust_acc']:.3f}** under *{row['attack']}*, n = {row['n']} "
+            f"(task {row['task']}){cached}")

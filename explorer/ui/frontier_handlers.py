@@ -1,0 +1,189 @@
+"""Frontier tab handlers: UI values -> config -> one service call -> figure, table, text.
+
+The first positional parameters of every handler are the frontier controls, in the order
+``FrontierHandlers.CONTROLS`` names them (``frontier_tab`` wires the components in that order).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import plots
+from ..config import SweepSpec, parse_alphas
+from . import common, service
+from .common import readable_errors
+
+# Sessions whose sweep was asked to stop (session hash -> event).
+_STOP: dict[str, threading.Event] = {}
+
+
+def setting_of(row: dict) -> tuple:
+    """Rows are comparable (one plot) when base, vectors, attack, n, task and subset agree."""
+    return (row.get("base"), tuple(row.get("natural", ())), tuple(row.get("robust", ())),
+            row.get("attack"), row.get("n"), row.get("task"), row.get("eval_seed", 0))
+
+
+class FrontierHandlers:
+    """Handlers of the frontier tab, bound to one app context."""
+
+    CONTROLS = ("base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced",
+                "attack", "eps", "norm", "task", "n")
+
+    def __init__(self, ctx: service.AppContext) -> None:
+        self.ctx = ctx
+
+    # ------------------------------------------------------------------ parsing
+    def _specs(self, base, natural, robust, method, alpha, keep, scope, advanced, attack, eps, norm,
+               task, n, lambdas: Sequence[float]):
+        natural, robust = common.check_vectors(natural, robust)
+        spec = common.merge_spec(natural, robust, method, alpha, keep, scope, advanced, lambdas)
+        return (base or self.ctx.default_base, natural, robust, spec,
+                common.attack_spec(attack, eps, norm), common.eval_spec(task, n))
+
+    def curve_rows(self, rows: Sequence[dict], ref: dict) -> list[dict]:
+        """Rows of ``ref``'s setting from this session and from the store, one per config."""
+        pool = list(rows) + (self.ctx.store.rows() if self.ctx.store is not None else [])
+        want, seen, out = setting_of(ref), set(), []
+        for r in pool:
+            if setting_of(r) == want and not r.get("preview") and r.get("key") not in seen:
+                seen.add(r.get("key"))
+                out.append(r)
+        return out
+
+    def _figure(self, rows: Sequence[dict], ref: dict, current: dict | None = None):
+        """Curves of ``ref``'s setting (the chosen attack and n), ``current`` highlighted."""
+        curve = self.curve_rows(rows, ref)
+        return plots.frontier_figure(curve, current=current), curve
+
+    @staticmethod
+    def _ref(base: str, nat: Sequence[str], rob: Sequence[str], attack, ev) -> dict:
+        return {"base": base, "natural": list(nat), "robust": list(rob), "attack": attack.label,
+                "n": ev.n, "task": ev.task, "eval_seed": ev.seed}
+
+    # ------------------------------------------------------------------ live point
+    @readable_errors
+    def preview(self, *values: Any):
+        """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview."""
+        rows = values[-1]
+        lambdas = values[len(self.CONTROLS):-1]
+        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        quick = replace(attack, name=common.PREVIEW_ATTACK) if attack.name != "none" else attack
+        row = service.compute_point(self.ctx, base, nat, rob, spec, quick,
+                                    replace(ev, n=min(ev.n, common.PREVIEW_N)))
+        row = {**row, "preview": True}
+        fig, _ = self._figure(rows or [], self._ref(base, nat, rob, attack, ev), row)
+        return fig, common.point_summary(row, "Preview (refining…)"), row
+
+    @readable_errors
+    def refine(self, *values: Any):
+        """Full tier: the same merge under the chosen attack and n; added to the curve rows."""
+        rows = list(values[-1] or [])
+        lambdas = values[len(self.CONTROLS):-1]
+        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        row = service.compute_point(self.ctx, base, nat, rob, spec, attack, ev)
+        rows = [r for r in rows if r.get("key") != row["key"]] + [row]
+        fig, curve = self._figure(rows, row, row)
+        return fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row
+
+    # ------------------------------------------------------------------ sweep
+    @readable_errors
+    def sweep(self, *values: Any, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+        """Stream the curve of each chosen method: figure, table and status after every point."""
+        methods, alphas_text, rows = values[-3], values[-2], list(values[-1] or [])
+        lambdas = values[len(self.CONTROLS):-3]
+        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        methods = list(methods or []) or [spec.method]
+        sw = SweepSpec(manifest=self.ctx.manifest_path, base=base, natural=tuple(nat), robust=tuple(rob),
+                       methods=tuple(methods), alphas=parse_alphas(alphas_text or "0:1:11"),
+                       keeps=(spec.keep,), scope=spec.scope, attack=attack, eval=ev)
+        stop = _STOP.setdefault(_session(request), threading.Event())
+        stop.clear()
+        total = 1 + len(sw.methods) * len(sw.alphas)
+        done, fresh = 0, 0
+        for row in service.sweep_points(self.ctx, sw, should_stop=stop.is_set):
+            done += 1
+            fresh += not row.get("cached")
+            rows = [r for r in rows if r.get("key") != row["key"]] + [row]
+            fig, curve = self._figure(rows, row, row)
+            status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh} from the store) — "
+                      f"{attack.label}, n = {ev.n}, task {ev.task}")
+            yield fig, common.rows_table(curve), rows, status
+            if stop.is_set():
+                break
+        if stop.is_set():
+            yield gr.skip(), gr.skip(), gr.skip(), (f"Stopped after {done}/{total} points; they are stored, "
+                                                     "a re-run resumes from there.")
+
+    def stop(self, request: gr.Request = None) -> str:
+        """Ask this session's sweep to stop after the current point."""
+        _STOP.setdefault(_session(request), threading.Event()).set()
+        return "Stopping after the current point…"
+
+    # ------------------------------------------------------------------ page state
+    @readable_errors
+    def show_stored(self, *values: Any):
+        """The stored points of the chosen setting (shown on page load and setting changes)."""
+        rows = list(values[-1] or [])
+        try:
+            base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)],
+                                                           values[len(self.CONTROLS):-1])
+        except ValueError as exc:
+            return plots.frontier_figure([]), common.rows_table([]), str(exc)
+        curve = self.curve_rows(rows, self._ref(base, nat, rob, attack, ev))
+        fig = plots.frontier_figure(curve, title=f"Clean vs robust accuracy — {attack.label}, n={ev.n}, "
+                                                 f"task {ev.task}", attack=attack.label)
+        msg = f"{len(curve)} stored points for this setting ({attack.label}, n = {ev.n})."
+        return fig, common.rows_table(curve), msg
+
+    # ------------------------------------------------------------------ downloads
+    @readable_errors
+    def export(self, rows: list[dict] | None, current: dict | None):
+        """CSV + JSON of the plotted points and the figure as HTML (PNG too if kaleido works)."""
+        ref = current if current and not current.get("preview") else (rows[-1] if rows else current)
+        if ref is None:
+            raise gr.Error("nothing to export yet: move the slider or run a sweep first")
+        fig, curve = self._figure(rows or [], {**ref, "preview": False}, current)
+        out = Path(tempfile.mkdtemp(prefix="explorer-export-"))
+        common.rows_table(curve).to_csv(out / "frontier.csv", index=False)
+        (out / "frontier.json").write_text(json.dumps(curve, indent=1, default=str))
+        fig.write_html(out / "frontier.html", include_plotlyjs=True)
+        files = [str(out / f) for f in ("frontier.csv", "frontier.json", "frontier.html")]
+        try:
+            fig.write_image(out / "frontier.png", scale=2)
+            files.append(str(out / "frontier.png"))
+        except Exception:  # kaleido missing or without a browser: HTML only
+            pass
+        return files
+
+    @readable_errors
+    def checkpoint(self, *values: Any):
+        """The current merge as ``.safetensors`` (config in its metadata)."""
+        base, nat, rob, spec, _, _ = self._specs(*values[:len(self.CONTROLS)], values[len(self.CONTROLS):])
+        out = Path(tempfile.mkdtemp(prefix="explorer-ckpt-")) / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors"
+        return str(service.merged_checkpoint(self.ctx, base, [*nat, *rob], spec, out))
+
+    @staticmethod
+    def lambda_sliders(natural, robust, advanced: bool, alpha: float):
+        """Show one lambda slider per chosen vector in advanced mode, set from alpha."""
+        natural, robust = list(natural or []), list(robust or [])
+        names = natural + robust
+        vals = [(1 - alpha) / max(len(natural), 1)] * len(natural) + [alpha / max(len(robust), 1)] * len(robust)
+        ups = []
+        for i in range(common.MAX_VECTORS):
+            if i < len(names):
+                kind = "natural" if i < len(natural) else "robust"
+                ups.append(gr.update(visible=bool(advanced), label=f"λ {names[i]} ({kind})", value=vals[i]))
+            else:
+                ups.append(gr.update(visible=False))
+        return [gr.update(visible=not advanced), *ups]
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"

@@ -1,0 +1,55 @@
+"""Inspect tab layout: an image, its adversarial version, and predictions of three models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ..data import task_names
+from .frontier_tab import FrontierControls
+from .inspect_handlers import InspectHandlers
+from .service import AppContext
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+ATTACK_KINDS = ["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack-fast", "none"]
+
+
+def example_images() -> list[str]:
+    return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))][:12]
+
+
+def build_inspect_tab(ctx: AppContext, fc: FrontierControls) -> None:
+    """Lay out the tab inside the current ``gr.Tab``; the merged model is the frontier's."""
+    h = InspectHandlers(ctx)
+    d = ctx.defaults()
+    default_classes = h.task_classes(d["task"]) if d["task"] in task_names() else "cat, dog"
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
+                             height=240, elem_id="inspect-image")
+            examples = example_images()
+            if examples:
+                gr.Examples(examples, inputs=image, label="Examples (demo tasks)", examples_per_page=12)
+            source = gr.Dropdown(["custom", *task_names()], value=d["task"], allow_custom_value=True,
+                                 label="Class names from")
+            classes = gr.Textbox(default_classes, lines=2, label="Class names (comma separated)")
+            with gr.Row():
+                kind = gr.Dropdown(ATTACK_KINDS, value="pgd", label="Attack")
+                eps = gr.Textbox(d["eps"], label="eps")
+                steps = gr.Number(10, precision=0, minimum=1, label="PGD steps")
+            run = gr.Button("Attack and classify", variant="primary", elem_id="inspect-btn")
+            gr.Markdown("The *current merge* is the one set on the Frontier tab (vectors, method, α or λ, "
+                        "keep, norm).", elem_classes="hint")
+        with gr.Column(scale=2):
+            summary = gr.Markdown("", elem_id="inspect-summary")
+            with gr.Row(elem_id="inspect-images"):
+                clean = gr.Image(label="clean", interactive=False, height=200)
+                adv = gr.Image(label="adversarial (current merge)", interactive=False, height=200)
+                delta = gr.Image(label="perturbation (amplified)", interactive=False, height=200)
+            with gr.Row():
+                bars = [gr.Plot(label=name, elem_id=f"bars-{i}")
+                        for i, name in enumerate(["current merge", "natural endpoint", "robust endpoint"])]
+            download = gr.DownloadButton("Download adversarial PNG", size="sm")
+    source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
+    run.click(h.inspect, [image, classes, kind, eps, steps, *fc.merge_inputs()],
+              [clean, adv, delta, *bars, summary, download], api_name="inspect", concurrency_id="engine")

@@ -1,0 +1,120 @@
+"""The page itself in headless Chromium (Playwright): slider -> point, sweep -> curve, upload -> bars.
+
+Skipped, with the reason, when the ``playwright`` package or ``/usr/bin/chromium`` is missing
+(never runs ``playwright install``: the system Chromium is used).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("EXPLORER_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="python package playwright not installed")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tiny_zoo: Path, tmp_path_factory):
+    from explorer.ui import build_demo
+
+    store = tmp_path_factory.mktemp("browser_store") / "results.sqlite"
+    demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                quiet=True, show_error=True)
+    demo.explorer_context.engine()  # build the engine before the first click
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as exc:  # a Chromium that cannot start here
+            pytest.skip(f"Chromium does not start: {exc}")
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(url)
+        pg.wait_for_selector("#frontier-plot .js-plotly-plot")
+        yield pg
+        browser.close()
+
+
+def plot_traces(page, elem: str) -> list[dict]:
+    """Names and hover texts of the Plotly traces inside ``#elem`` (read from the graph div)."""
+    return page.evaluate(
+        """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot');
+                      return gd && gd.data ? gd.data.map(t => ({name: t.name, x: t.x, text: t.text})) : []; }""",
+        "#" + elem)
+
+
+def current_text(page) -> str:
+    cur = [t for t in plot_traces(page, "frontier-plot") if (t["name"] or "").startswith("current")]
+    return cur[0]["text"][0] if cur else ""
+
+
+def move_alpha(page, fraction: float) -> None:
+    """Click the alpha range input at ``fraction`` of its width (pointer up = release event)."""
+    rng = page.locator("#alpha-slider input[type=range]")
+    box = rng.bounding_box()
+    page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+
+
+def test_slider_moves_the_point(page) -> None:
+    move_alpha(page, 0.85)
+    page.wait_for_function("() => document.querySelector('#point-summary').innerText.includes('Refined')")
+    first = current_text(page)
+    assert "α = 0.85" in first or "α = 0.8" in first or "α = 0.9" in first, first
+    move_alpha(page, 0.15)
+    page.wait_for_function("() => document.querySelector('#point-summary').innerText.includes('α = 0.1')"
+                           " || document.querySelector('#point-summary').innerText.includes('α = 0.2')")
+    page.wait_for_function("() => document.querySelector('#point-summary').innerText.includes('Refined')")
+    second = current_text(page)
+    assert second != first and "pgd-3 Linf eps=4/255" in second and "n = 32" in second
+
+
+def test_sweep_draws_the_curve(page) -> None:
+    alphas = page.get_by_label("α values (start:stop:count or a list)")
+    alphas.fill("0,0.5,1")
+    page.locator("#sweep-btn").click()
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep 4/4')")
+    names = [t["name"] for t in plot_traces(page, "frontier-plot")]
+    assert "task_arithmetic" in names
+    assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= set(names)
+    curve = next(t for t in plot_traces(page, "frontier-plot") if t["name"] == "task_arithmetic")
+    assert len(curve["x"]) >= 3
+    assert page.locator("#points-table").inner_text().count("pgd-3 Linf eps=4/255") >= 4
+
+
+def test_upload_shows_both_predictions(page, tmp_path) -> None:
+    from explorer.data import get_task
+
+    x, _ = get_task("shapes").load("test", 1, 3)
+    png = tmp_path / "upload.png"
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(png)
+    page.get_by_role("tab", name="Inspect").click()
+    page.locator("#inspect-image input[type=file]").set_input_files(str(png))
+    page.wait_for_timeout(500)
+    page.locator("#inspect-btn").click()
+    page.wait_for_function("() => document.querySelector('#inspect-summary').innerText.includes('Attack')")
+    for i in range(3):
+        page.wait_for_selector(f"#bars-{i} .js-plotly-plot")
+        traces = plot_traces(page, f"bars-{i}")
+        assert [t["name"].split(" ")[0] for t in traces] == ["clean", "adversarial"]

@@ -1,0 +1,106 @@
+"""Figure builders on hand-made rows: endpoints, one trace per method, Pareto front, hover."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pytest
+
+from explorer import plots
+
+ATTACK = "pgd-10 Linf eps=4/255"
+
+
+def row(method: str, alpha: float | None, clean: float, robust: float, lambdas=None, keep=1.0) -> dict:
+    lam = lambdas if lambdas is not None else ([1 - alpha, alpha] if alpha is not None else [0.3, 0.3])
+    return {"method": method, "alpha": alpha, "keep": keep, "scope": "global", "lambdas": lam,
+            "clean_acc": clean, "robust_acc": robust, "attack": ATTACK, "eps": 4 / 255, "n": 64,
+            "task": "shapes", "key": f"{method}-{alpha}-{keep}-{lam}"}
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    out = [row("task_arithmetic", None, 0.30, 0.05, lambdas=[0.0, 0.0])]
+    for method, bump in (("task_arithmetic", 0.0), ("ties", 0.05)):
+        for a in (0.0, 0.5, 1.0):
+            out.append(row(method, a, 0.9 - 0.4 * a + bump * (a == 0.5), 0.1 + 0.5 * a))
+    return out
+
+
+def names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data]
+
+
+def test_endpoint_kind() -> None:
+    assert plots.endpoint_kind(row("ties", None, 0, 0, lambdas=[0, 0])) == "pretrained"
+    assert plots.endpoint_kind(row("ties", 0.0, 0, 0)) == "natural"
+    assert plots.endpoint_kind(row("ties", 1.0, 0, 0)) == "robust"
+    assert plots.endpoint_kind(row("ties", 0.5, 0, 0)) is None
+    assert plots.endpoint_kind(row("ties", 1.0, 0, 0, keep=0.2)) is None  # sparsified: not the model
+
+
+def test_frontier_one_trace_per_method_and_endpoints(rows: list[dict]) -> None:
+    fig = plots.frontier_figure(rows, current=rows[2])
+    n = names(fig)
+    assert n.count("task_arithmetic") == 1 and n.count("ties") == 1
+    curve = fig.data[n.index("ties")]
+    assert list(curve.x) == [0.9, 0.75, 0.5]  # sorted by alpha
+    for kind in ("pretrained", "natural", "robust"):
+        label = plots.ENDPOINT_STYLE[kind][2]
+        trace = fig.data[n.index(label)]
+        assert trace.marker.symbol == plots.ENDPOINT_STYLE[kind][0]
+    pre = fig.data[n.index(plots.ENDPOINT_STYLE["pretrained"][2])]
+    assert list(pre.x) == [0.30] and list(pre.y) == [0.05]
+    current = [t for t in fig.data if t.name.startswith("current")]
+    assert len(current) == 1 and list(current[0].x) == [rows[2]["clean_acc"]]
+    # Title and axes state the attack, eps and n.
+    assert ATTACK in fig.layout.title.text and "n=64" in fig.layout.title.text
+    assert ATTACK in fig.layout.yaxis.title.text
+
+
+def test_pareto_front_hand_case() -> None:
+    pts = [(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.6), (0.5, 0.5), (0.2, 0.6), (0.9, 0.05)]
+    # (0.7,0.2) is beaten by (0.8,0.3); (0.5,0.5) by (0.5,0.6); (0.2,0.6) by (0.5,0.6); (0.9,0.05) by (0.9,0.1)
+    assert plots.pareto_front(pts) == [3, 1, 0]
+    assert plots.pareto_front([]) == []
+
+
+def test_pareto_trace_in_figure(rows: list[dict]) -> None:
+    fig = plots.frontier_figure(rows)
+    front = fig.data[names(fig).index("Pareto front")]
+    xs = list(front.x)
+    assert xs == sorted(xs)
+    # ties at alpha 0.5 (0.75, 0.35) dominates task arithmetic's (0.70, 0.35)
+    assert 0.75 in xs and 0.70 not in xs
+
+
+def test_hover_text_has_config_and_setting(rows: list[dict]) -> None:
+    text = plots.hover_text(rows[2])
+    for needle in ("α = 0.5", "λ = [+0.5, +0.5]", "keep = 1", "task_arithmetic", ATTACK, "n = 64", "eps = 0.01569"):
+        assert needle in text, needle
+    fig = plots.frontier_figure(rows)
+    assert all("attack:" in t for t in fig.data[0].text)
+
+
+def test_empty_figure_names_the_attack() -> None:
+    fig = plots.frontier_figure([], attack=ATTACK)
+    assert ATTACK in fig.layout.yaxis.title.text and len(fig.data) == 0
+
+
+def test_advanced_points_get_their_own_trace() -> None:
+    fig = plots.frontier_figure([row("ties", None, 0.5, 0.4, lambdas=[0.7, -0.2])])
+    assert names(fig) == ["advanced (λ per vector)"]
+
+
+def test_topk_union_and_order() -> None:
+    clean = {"cat": 0.7, "dog": 0.2, "car": 0.06, "ship": 0.04}
+    adv = {"cat": 0.1, "dog": 0.05, "car": 0.05, "ship": 0.8}
+    fig = plots.topk_figure(clean, adv, k=2, title="t", attack=ATTACK)
+    assert list(fig.data[0].y) == ["ship", "dog", "cat"]  # top-2 clean + adv's top, best clean on top
+    assert list(fig.data[1].x) == [0.8, 0.05, 0.1]
+    assert ATTACK in fig.data[1].name
+
+
+def test_stats_figures() -> None:
+    heat = plots.cosine_heatmap(["a", "b"], [[1.0, 0.2], [0.2, 1.0]])
+    assert heat.data[0].zmin == -1 and list(heat.data[0].x) == ["a", "b"]
+    lines = plots.layer_magnitude_figure(["visual.block0", "text.block0"], {"a": [1, 2], "b": [3, 4]})
+    assert [t.name for t in lines.data] == ["a", "b"]

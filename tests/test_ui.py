@@ -1,0 +1,188 @@
+"""The web app's handlers driven directly, and its API through gradio_client (tiny zoo, CPU)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer.ui import build_demo, launch_kwargs, parse_auth
+from explorer.ui.frontier_handlers import FrontierHandlers
+from explorer.ui.inspect_handlers import InspectHandlers
+from explorer.ui.models_tab import ModelsHandlers
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_zoo: Path, tmp_path_factory):
+    store = tmp_path_factory.mktemp("ui_store") / "results.sqlite"
+    return build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
+
+
+@pytest.fixture(scope="module")
+def ctx(demo):
+    return demo.explorer_context
+
+
+def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str = "task_arithmetic",
+             advanced: bool = False, lambdas=(0.0,) * 6) -> list:
+    """Frontier control values in ``FrontierHandlers.CONTROLS`` order, then the lambda sliders."""
+    return ["base", ["natural"], ["robust"], method, alpha, 1.0, "global", advanced, attack, "4/255",
+            "Linf", "shapes", n, *lambdas]
+
+
+def test_preview_then_refine(ctx) -> None:
+    h = FrontierHandlers(ctx)
+    fig, summary, row = h.preview(*controls(alpha=0.3), [])
+    assert row["preview"] and row["alpha"] == 0.3 and row["attack"].startswith("pgd-5")
+    assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary and "n = 16" in summary
+    assert any(t.name.startswith("current (preview)") for t in fig.data)
+    fig, summary, table, rows, row = h.refine(*controls(alpha=0.3), [])
+    assert "Refined" in summary and row["attack"] == "pgd-2 Linf eps=4/255" and row["n"] == 16
+    assert len(rows) == 1 and table.loc[0, "attack"] == "pgd-2 Linf eps=4/255"
+    assert 0 <= row["robust_acc"] <= row["clean_acc"] <= 1
+
+
+def test_advanced_mode_lambdas(ctx) -> None:
+    h = FrontierHandlers(ctx)
+    *_, row = h.refine(*controls(advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)), [])
+    assert row["lambdas"] == [0.8, -0.2] and row["alpha"] is None
+    ups = h.lambda_sliders(["natural"], ["robust"], True, 0.25)
+    assert ups[0]["visible"] is False and ups[1]["visible"] and ups[1]["value"] == 0.75
+    assert ups[2]["label"].startswith("λ robust") and ups[3]["visible"] is False
+
+
+def test_sweep_streams_and_stores_then_resumes(ctx) -> None:
+    h = FrontierHandlers(ctx)
+    before = len(ctx.store)
+    outs = list(h.sweep(*controls(), ["task_arithmetic"], "0,0.5,1", []))
+    assert len(outs) == 4  # pretrained + 3 alphas, one yield per point
+    fig, table, rows, status = outs[-1]
+    assert status.startswith("Sweep 4/4") and "pgd-2 Linf eps=4/255, n = 16" in status
+    assert len(table) >= 4 and len(ctx.store) >= before + 3  # plus points stored earlier
+    kinds = {t.name for t in fig.data}
+    assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= kinds
+    again = list(h.sweep(*controls(), ["task_arithmetic"], "0,0.5,1", []))
+    assert "4 from the store" in again[-1][3]
+
+
+def test_stop_keeps_computed_points(ctx) -> None:
+    h = FrontierHandlers(ctx)
+    gen = h.sweep(*controls(attack="fgsm"), ["task_arithmetic", "ties"], "0:1:5", [])
+    first = next(gen)
+    assert "1/11" in first[3]
+    assert "Stopping" in h.stop()
+    rest = list(gen)
+    assert "Stopped after" in rest[-1][3] and len(rest) <= 2
+    stored = h.show_stored(*controls(attack="fgsm"), [])
+    assert "stored points" in stored[2] and len(stored[1]) >= 1
+
+
+def test_bad_inputs_are_readable(ctx) -> None:
+    h = FrontierHandlers(ctx)
+    with pytest.raises(gr.Error, match="eps"):
+        h.preview(*controls()[:9], "four", *controls()[10:], [])
+    with pytest.raises(gr.Error, match="natural and one robust"):
+        h.refine("base", [], ["robust"], *controls()[3:], [])
+    with pytest.raises(gr.Error, match="pgd-K"):
+        h.refine(*controls(attack="pgd-x"), [])
+    with pytest.raises(gr.Error, match="nothing to export"):
+        h.export([], None)
+
+
+def test_exports(ctx, tmp_path) -> None:
+    h = FrontierHandlers(ctx)
+    *_, rows, row = h.refine(*controls(alpha=1.0), [])
+    files = h.export(rows, row)
+    assert [Path(f).suffix for f in files[:3]] == [".csv", ".json", ".html"]
+    assert "pgd-2 Linf eps=4/255" in Path(files[0]).read_text()
+    ckpt = h.checkpoint(*controls(alpha=1.0))
+    from safetensors.torch import load_file
+    sd = load_file(ckpt)
+    assert len(sd) == len(ctx.engine().layout.keys)
+
+
+@pytest.fixture(scope="module")
+def example_png(tmp_path_factory) -> str:
+    from explorer.data import get_task
+    x, _ = get_task("shapes").load("test", 1, 0)
+    path = tmp_path_factory.mktemp("img") / "example.png"
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_inspect_before_after(ctx, example_png) -> None:
+    h = InspectHandlers(ctx)
+    out = h.inspect(example_png, "circle, square, triangle, star", "pgd", "8/255", 3, *controls())
+    clean, adv, delta, *figs, summary, png = out
+    assert clean.shape == adv.shape == delta.shape and clean.dtype == np.uint8
+    assert np.abs(adv.astype(int) - clean.astype(int)).max() <= 8 + 1  # eps ball, rounding
+    assert len(figs) == 3 and all(len(f.data) == 2 for f in figs)
+    probs = [sum(f.data[0].x) for f in figs]
+    assert all(0.99 <= p <= 1.01 for p in probs)  # all 4 classes shown: a distribution
+    assert "pgd-3 Linf eps=8/255" in summary and Path(png).suffix == ".png"
+
+
+def test_inspect_errors(ctx, example_png, tmp_path) -> None:
+    h = InspectHandlers(ctx)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(gr.Error, match="Could not read the image"):
+        h.inspect(str(bad), "a, b", "pgd", "4/255", 2, *controls())
+    with pytest.raises(gr.Error, match="empty"):
+        h.inspect(example_png, " , ", "pgd", "4/255", 2, *controls())
+    with pytest.raises(gr.Error, match="at least two"):
+        h.inspect(example_png, "cat", "pgd", "4/255", 2, *controls())
+    assert "circle" in h.task_classes("shapes")
+
+
+def test_models_stats_and_bad_checkpoint(ctx, tmp_path) -> None:
+    h = ModelsHandlers(ctx)
+    table, heat, layers = h.stats("base", ["natural", "robust"])
+    assert list(table["vector"]) == ["natural", "robust"] and (table["L2 norm"] > 0).all()
+    assert heat.data[0].z[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert any(name.startswith("visual.block") for name in layers.data[0].x)
+    from safetensors.torch import save_file
+    import torch
+    save_file({"foo.weight": torch.zeros(2, 2)}, str(tmp_path / "alien.safetensors"))
+    with pytest.raises(gr.Error, match="Checkpoint rejected.*do not belong"):
+        h.add("base", str(tmp_path / "alien.safetensors"), "alien", "robust")
+    with pytest.raises(gr.Error, match="no file"):
+        h.add("base", str(tmp_path / "missing.safetensors"), "", "robust")
+    assert "alien" not in ctx.manifest.models
+
+
+def test_serve_flags() -> None:
+    import argparse
+    from explorer.serve_args import add_serve_args
+    args = add_serve_args(argparse.ArgumentParser()).parse_args(["--auth", "ann:pw"])
+    kw = launch_kwargs(args)
+    assert kw["server_name"] == "127.0.0.1" and kw["share"] is False and kw["auth"] == ("ann", "pw")
+    assert kw["max_file_size"] == "10mb"
+    with pytest.raises(SystemExit):
+        parse_auth("no-colon")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_api_through_gradio_client(demo) -> None:
+    from gradio_client import Client
+
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
+                quiet=True, show_error=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert {"/preview_point", "/refine_point", "/sweep", "/inspect", "/add_checkpoint"} <= set(endpoints)
+        _, summary = client.predict(*controls(alpha=0.7), api_name="/preview_point")
+        assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary
+        with pytest.raises(Exception, match="eps"):
+            client.predict(*controls()[:9], "bad", *controls()[10:], api_name="/preview_point")
+    finally:
+        demo.close()
