@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
+import tempfile
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +22,17 @@ PREVIEW_ATTACK = "pgd-5"          # live tier: answered within about a second on
 PREVIEW_N = 48                    # live tier sample count (capped by the chosen n)
 ATTACK_CHOICES = ["none", "fgsm", "pgd-2", "pgd-5", "pgd-10", "pgd-20", "apgd-ce", "apgd-t",
                   "autoattack-fast", "autoattack"]
+EXPORT_ROOT = Path(tempfile.gettempdir()) / "trade-off-explorer-exports"
+
+
+def export_dir(content: str | bytes) -> Path:
+    """A folder named by the content's hash: the same export reuses it instead of piling up."""
+    data = content.encode() if isinstance(content, str) else content
+    out = EXPORT_ROOT / hashlib.sha256(data).hexdigest()[:16]
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 TABLE_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "robust_acc",
                  "attack", "n", "task", "cached", "seconds"]
 

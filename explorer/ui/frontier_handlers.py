@@ -6,11 +6,9 @@ The first positional parameters of every handler are the frontier controls, in t
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -150,9 +148,10 @@ class FrontierHandlers:
         if ref is None:
             raise gr.Error("nothing to export yet: move the slider or run a sweep first")
         fig, curve = self._figure(rows or [], {**ref, "preview": False}, current)
-        out = Path(tempfile.mkdtemp(prefix="explorer-export-"))
+        text = json.dumps(curve, indent=1, default=str)
+        out = common.export_dir(text)
         common.rows_table(curve).to_csv(out / "frontier.csv", index=False)
-        (out / "frontier.json").write_text(json.dumps(curve, indent=1, default=str))
+        (out / "frontier.json").write_text(text)
         fig.write_html(out / "frontier.html", include_plotlyjs=True)
         files = [str(out / f) for f in ("frontier.csv", "frontier.json", "frontier.html")]
         try:
@@ -166,7 +165,7 @@ class FrontierHandlers:
     def checkpoint(self, *values: Any):
         """The current merge as ``.safetensors`` (config in its metadata)."""
         base, nat, rob, spec, _, _ = self._specs(*values[:len(self.CONTROLS)], values[len(self.CONTROLS):])
-        out = Path(tempfile.mkdtemp(prefix="explorer-ckpt-")) / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors"
+        out = common.export_dir(repr((base, nat, rob, spec.to_json()))) / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors"
         return str(service.merged_checkpoint(self.ctx, base, [*nat, *rob], spec, out))
 
     @staticmethod

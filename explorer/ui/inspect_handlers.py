@@ -1,7 +1,6 @@
 """Inspect tab handler: one image, its zero-shot predictions before and after an attack."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,7 @@ class InspectHandlers:
             title = f"{label}: {top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ robust")
             figs.append(plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
                                           attack=attack.label))
-        out = Path(tempfile.mkdtemp(prefix="explorer-adv-")) / "adversarial.png"
+        out = common.export_dir(res["adv"].tobytes()) / "adversarial.png"
         Image.fromarray(res["adv"]).save(out)
         where = spec.alpha if spec.alpha is not None else list(spec.lambdas)
         summary = (f"Attack **{attack.label}**, white-box on each model against its own clean "
