@@ -6,7 +6,7 @@ line in ``METHODS``. The engine then calls :func:`merge_coefficients` and
 """
 from __future__ import annotations
 
-from explorer.merging import dare, magnitude, task_arithmetic, ties
+from explorer.merging import dare, magnitude, stability, task_arithmetic, ties, variational
 from explorer.merging.base import (Coefficient, MergeFn, MergeInputs, apply_coefficients,
                                    merge_coefficients, merge_weights)
 
@@ -15,6 +15,8 @@ METHODS: dict[str, MergeFn] = {
     "ties": ties.ties,
     "dare": dare.dare,
     "magnitude": magnitude.magnitude,
+    "stability": stability.stability,
+    "variational": variational.variational,
 }
 
 

@@ -1,0 +1,219 @@
+"""Variational block-wise composition (after VTVC): ``c_ib = lambda_i * g_ib(alpha)`` per block b.
+
+Zhang, Du, Zhen, Shao, "Variational Task Vector Composition", NeurIPS 2025,
+https://arxiv.org/abs/2509.18208. Our reading, adapted to the clean/robust trade-off:
+
+Latents (cached per base/vector digests + calibration settings + ``seed``; alpha-independent).
+Per vector i and block b (``blocks="tensor"``: one block per tensor, default; ``"layer"``: one per
+transformer block ``...resblocks.N.``, other tensors alone) a multiplier ``m_ib = z_ib w_ib`` with a
+spike-and-slab prior ``z ~ Bernoulli(prior_gate=0.5)``, ``w ~ N(1, prior_std=0.25^2)`` (slab centred
+on the vector as given) and posterior ``q(z) = Bernoulli(sigmoid(phi))``, ``q(w) = N(mu, sigma^2)``
+(initialised at the prior: ``mu=1, sigma=prior_std, phi=logit(prior_gate)``, so a block the
+objective never sees keeps KL 0 and an uncertain gate). Inferred on *unlabelled* calibration
+images (``calib_n`` = 64 of the ``train`` split, never the test split) at the anchor lambdas (alpha=``anchor``=0.5) by
+``vi_steps`` (30) Adam steps (``vi_lr`` 0.05) on
+
+    E_q[ H(p(.|x)) + H(p(.|x_adv)) ] / 2  +  kl_weight (0.05) * mean_b KL(q_ib || p_ib),
+
+where H is the prediction entropy, ``x_adv`` is PGD-``attack_steps`` (Linf ``calib_eps``) against
+the anchor with its own argmax as pseudo-labels (no labels are read), gates are sampled from a
+relaxed Bernoulli (temperature 0.5) and slabs by reparametrisation, one sample per step, from a
+generator seeded with ``spec.seed``. ``KL = KL(q(z)||p(z)) + q(z=1) KL(q(w)||p(w))``.
+
+Merge (cheap, per keep/alpha). With ``p_ib = sigmoid(phi_ib)`` the gate posterior:
+- ``keep`` = fraction of blocks of each vector eligible: the top ``round(keep * B)`` by ``p_ib``
+  (ties by block order); the others get 0. ``scope`` is ignored (blocks are the unit).
+- uncertainty gating of an eligible block: ``p >= 1/2 + gate_band`` (0.1) -> posterior mean
+  ``mu``; ``|p - 1/2| < gate_band`` (uncertain) -> falls back to 1 (task arithmetic);
+  ``p <= 1/2 - gate_band`` -> dropped (0).
+- ``endpoint_blend="quadratic"`` (default): ``g = 1 + 4 alpha (1 - alpha) (m - 1)`` on eligible
+  blocks, so the posterior acts fully at alpha=1/2 (where it was inferred) and not at all at the
+  endpoints; with keep=1, alpha=0 and alpha=1 then give the natural and robust weights *exactly*
+  (coefficients ``(1.0, 0.0)`` / ``(0.0, 1.0)``, as task arithmetic). ``"none"``: ``g = m``;
+  alpha=0 then gives ``pre + sum_b m_nat,b tau_nat,b`` (the re-weighted natural vector) and the
+  robust coefficient is exactly ``0.0``. Without ``spec.alpha`` (free lambdas) ``g = m``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from explorer.config import MergeSpec
+from explorer.merging.base import Coefficient, MergeInputs
+from explorer.merging.calibration import (CalibSettings, FlatModel, ScoreCache, adversarial_batch,
+                                          calibration_batch, content_key, vector_identity)
+from explorer.merging.context import PREPARERS
+from explorer.merging.sparsify import kept_count
+
+log = logging.getLogger(__name__)
+
+PAPER = "https://arxiv.org/abs/2509.18208"
+POSTERIOR_VERSION = 1
+CACHE = ScoreCache("variational")
+_LAYER = re.compile(r"^(.*?resblocks\.\d+)\.")
+
+
+def block_index(names: Sequence[str], mode: str = "tensor") -> list[int]:
+    """Block id of each tensor: its own (``tensor``) or its transformer block's (``layer``)."""
+    if mode not in ("tensor", "layer"):
+        raise ValueError(f"blocks must be 'tensor' or 'layer', got {mode!r}")
+    ids: dict[str, int] = {}
+    out = []
+    for name in names:
+        m = _LAYER.match(name) if mode == "layer" else None
+        out.append(ids.setdefault(m.group(1) if m else name, len(ids)))
+    return out
+
+
+def expand(values: Tensor, blocks: Sequence[int], segments: Sequence[tuple[int, int]]) -> Tensor:
+    """Per-block values -> per-coordinate values (differentiable).
+
+    Shape:
+        values ``(..., B)``; returns ``(..., N)`` with N the end of the last segment.
+    """
+    sizes = torch.tensor([b - a for a, b in segments], device=values.device)
+    idx = torch.tensor(list(blocks), device=values.device).repeat_interleave(sizes)
+    return values[..., idx]
+
+
+def posterior_settings(engine: Any, spec: MergeSpec) -> dict[str, Any]:
+    """Every setting the posterior depends on (not alpha, keep or the gating band)."""
+    calib = CalibSettings.from_spec(engine, spec)
+    return {"calib": calib.__dict__, "blocks": str(spec.option("blocks", "tensor")),
+            "vi_steps": int(spec.option("vi_steps", 30)), "vi_lr": float(spec.option("vi_lr", 0.05)),
+            "kl_weight": float(spec.option("kl_weight", 0.05)),
+            "prior_gate": float(spec.option("prior_gate", 0.5)),
+            "prior_std": float(spec.option("prior_std", 0.25)), "anchor": float(spec.option("anchor", 0.5)),
+            "seed": int(spec.seed), "version": POSTERIOR_VERSION}
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    logp = F.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def spike_slab_kl(phi: Tensor, mu: Tensor, sigma: Tensor, prior_gate: float, prior_std: float) -> Tensor:
+    """``KL(q(z)||p(z)) + q(z=1) KL(N(mu, sigma^2)||N(1, prior_std^2))``, elementwise."""
+    p = torch.sigmoid(phi)
+    kl_z = p * (torch.log(p.clamp_min(1e-8)) - math.log(prior_gate)) \
+        + (1 - p) * (torch.log((1 - p).clamp_min(1e-8)) - math.log(1 - prior_gate))
+    kl_w = torch.log(prior_std / sigma) + (sigma ** 2 + (mu - 1) ** 2) / (2 * prior_std ** 2) - 0.5
+    return kl_z + p * kl_w
+
+
+def infer_posterior(engine: Any, names: Sequence[str], settings: dict[str, Any]) -> dict[str, Tensor]:
+    """Fit ``q`` (module docstring). Returns ``{"mu", "sigma", "gate"}``, each ``(V, B)`` float32."""
+    calib = CalibSettings(**settings["calib"])
+    vecs = engine.vectors(names)
+    robust = [v.role == "robust" for v in vecs]
+    n_rob, n_nat = sum(robust), len(vecs) - sum(robust)
+    a = settings["anchor"]
+    lams = torch.tensor([a / max(n_rob, 1) if r else (1 - a) / max(n_nat, 1) for r in robust],
+                        device=engine.device)
+    blocks = block_index(engine.layout.keys, settings["blocks"])
+    V, B = len(vecs), max(blocks) + 1
+    taus = torch.stack([v.tau for v in vecs])
+    fm = FlatModel(engine, calib.task)
+    x, _ = calibration_batch(engine, calib)
+    anchor = engine.pre + (lams[:, None] * taus).sum(0)
+    with torch.no_grad():
+        pseudo = fm(anchor, x).argmax(-1)
+    x_adv = adversarial_batch(fm, anchor, x, pseudo, calib, seed=calib.seed)
+    xs = torch.cat([x, x_adv])
+    gen = torch.Generator(device="cpu").manual_seed(settings["seed"])
+    mu = torch.ones(V, B, device=engine.device, requires_grad=True)
+    # sigma starts at the prior's: blocks the entropy never sees stay exactly at the prior (KL 0)
+    rho = torch.full((V, B), math.log(math.expm1(settings["prior_std"])), device=engine.device,
+                     requires_grad=True)
+    phi = torch.full((V, B), math.log(settings["prior_gate"] / (1 - settings["prior_gate"])),
+                     device=engine.device, requires_grad=True)
+    opt = torch.optim.Adam([mu, rho, phi], lr=settings["vi_lr"])
+    with torch.enable_grad():
+        for _ in range(settings["vi_steps"]):
+            eps = torch.randn(V, B, generator=gen).to(engine.device)
+            u = torch.rand(V, B, generator=gen).clamp(1e-6, 1 - 1e-6).to(engine.device)
+            sigma = F.softplus(rho)
+            z = torch.sigmoid((phi + torch.log(u) - torch.log1p(-u)) / 0.5)
+            m = z * (mu + sigma * eps)
+            theta = engine.pre + (lams[:, None] * expand(m, blocks, engine.layout.segments) * taus).sum(0)
+            logits = fm(theta, xs)
+            ent = (_entropy(logits[: len(x)]) + _entropy(logits[len(x):])) / 2
+            kl = spike_slab_kl(phi, mu, sigma, settings["prior_gate"], settings["prior_std"]).mean()
+            loss = ent + settings["kl_weight"] * kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        log.info("variational posterior: final loss %.4f (entropy %.4f)", loss.item(), ent.item())
+    return {"mu": mu.detach().float(), "sigma": F.softplus(rho).detach().float(),
+            "gate": torch.sigmoid(phi).detach().float()}
+
+
+def prepare(engine: Any, names: list[str], spec: MergeSpec) -> dict[str, Any]:
+    """Preparer: the cached posterior of ``names`` for ``spec`` (PREPARERS entry)."""
+    settings = posterior_settings(engine, spec)
+    key = content_key("variational", {"vectors": vector_identity(engine, names), **settings})
+    post = CACHE.get_or_compute(key, lambda: infer_posterior(engine, names, settings), engine.device)
+    return {"variational_posterior": post, "variational_key": key,
+            "variational_blocks": block_index(engine.layout.keys, settings["blocks"])}
+
+
+def eligible_blocks(gate: Tensor, keep: float) -> Tensor:
+    """The top ``round(keep * B)`` blocks of each vector by gate probability (ties: block order).
+
+    Shape:
+        gate ``(V, B)``; returns ``(V, B)`` bool with exactly ``kept_count(B, keep)`` per row.
+    """
+    order = torch.sort(gate, dim=1, descending=True, stable=True).indices
+    k = kept_count(gate.shape[1], keep)
+    return torch.zeros_like(gate, dtype=torch.bool).scatter_(1, order[:, :k], True)
+
+
+def block_multipliers(gate: Tensor, mu: Tensor, keep: float, band: float) -> Tensor:
+    """Gated multipliers ``m_ib``: top-``keep`` blocks by gate, then on -> mu, uncertain -> 1, off -> 0.
+
+    Shape:
+        gate, mu ``(V, B)``; returns ``(V, B)`` float32.
+    """
+    eligible = eligible_blocks(gate, keep)
+    on, uncertain = gate >= 0.5 + band, (gate - 0.5).abs() < band
+    mult = torch.where(on, mu, torch.where(uncertain, torch.ones_like(mu), torch.zeros_like(mu)))
+    return torch.where(eligible, mult, torch.zeros_like(mu)).float()
+
+
+@torch.no_grad()
+def variational(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
+    """``c_ib = lambda_i * g_ib``, gated block multipliers of a spike-and-slab posterior (arxiv.org/abs/2509.18208).
+
+    Reads ``inputs.context["variational_posterior"]`` (``gate``, ``mu``: ``(V, B)``) and
+    ``["variational_blocks"]`` (block id per segment), set by the ``variational`` preparer.
+    """
+    post, blocks = inputs.context.get("variational_posterior"), inputs.context.get("variational_blocks")
+    if post is None or blocks is None or post["gate"].shape[0] != len(inputs.taus):
+        raise ValueError("variational needs context['variational_posterior'] and ['variational_blocks']: "
+                         "merge through Engine.merge (which runs the 'variational' preparer)")
+    mult = block_multipliers(post["gate"], post["mu"], spec.keep, float(spec.option("gate_band", 0.1)))
+    blend = str(spec.option("endpoint_blend", "quadratic"))
+    if blend not in ("quadratic", "none"):
+        raise ValueError(f"endpoint_blend must be 'quadratic' or 'none', got {blend!r}")
+    if blend == "quadratic" and spec.alpha is not None:
+        beta = 4.0 * spec.alpha * (1.0 - spec.alpha)
+        eligible = eligible_blocks(post["gate"], spec.keep)
+        mult = torch.where(eligible, 1.0 + beta * (mult - 1.0), torch.zeros_like(mult))
+    out: list[Coefficient] = []
+    for lam, m in zip(spec.lambdas, mult):
+        if lam == 0.0:
+            out.append(0.0)
+        elif bool((m == 1.0).all()):
+            out.append(float(lam))  # all blocks exactly 1: a constant, exact at the endpoints
+        else:
+            out.append(expand(m.to(inputs.device), blocks, inputs.segments).mul_(float(lam)).contiguous())
+    return out
+
+
+PREPARERS["variational"] = prepare

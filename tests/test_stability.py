@@ -1,0 +1,135 @@
+"""Invariants of the PISTOLE-style ``stability`` method (explorer/merging/stability.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explorer.config import MergeSpec
+from explorer.merging import MergeInputs, merge_coefficients, merge_weights
+from explorer.merging import calibration, stability as st
+from explorer.merging.sparsify import kept_count
+
+SEGMENTS = [(0, 7), (7, 107), (107, 110), (110, 400), (400, 1000)]
+FAST = (("attack_steps", 1), ("calib_n", 8), ("traj_steps", 1))
+
+
+def _scores(seed=0, n=1000, V=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g) for _ in range(V)]
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.3, 0.5, 0.51, 0.8, 0.97])
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_masks_keep_exact_count_and_minimal_overlap(keep, scope):
+    s = _scores()
+    masks = st.stability_masks(s, keep, SEGMENTS, scope)
+    parts = [(0, 1000)] if scope == "global" else SEGMENTS
+    for a, b in parts:
+        n, k = b - a, kept_count(b - a, keep)
+        for m in masks:
+            assert int(m[a:b].sum()) == k
+        overlap = int((masks[0][a:b] & masks[1][a:b]).sum())
+        assert overlap == max(0, 2 * k - n)          # disjoint below 1/2, covering above
+        if 2 * k >= n:
+            assert bool((masks[0][a:b] | masks[1][a:b]).all())
+
+
+def test_uncontested_masks_are_plain_topk_and_contests_go_to_larger_score():
+    s0 = torch.tensor([5., 4., 0., 0., 0., 0.])
+    s1 = torch.tensor([0., 0., 0., 0., 3., 2.])
+    m0, m1 = st.complementary_masks([s0, s1], keep=2 / 6)
+    assert m0.tolist() == [True, True, False, False, False, False]
+    assert m1.tolist() == [False, False, False, False, True, True]
+    # Both want coordinate 0; vector 1 wants it relatively more, vector 0 takes its next best.
+    s0, s1 = torch.tensor([2., 1., 0.5, 0.]), torch.tensor([9., 0., 0., 1.])
+    m0, m1 = st.complementary_masks([s0, s1], keep=0.5)
+    assert m1.tolist() == [True, False, False, True] and m0.tolist() == [False, True, True, False]
+
+
+def test_coefficients_are_lambda_times_mask_and_endpoints_exact():
+    g = torch.Generator().manual_seed(1)
+    pre = torch.randn(1000, generator=g)
+    fts = [3 * torch.randn(1000, generator=g) for _ in range(2)]
+    inputs = MergeInputs([ft - pre for ft in fts], SEGMENTS, context={"stability_scores": _scores()})
+    spec = MergeSpec.from_alpha(0.3, method="stability", keep=0.2)
+    c = merge_coefficients(inputs, spec)
+    masks = st.stability_masks(_scores(), 0.2, SEGMENTS, "global")
+    for ci, lam, m in zip(c, spec.lambdas, masks):
+        assert ci.dtype == torch.float32 and torch.equal(ci, m.float() * lam)
+    for alpha in (0.0, 1.0):  # keep=1: c = (1.0, 0.0) / (0.0, 1.0), the fine-tuned weights bit for bit
+        theta = merge_weights(pre, fts, inputs, MergeSpec.from_alpha(alpha, method="stability", keep=1.0))
+        assert torch.equal(theta, fts[int(alpha)])
+
+
+def test_missing_scores_is_a_clear_error():
+    inputs = MergeInputs([torch.zeros(10)] * 2, [(0, 10)])
+    with pytest.raises(ValueError, match="stability_scores"):
+        merge_coefficients(inputs, MergeSpec.from_alpha(0.5, method="stability", keep=0.5))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo, tmp_path_factory):
+    import os
+    from explorer.frontier import Engine
+    old = os.environ.get("EXPLORER_HOME")
+    os.environ["EXPLORER_HOME"] = str(tmp_path_factory.mktemp("explorer_home"))
+    st.CACHE.memory.clear()
+    yield Engine(tiny_zoo, device="cpu")
+    if old is None:
+        os.environ.pop("EXPLORER_HOME")
+    else:
+        os.environ["EXPLORER_HOME"] = old
+
+
+def test_scores_cached_reused_deterministic_and_train_split_only(engine, monkeypatch):
+    splits = []
+    real = calibration.get_task
+
+    def spy(name):
+        task = real(name)
+        return type("T", (), {"load": lambda self, split, n, seed: (splits.append(split), task.load(split, n, seed))[1]})()
+    monkeypatch.setattr(calibration, "get_task", spy)
+    names = ["natural", "robust"]
+    before = st.CACHE.computed
+    spec = MergeSpec.from_alpha(0.5, method="stability", keep=0.2, options=FAST)
+    engine.merge(names, spec)
+    assert st.CACHE.computed == before + 1 and splits == ["train"]
+    key = engine.context(names, spec)["stability_key"]
+    path = st.CACHE.path(key)
+    assert path.exists()
+    first = [s.clone() for s in engine.context(names, spec)["stability_scores"]]
+    # Other alphas and keeps: same scores, no recomputation.
+    for alpha, keep in [(0.2, 0.2), (0.8, 0.5), (1.0, 1.0)]:
+        engine.merge(names, MergeSpec.from_alpha(alpha, method="stability", keep=keep, options=FAST))
+    assert st.CACHE.computed == before + 1
+    # A fresh process (empty memory) reads the file: still no recomputation.
+    st.CACHE.memory.clear()
+    mtime = path.stat().st_mtime_ns
+    engine.merge(names, spec)
+    assert st.CACHE.computed == before + 1 and path.stat().st_mtime_ns == mtime
+    # Recomputed from scratch (file gone): identical scores.
+    st.CACHE.memory.clear()
+    path.unlink()
+    again = engine.context(names, spec)["stability_scores"]
+    assert st.CACHE.computed == before + 2
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    # A calibration setting is part of the key.
+    other = MergeSpec.from_alpha(0.5, method="stability", options=FAST + (("beta", 2.0),))
+    assert st.score_settings(engine, other) != st.score_settings(engine, spec)
+
+
+def test_engine_endpoints_exact_and_masks_on_real_model(engine):
+    names = ["natural", "robust"]
+    for alpha in (0.0, 1.0):
+        engine.merge(names, MergeSpec.from_alpha(alpha, method="stability", keep=1.0, options=FAST))
+        assert torch.equal(engine.theta, engine.vector(names[int(alpha)]).ft)
+    spec = MergeSpec.from_alpha(0.5, method="stability", keep=0.1, scope="per_tensor", options=FAST)
+    ctx = engine.context(names, spec)
+    inputs = MergeInputs([engine.vector(n).tau for n in names], engine.layout.segments,
+                         list(engine.layout.keys), ctx)
+    c = merge_coefficients(inputs, spec)
+    for a, b in engine.layout.segments:
+        k = kept_count(b - a, 0.1)
+        assert [int((ci[a:b] != 0).sum()) for ci in c] == [k, k]
+        if 2 * k <= b - a:
+            assert not bool(((c[0][a:b] != 0) & (c[1][a:b] != 0)).any())

@@ -1,0 +1,100 @@
+"""Invariants of the VTVC-style ``variational`` method (explorer/merging/variational.py)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from explorer.config import MergeSpec
+from explorer.merging import MergeInputs, merge_coefficients
+from explorer.merging import variational as vt
+from explorer.merging.sparsify import kept_count
+
+FAST = (("attack_steps", 1), ("calib_n", 8), ("vi_steps", 3))
+NAMES = ["natural", "robust"]
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.34, 0.5, 1.0])
+def test_keep_is_the_exact_fraction_of_eligible_blocks(keep):
+    gate = torch.rand(2, 13, generator=torch.Generator().manual_seed(0))
+    elig = vt.eligible_blocks(gate, keep)
+    assert elig.sum(1).tolist() == [kept_count(13, keep)] * 2
+    mult = vt.block_multipliers(gate, torch.full_like(gate, 2.0), keep, band=0.1)
+    assert bool((mult[~elig] == 0).all())
+    on, unsure = elig & (gate >= 0.6), elig & ((gate - 0.5).abs() < 0.1)
+    assert bool((mult[on] == 2.0).all()) and bool((mult[unsure] == 1.0).all())
+    assert bool((mult[elig & (gate <= 0.4)] == 0).all())
+
+
+def test_block_index_modes():
+    names = ["visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight",
+             "visual.transformer.resblocks.0.mlp.c_fc.weight", "visual.transformer.resblocks.1.ln_1.weight"]
+    assert vt.block_index(names, "tensor") == [0, 1, 2, 3]
+    assert vt.block_index(names, "layer") == [0, 1, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo, tmp_path_factory):
+    from explorer.frontier import Engine
+    old = os.environ.get("EXPLORER_HOME")
+    os.environ["EXPLORER_HOME"] = str(tmp_path_factory.mktemp("explorer_home"))
+    vt.CACHE.memory.clear()
+    yield Engine(tiny_zoo, device="cpu")
+    if old is None:
+        os.environ.pop("EXPLORER_HOME")
+    else:
+        os.environ["EXPLORER_HOME"] = old
+
+
+def _coeffs(engine, spec):
+    inputs = MergeInputs([engine.vector(n).tau for n in NAMES], engine.layout.segments,
+                         list(engine.layout.keys), engine.context(NAMES, spec))
+    return merge_coefficients(inputs, spec)
+
+
+def test_endpoints(engine):
+    # Default blend: keep=1, alpha=0/1 -> coefficients (1.0, 0.0)/(0.0, 1.0): the fine-tunes exactly.
+    for alpha in (0.0, 1.0):
+        spec = MergeSpec.from_alpha(alpha, method="variational", keep=1.0, options=FAST)
+        assert _coeffs(engine, spec) == [1.0 - alpha, alpha]
+        engine.merge(NAMES, spec)
+        assert torch.equal(engine.theta, engine.vector(NAMES[int(alpha)]).ft)
+    # endpoint_blend="none": alpha=0 -> robust coefficient exactly 0.0, natural = gated posterior
+    # multipliers, constant on each block.
+    spec = MergeSpec.from_alpha(0.0, method="variational", keep=1.0, options=FAST + (("endpoint_blend", "none"),))
+    c_nat, c_rob = _coeffs(engine, spec)
+    post = engine.context(NAMES, spec)["variational_posterior"]
+    mult = vt.block_multipliers(post["gate"], post["mu"], 1.0, 0.1)[0]
+    assert c_rob == 0.0
+    if isinstance(c_nat, float):  # every block at multiplier exactly 1 collapses to the constant 1.0
+        assert c_nat == 1.0 and bool((mult == 1.0).all())
+        return
+    for b, (a, e) in enumerate(engine.layout.segments):
+        assert bool((c_nat[a:e] == mult[b]).all())
+
+
+def test_cached_reused_and_seeded(engine):
+    before = vt.CACHE.computed
+    spec = MergeSpec.from_alpha(0.5, method="variational", keep=0.5, options=FAST)
+    c = _coeffs(engine, spec)
+    assert vt.CACHE.computed <= before + 1
+    n_blocks = len(engine.layout.segments)
+    nonzero = [sum(bool((ci[a:b] != 0).any()) for a, b in engine.layout.segments) for ci in c]
+    assert all(nz <= kept_count(n_blocks, 0.5) for nz in nonzero)
+    # Other alpha/keep: no recomputation; an empty memory cache reads the file.
+    computed = vt.CACHE.computed
+    for alpha, keep in [(0.2, 0.3), (0.9, 1.0)]:
+        engine.merge(NAMES, MergeSpec.from_alpha(alpha, method="variational", keep=keep, options=FAST))
+    vt.CACHE.memory.clear()
+    first = engine.context(NAMES, spec)["variational_posterior"]
+    assert vt.CACHE.computed == computed
+    # Same seed recomputed from scratch -> identical posterior; another seed -> another one.
+    key = engine.context(NAMES, spec)["variational_key"]
+    vt.CACHE.memory.clear()
+    vt.CACHE.path(key).unlink()
+    again = engine.context(NAMES, spec)["variational_posterior"]
+    assert vt.CACHE.computed == computed + 1
+    assert all(torch.equal(first[k], again[k]) for k in ("mu", "sigma", "gate"))
+    other = engine.context(NAMES, MergeSpec.from_alpha(0.5, method="variational", seed=1, options=FAST))
+    assert not torch.equal(other["variational_posterior"]["mu"], first["mu"])
