@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default=None, help="comma list (default: all)")
     s.add_argument("--alphas", default="0:1:11")
     s.add_argument("--keep", type=float, default=0.2)
-    s.add_argument("--figure", default="compare.png")
+    s.add_argument("--natural", default=None, help="natural vector (default: the manifest's first)")
+    s.add_argument("--robust", default=None, help="robust vector (default: the manifest's first)")
+    s.add_argument("--figure", default="compare.png", help=".png (matplotlib) or .html (Plotly)")
     return ap
 
 
