@@ -57,13 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--model", required=True, help="manifest name")
 
-    s = sub.add_parser("zoo", help="build or list the demo zoo")
-    s.add_argument("action", choices=["build", "list"])
+    s = sub.add_parser("zoo", help="build, list or measure the demo zoo")
+    s.add_argument("action", choices=["build", "list", "report"])
     s.add_argument("--preset", default="demo", choices=["demo", "micro"])
-    s.add_argument("--out", default=None, help="output folder (default: the cache folder)")
-    s.add_argument("--manifest", default=None)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--into", default=None, help="build: output folder (default: assets/zoo)")
+    _common(s)
 
     s = sub.add_parser("convert", help="re-save a .pt/.bin checkpoint as .safetensors (safe loading)")
     s.add_argument("src")
@@ -146,17 +144,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_zoo(args) -> int:
+    from .zoo import default_manifest_path, load_manifest
+    if args.action == "build":
+        import torch
+
+        from .finetune.recipe import build_zoo
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        out = Path(args.into) if args.into else default_manifest_path().parent
+        print(build_zoo(out, preset=args.preset, seed=args.seed, device=args.device or "cpu"))
+        return 0
+    m = load_manifest(args.manifest)
     if args.action == "list":
-        from .zoo import load_manifest
-        m = load_manifest(args.manifest)
         for name, e in m.models.items():
             print(f"{name:16s} {e.role:8s} {e.arch:14s} {e.weights}  {e.provenance}")
         return 0
-    from .finetune.recipe import build_zoo
-    from .zoo import default_manifest_path
-    out = Path(args.out) if args.out else default_manifest_path().parent
-    print(build_zoo(out, preset=args.preset, seed=args.seed, device=args.device))
-    return 0
+    from .frontier import Engine
+    from .report import cmd_report
+    attack, ev = resolve_specs(args, m)
+    return cmd_report(args, Engine(m, device=args.device, store=_store(args)), attack, ev)
 
 
 def cmd_convert(args) -> int:

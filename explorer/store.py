@@ -46,6 +46,8 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._seen_until = float("-inf")
         with self._lock:
             if str(self.path) != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -79,12 +81,21 @@ class Store:
 
     def rows(self, sweep: str | None = None) -> list[dict[str, Any]]:
         """All rows (of one sweep if given), oldest first."""
-        sql, args = "SELECT row FROM points", ()
         if sweep is not None:
-            sql, args = sql + " WHERE sweep = ?", (sweep,)
+            with self._lock:
+                cur = self._db.execute("SELECT row FROM points WHERE sweep = ? ORDER BY created",
+                                       (sweep,)).fetchall()
+            return [json.loads(r[0]) for r in cur]
+        # The UI asks for every row on each interaction: parse only what is new since last time
+        # (rows written by other processes included).
         with self._lock:
-            cur = self._db.execute(sql + " ORDER BY created", args).fetchall()
-        return [json.loads(r[0]) for r in cur]
+            cur = self._db.execute("SELECT key, row, created FROM points WHERE created >= ? "
+                                   "ORDER BY created", (self._seen_until,)).fetchall()
+            for key, row, created in cur:
+                self._cache.pop(key, None)
+                self._cache[key] = json.loads(row)
+                self._seen_until = max(self._seen_until, created)
+            return list(self._cache.values())
 
     def __len__(self) -> int:
         with self._lock:

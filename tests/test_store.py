@@ -17,3 +17,12 @@ def test_put_get_flags_and_persistence(tmp_path):
     s.close()
     again = Store(path)      # committed at once: a new connection sees both rows
     assert len(again) == 2 and [r["clean_acc"] for r in again.rows("sw")] == [0.5]
+
+
+def test_rows_picks_up_writes_from_another_connection(tmp_path):
+    a, b = Store(tmp_path / "r.sqlite"), Store(tmp_path / "r.sqlite")
+    a.put("k1", {"v": 1})
+    assert [r["v"] for r in b.rows()] == [1]
+    a.put("k2", {"v": 2})
+    a.put("k1", {"v": 3})                # replaced: shows once, with the new value, last
+    assert [r["v"] for r in b.rows()] == [2, 3]

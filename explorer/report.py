@@ -1,0 +1,59 @@
+"""``python -m explorer zoo report``: the measured quality of a zoo, as a markdown table.
+
+For every model of the manifest: clean and robust accuracy on the default task under the given
+attack, and clean accuracy on every other task a fine-tune was trained on; then the
+task-arithmetic frontier between the first natural and each robust fine-tune. Points go through
+``Engine.point`` (store-backed), so the numbers are the ones ``evaluate``/``sweep`` give.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .frontier import Engine
+
+
+def _spec_for(engine: Engine, name: str) -> tuple[list[str], list[str], MergeSpec]:
+    """(natural, robust, spec) that evaluates manifest model ``name`` by itself."""
+    if name == engine.base:
+        return [], [], MergeSpec(lambdas=())
+    role = engine.manifest.get(name).role
+    return ([name], [], MergeSpec(lambdas=(1.0,))) if role != "robust" else ([], [name], MergeSpec(lambdas=(1.0,)))
+
+
+def model_rows(engine: Engine, attack: AttackSpec, ev: EvalSpec, extra_tasks: list[str]) -> Iterator[dict]:
+    """One row per model: robust numbers on ``ev.task``, clean numbers on ``extra_tasks``."""
+    for name, entry in engine.manifest.models.items():
+        nat, rob, spec = _spec_for(engine, name)
+        row = engine.point(nat, rob, spec, attack, ev)
+        out = {"model": name, "role": entry.role, "method": entry.provenance.get("method", ""),
+               "clean": row["clean_acc"], "robust": row["robust_acc"]}
+        for task in extra_tasks:
+            clean = engine.point(nat, rob, spec, AttackSpec("none", eps=0.0), EvalSpec(task, ev.n, ev.seed))
+            out[f"clean {task}"] = clean["clean_acc"]
+        yield out
+
+
+def markdown(rows: list[dict], caption: str) -> str:
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [f"{caption}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_report(args, engine: Engine, attack: AttackSpec, ev: EvalSpec) -> int:
+    m = engine.manifest
+    extra = sorted({e.provenance.get("data", "").split(" ")[0] for e in m.models.values()} - {"", ev.task})
+    extra = [t for t in extra if not t.startswith("synthetic")]
+    rows = list(model_rows(engine, attack, ev, extra))
+    print(markdown(rows, f"Models on `{ev.task}` (test split, n={ev.n}), robust = {attack.label}:"))
+    natural = m.names("natural")[0]
+    for robust in m.names("robust"):
+        spec = SweepSpec(manifest=str(m.path), base=engine.base, natural=(natural,), robust=(robust,),
+                         alphas=tuple(i / 10 for i in range(11)), attack=attack, eval=ev)
+        pts = list(engine.sweep(spec, progress=False))
+        print()
+        print(markdown([{"alpha": p["alpha"], "clean": p["clean_acc"], "robust": p["robust_acc"]} for p in pts],
+                       f"Task arithmetic {natural} -> {robust} ({attack.label}, n={ev.n}):"))
+    return 0
