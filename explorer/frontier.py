@@ -124,16 +124,24 @@ class Engine:
         vecs = self.vectors(names)
         if len(spec.lambdas) != len(vecs):
             raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
+        if not vecs:                      # the pretrained model itself
+            self.theta.copy_(self.pre)
+            self._refresh_text(())
+            return
         inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
                              names=list(self.layout.keys), context=self.context(names, spec))
         coeffs = merge_coefficients(inputs, spec)
         apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
-        text = tuple((v.name, c if isinstance(c, float) else spec.digest())
-                     for v, c in zip(vecs, coeffs) if v.touches_text and (not isinstance(c, float) or c != 0))
-        if text != self._text_key:
-            self._text_key = text
+        self._refresh_text(tuple((v.name, c if isinstance(c, float) else spec.digest())
+                                 for v, c in zip(vecs, coeffs)
+                                 if v.touches_text and (not isinstance(c, float) or c != 0)))
+
+    def _refresh_text(self, text_key: tuple) -> None:
+        """Recompute the class embeddings when the merged text tower changed."""
+        if text_key != self._text_key:
+            self._text_key = text_key
             for clf in self._classifiers.values():
-                clf.refresh_text_head(key=repr(text))
+                clf.refresh_text_head(key=repr(text_key))
 
     def context(self, names: Sequence[str], spec: MergeSpec) -> dict:
         """Extras a method needs (e.g. stability scores), computed once per setting and cached."""

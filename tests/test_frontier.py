@@ -91,3 +91,10 @@ def test_bad_lambda_count_and_unknown_method(engine):
         engine.merge(["natural", "robust"], MergeSpec(lambdas=(1.0,)))
     with pytest.raises(KeyError, match="task_arithmetic"):
         engine.merge(["natural", "robust"], MergeSpec(method="nope", lambdas=(0.5, 0.5)))
+
+
+def test_no_vectors_is_the_pretrained_model(engine, tiny_zoo):
+    base = load_file(str(tiny_zoo.parent / "base.safetensors"))
+    engine.merge(["natural"], MergeSpec(lambdas=(1.0,)))
+    sd = engine.merged_state_dict([], MergeSpec(lambdas=()))
+    assert all(torch.equal(sd[k], base[k]) for k in base)

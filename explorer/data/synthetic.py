@@ -52,7 +52,7 @@ _POS_DIR = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.float32
 SHAPE_TEMPLATES = ("a {}.", "a photo of a {}.", "an image of a {}.", "a picture of a {}.",
                    "a drawing of a {}.", "there is a {}.")
 COLOR_TEMPLATES = ("something {}.", "a {} shape.", "a {} object.", "the color is {}.")
-_STREAMS = {"corpus": 1, "shapes": 2, "colors": 3, "shapes-shifted": 4, "examples": 5}
+_STREAMS = {"corpus": 1, "shapes": 2, "colors": 3, "shapes-shifted": 4, "examples": 5, "shapes-mixed": 6}
 _SPLITS = {"train": 11, "test": 23, "corpus": 37}
 
 
@@ -309,6 +309,29 @@ def _shapes_shifted() -> Task:
                 description="the 10 shapes on noisy, cluttered backgrounds with new textures")
 
 
+def _mixed_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half clean, half shifted renderings of fresh scenes, shuffled (seeded)."""
+    rng = stream_rng("shapes-mixed", split, seed)
+    scenes = sample_scenes(n, rng, balance="shape")
+    half = n // 2
+    x = torch.cat([render(_subset(scenes, slice(0, half), 0), "clean"),
+                   render(_subset(scenes, slice(half, n), 1), "shifted")])
+    order = torch.from_numpy(rng.permutation(n))
+    return x[order], torch.from_numpy(scenes.shape.astype(np.int64))[order]
+
+
+def _subset(scenes: Scenes, idx: slice, offset: int) -> Scenes:
+    """Rows ``idx`` of the factors, with the continuous seed moved by ``offset``."""
+    fields = {f: getattr(scenes, f)[idx] for f in scenes.__dataclass_fields__ if f != "seed"}
+    return Scenes(**fields, seed=scenes.seed + offset)
+
+
+def _shapes_mixed() -> Task:
+    return Task("shapes-mixed", SHAPES, SHAPE_TEMPLATES, _mixed_loader, splits=("train", "test"),
+                description="the 10 shapes, half clean and half shifted renderings")
+
+
+register_task("shapes-mixed", _shapes_mixed)
 register_task("shapes", _shapes)
 register_task("colors", _colors)
 register_task("shapes-shifted", _shapes_shifted)

@@ -6,8 +6,10 @@ Confidence-Aware Weighting", NeurIPS 2025, https://arxiv.org/abs/2510.02913.
 ``L = CE(P_adv_ft, y) + a * KL(P_adv_ft || P_clean_frozen) * (1 - P_adv_ft[y])
       + b * || f_ft(x_adv) - f_frozen(x_adv) ||_2``
 
-``P`` are zero-shot softmax predictions through the frozen text head, ``f`` unnormalised image
-embeddings, ``x_adv`` from a short PGD (2 steps by default) maximising the fine-tuned model's CE.
+``P`` are zero-shot softmax predictions through the frozen text head, ``f`` unit-norm image
+embeddings (the zero-shot head only sees their direction; on raw embeddings the regulariser's
+scale depends on the architecture: on the demo ResNet it dwarfed the other terms and stopped
+learning altogether), ``x_adv`` from a short PGD (2 steps by default) maximising the fine-tuned model's CE.
 The confidence weight ``1 - P_adv_ft[y]`` is a per-sample weight (no gradient flows through
 it): uncertain adversarial examples get the largest pull towards the frozen clean prediction.
 Options (``cfg.options``): ``a`` (default 1.0), ``b`` (default 1.0).
@@ -50,8 +52,8 @@ def caw(model: nn.Module, tokenizer, task: Task, cfg: FinetuneConfig) -> list[fl
             logits_clean_frozen = head_logits(clf, ref(clf.preprocess(x)))
             feat_adv_frozen = ref(clf.preprocess(x_adv))
         feat_adv = model.visual(clf.preprocess(x_adv))
-        return caw_loss(head_logits(clf, feat_adv), logits_clean_frozen, y, feat_adv,
-                        feat_adv_frozen, a, b)
+        return caw_loss(head_logits(clf, feat_adv), logits_clean_frozen, y, F.normalize(feat_adv, dim=-1),
+                        F.normalize(feat_adv_frozen, dim=-1), a, b)
 
     batches = task_batches(task, cfg.batch_size, cfg.pool, cfg.seed, cfg.device)
     return run_steps(params, step, batches, cfg, desc=f"caw ({task.name})")

@@ -5,8 +5,9 @@
 1. ``pretrained``: a miniature open_clip CLIP (config JSON written next to it, registered with
    ``open_clip.add_model_config``) trained contrastively on the procedural caption corpus
    (``explorer.data.synthetic``, clean rendering);
-2. ``natural``: its vision tower fine-tuned with cross-entropy on ``shapes-shifted`` (train), the
-   downstream task of the story (the pretrained model is near chance there);
+2. ``natural``: its vision tower fine-tuned with cross-entropy for the shifted rendering, the
+   downstream domain of the story where the pretrained model is near chance (``shapes-mixed``:
+   half ``shapes-shifted`` images, half clean replay so the clean domain is not forgotten);
 3. ``tecoa``, ``fare``, ``caw``: robust vision towers from ``pretrained``, adversarially fine-tuned
    on the clean-style ``shapes`` images (the analogue of robust fine-tuning on ImageNet), saved like
    the public FARE/TeCoA releases (``model.visual`` keys only).
@@ -55,7 +56,7 @@ class ZooPreset:
     natural: FinetuneConfig                     # natural fine-tune of the vision tower
     robust: dict[str, FinetuneConfig] = field(default_factory=dict)  # method -> settings
     task: str = "shapes"                        # the demo's default evaluation task
-    natural_task: str = "shapes-shifted"        # data of the natural fine-tune
+    natural_task: str = "shapes-mixed"          # data of the natural fine-tune (shifted + replay)
     robust_task: str = "shapes"                 # data of the robust fine-tunes
     eval_n: int = 256                           # manifest default evaluation size
 
@@ -73,7 +74,7 @@ def _demo() -> ZooPreset:
     return ZooPreset(
         arch="demo-clip", model_cfg=_resnet(64, 16, 64, 2, 2),
         pretrain=FinetuneConfig(steps=1000, batch_size=128, lr=2e-3, warmup=30, weight_decay=0.05),
-        natural=FinetuneConfig(steps=150, batch_size=128, lr=5e-4, warmup=15),
+        natural=FinetuneConfig(steps=300, batch_size=128, lr=5e-4, warmup=20),
         robust={"tecoa": robust, "fare": robust,
                 "caw": replace(robust, pgd_steps=2, options={"a": 1.0, "b": 1.0})})
 
