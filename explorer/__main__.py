@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["build", "list", "report"])
     s.add_argument("--preset", default="demo", choices=["demo", "micro"])
     s.add_argument("--into", default=None, help="build: output folder (default: assets/zoo)")
+    s.add_argument("--also", action="append", default=None, help="report: clean accuracy on this task too")
+    s.add_argument("--sweep", action="append", default=None, help="report: robust vector(s) to sweep to")
+    s.add_argument("--alphas", default="0:1:11", help="report: alphas of the sweep")
     _common(s)
 
     s = sub.add_parser("convert", help="re-save a .pt/.bin checkpoint as .safetensors (safe loading)")

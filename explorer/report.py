@@ -1,15 +1,16 @@
 """``python -m explorer zoo report``: the measured quality of a zoo, as a markdown table.
 
 For every model of the manifest: clean and robust accuracy on the default task under the given
-attack, and clean accuracy on every other task a fine-tune was trained on; then the
-task-arithmetic frontier between the first natural and each robust fine-tune. Points go through
+attack, and clean accuracy on the tasks named with ``--also``; then the task-arithmetic frontier
+(``--alphas``) between the first natural fine-tune and each ``--sweep`` robust one (default: the
+first). Points go through
 ``Engine.point`` (store-backed), so the numbers are the ones ``evaluate``/``sweep`` give.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
 from .frontier import Engine
 
 
@@ -44,14 +45,12 @@ def markdown(rows: list[dict], caption: str) -> str:
 
 def cmd_report(args, engine: Engine, attack: AttackSpec, ev: EvalSpec) -> int:
     m = engine.manifest
-    extra = sorted({e.provenance.get("data", "").split(" ")[0] for e in m.models.values()} - {"", ev.task})
-    extra = [t for t in extra if not t.startswith("synthetic")]
-    rows = list(model_rows(engine, attack, ev, extra))
+    rows = list(model_rows(engine, attack, ev, [t for t in (args.also or []) if t != ev.task]))
     print(markdown(rows, f"Models on `{ev.task}` (test split, n={ev.n}), robust = {attack.label}:"))
     natural = m.names("natural")[0]
-    for robust in m.names("robust"):
+    for robust in args.sweep or m.names("robust")[:1]:
         spec = SweepSpec(manifest=str(m.path), base=engine.base, natural=(natural,), robust=(robust,),
-                         alphas=tuple(i / 10 for i in range(11)), attack=attack, eval=ev)
+                         alphas=parse_alphas(args.alphas), attack=attack, eval=ev)
         pts = list(engine.sweep(spec, progress=False))
         print()
         print(markdown([{"alpha": p["alpha"], "clean": p["clean_acc"], "robust": p["robust_acc"]} for p in pts],

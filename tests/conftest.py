@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny zoo of real open_clip models built in about a second.
 
 The models are random-init (not trained) but real open_clip architectures with real checkpoint
-files in every format the loader supports, so the invariants can be checked quickly. Tests that
-need trained behaviour use the ``micro_zoo`` fixture (the demo recipe's micro preset).
+files in every format the loader supports, so the invariants can be checked quickly. Trained
+behaviour is tested on the shipped demo zoo (``test_demo_zoo.py``).
 """
 from __future__ import annotations
 
@@ -68,11 +68,3 @@ def make_tiny_zoo(root: Path, seed: int = 0) -> Path:
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of the tiny zoo's manifest (session-wide, read-only by convention)."""
     return make_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"))
-
-
-@pytest.fixture(scope="session")
-def micro_zoo(tmp_path_factory) -> Path:
-    """The demo recipe's micro preset: small trained models with the demo's structure."""
-    from explorer.finetune.recipe import build_zoo
-
-    return build_zoo(tmp_path_factory.mktemp("micro_zoo"), preset="micro")

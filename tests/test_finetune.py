@@ -161,7 +161,7 @@ def test_micro_zoo_builds_fast_with_manifest(tmp_path):
             assert entry["towers"] == ["visual"]
             assert set(state) == {k[len("visual."):] for k in full if k.startswith("visual.")}
         if entry["role"] == "robust":
-            assert meta["eps_label"] == man["defaults"]["eps"]
+            assert meta["eps_label"] == entry["provenance"]["eps"]
     base, _ = load_checkpoint(manifest.parent / "pretrained.safetensors")
     nat, _ = load_checkpoint(manifest.parent / "natural.safetensors")
     assert any(not torch.equal(base[f"visual.{k}"], v) for k, v in nat.items())
