@@ -151,10 +151,14 @@ class Engine:
         return prepare(self, list(names), spec)
 
     def merged_state_dict(self, names: Sequence[str], spec: MergeSpec) -> dict[str, torch.Tensor]:
-        """The merged weights as a CPU state dict (for download / the plain path)."""
+        """The merged weights as a complete CPU state dict (for download / the plain path).
+
+        Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are not merged: the base's.
+        """
         self.merge(names, spec)
-        out = {k: v.detach().cpu().clone() for k, v in self.layout.unflatten(self.theta).items()}
-        return out
+        out = {k: v.clone() for k, v in self.pre_sd.items() if not v.is_floating_point()}
+        out.update({k: v.detach().cpu().clone() for k, v in self.layout.unflatten(self.theta).items()})
+        return {k: out[k] for k in self.reference if k in out}
 
     # ------------------------------------------------------------------ data
     def classifier(self, task: str) -> ZeroShotClassifier:
