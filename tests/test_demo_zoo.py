@@ -70,3 +70,16 @@ def test_provenance_matches_checkpoint_metadata():
             meta = f.metadata()
         assert meta["method"] == m.get(name).provenance["method"]
         assert meta["eps_label"] == m.get(name).provenance["eps"]
+
+
+def test_stability_scores_on_a_batchnorm_model(engine, tmp_path, monkeypatch):
+    """The demo tower has BatchNorm: running statistics are merged but never differentiated."""
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))
+    opts = {"calib_n": 8, "attack_steps": 1, "traj_steps": 1}.items()
+    spec = MergeSpec.from_alpha(0.5, method="stability", keep=0.5, options=opts)
+    engine.merge(["natural", "tecoa"], spec)
+    ctx = engine.context(["natural", "tecoa"], spec)
+    assert ctx                                   # scores were computed and are served from cache
+    theta = engine.theta.clone()
+    engine.merge(["natural", "tecoa"], spec)     # cached: same merge again
+    assert torch.equal(theta, engine.theta)

@@ -84,10 +84,13 @@ class FlatModel:
         self.n_classes, self.n_templates = len(clf.classnames), len(clf.templates)
         prompts = [t.format(c) for c in clf.classnames for t in clf.templates]
         self.tokens = engine.tokenizer(prompts).to(engine.device)
+        # Float buffers (BatchNorm running statistics) are merged like weights but are not
+        # differentiable inputs: their coordinates get zero gradient.
+        self.buffers = {name for name, _ in engine.model.named_buffers()}
 
     def __call__(self, flat: Tensor, x: Tensor) -> Tensor:
         model, layout = self.engine.model, self.engine.layout
-        params = layout.unflatten(flat)
+        params = {k: v.detach() if k in self.buffers else v for k, v in layout.unflatten(flat).items()}
         out = functional_call(model, params, args=(self.clf.preprocess(x), self.tokens), strict=False)
         if isinstance(out, dict):
             img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
