@@ -194,6 +194,34 @@ def stability_masks(scores: Sequence[Tensor], keep: float, segments: Sequence[tu
 
 
 @torch.no_grad()
+def ranking(scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str) -> list[Tensor]:
+    """What the masks rank by: the stability score itself, or magnitude tilted by it.
+
+    ``score`` (default): ``S_i``, the first-order reading as documented above. ``tilt`` (tried):
+    ``|tau_i| * (1 + tanh(S_i / q))`` with ``q`` the 99th percentile of ``|S_i|`` over the vector's
+    non-zero coordinates: magnitude pruning in which the most jointly stable coordinates count up
+    to twice and the most counterpart-sensitive fade to zero. Why: on the demo zoo at keep 0.2,
+    ranking by ``S`` (or tilting with a scale so small that ``tanh`` saturates) keeps the
+    coordinates by the *sign* of ``g * tau``; that partial update broke the model (clean accuracy
+    near chance even at alpha=0), while magnitude (and even random) pruning kept it intact.
+    The tilt did not help: swapping the ~1% of magnitude-selected coordinates with the most
+    extreme ``S`` (either sign) for others broke the model the same way, so on that model the
+    coordinates with the largest first-order impact are the ones it cannot lose.
+    """
+    if rank == "score":
+        return list(scores)
+    if rank != "tilt":
+        raise ValueError(f"stability option rank must be 'score' or 'tilt', got {rank!r}")
+    out = []
+    for tau, s in zip(taus, scores):
+        nz = s[s != 0].abs()
+        q = torch.quantile(nz[torch.randperm(nz.numel(), generator=torch.Generator().manual_seed(0))
+                              [:1_000_000].to(nz.device)], 0.99) if nz.numel() else 0.0
+        out.append(tau.abs() * (1 + torch.tanh(s / q)) if q > 0 else tau.abs())
+    return out
+
+
+@torch.no_grad()
 def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     """``c_i = lambda_i * m_i``, ``m_i`` complementary stability masks (PISTOLE reading; module doc).
 
@@ -205,15 +233,17 @@ def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
         raise ValueError("stability needs one calibration score per task vector in "
                          "context['stability_scores']: merge through Engine.merge (which runs the "
                          "'stability' preparer) or pass them in MergeInputs.context")
+    rank = str(spec.option("rank", "score"))
     key = inputs.context.get("stability_key")
     if key is None:  # scores given by hand: nothing to key a cache on
-        masks = stability_masks(scores, spec.keep, inputs.segments, spec.scope)
+        masks = stability_masks(ranking(scores, inputs.taus, rank), spec.keep, inputs.segments, spec.scope)
     else:
-        key = (key, spec.keep, spec.scope, tuple(inputs.segments) if spec.scope == "per_tensor" else None)
+        key = (key, rank, spec.keep, spec.scope, tuple(inputs.segments) if spec.scope == "per_tensor" else None)
         if key not in _MASKS:
             if len(_MASKS) >= 8:
                 _MASKS.pop(next(iter(_MASKS)))
-            _MASKS[key] = stability_masks(scores, spec.keep, inputs.segments, spec.scope)
+            _MASKS[key] = stability_masks(ranking(scores, inputs.taus, rank), spec.keep,
+                                          inputs.segments, spec.scope)
         masks = _MASKS[key]
     return [masked_coefficient(float(lam), None if spec.keep >= 1.0 else m)
             for lam, m in zip(spec.lambdas, masks)]
