@@ -68,3 +68,16 @@ def make_tiny_zoo(root: Path, seed: int = 0) -> Path:
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of the tiny zoo's manifest (session-wide, read-only by convention)."""
     return make_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def explorer_home(tmp_path_factory) -> Path:
+    """Score caches and stores of the tests live in a temporary EXPLORER_HOME, not ~/.cache."""
+    home = tmp_path_factory.mktemp("explorer_home")
+    old = os.environ.get("EXPLORER_HOME")
+    os.environ["EXPLORER_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("EXPLORER_HOME", None)
+    else:
+        os.environ["EXPLORER_HOME"] = old

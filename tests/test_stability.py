@@ -68,17 +68,10 @@ def test_missing_scores_is_a_clear_error():
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_zoo, tmp_path_factory):
-    import os
+def engine(tiny_zoo):
     from explorer.frontier import Engine
-    old = os.environ.get("EXPLORER_HOME")
-    os.environ["EXPLORER_HOME"] = str(tmp_path_factory.mktemp("explorer_home"))
     st.CACHE.memory.clear()
-    yield Engine(tiny_zoo, device="cpu")
-    if old is None:
-        os.environ.pop("EXPLORER_HOME")
-    else:
-        os.environ["EXPLORER_HOME"] = old
+    return Engine(tiny_zoo, device="cpu")
 
 
 def test_scores_cached_reused_deterministic_and_train_split_only(engine, monkeypatch):

@@ -1,7 +1,6 @@
 """Invariants of the VTVC-style ``variational`` method (explorer/merging/variational.py)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -35,16 +34,10 @@ def test_block_index_modes():
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_zoo, tmp_path_factory):
+def engine(tiny_zoo):
     from explorer.frontier import Engine
-    old = os.environ.get("EXPLORER_HOME")
-    os.environ["EXPLORER_HOME"] = str(tmp_path_factory.mktemp("explorer_home"))
     vt.CACHE.memory.clear()
-    yield Engine(tiny_zoo, device="cpu")
-    if old is None:
-        os.environ.pop("EXPLORER_HOME")
-    else:
-        os.environ["EXPLORER_HOME"] = old
+    return Engine(tiny_zoo, device="cpu")
 
 
 def _coeffs(engine, spec):
