@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="append", type=float, default=None, help="fraction kept (repeatable)")
     s.add_argument("--scope", default="global", choices=["global", "per_tensor"])
     s.add_argument("--scale", type=float, default=1.0, help="s in lambda_nat=s(1-alpha), lambda_rob=s*alpha")
+    s.add_argument("--no-reuse", action="store_true",
+                   help="attack every point afresh (no adversarial examples carried between points)")
 
     s = sub.add_parser("evaluate", help="clean and robust accuracy of one model")
     _common(s)
@@ -125,7 +127,7 @@ def cmd_sweep(args) -> int:
                      robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
                      scope=args.scope, scale=args.scale, attack=attack, eval=ev)
-    _write(list(engine.sweep(spec)), args.out)
+    _write(list(engine.sweep(spec, use_bank=not args.no_reuse)), args.out)
     return 0
 
 

@@ -185,9 +185,12 @@ class Engine:
         return self._banks[key]
 
     # ------------------------------------------------------------------ points
-    def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec) -> str:
+    def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
+                  use_bank: bool = True) -> str:
         parts = [CODE_VERSION, self.base_digest, *[self.vector(n).digest for n in names],
                  spec.to_json(), attack.to_json(), ev.to_json()]
+        if not use_bank:   # history-free numbers are stored apart from reuse-tightened ones
+            parts.append("fresh")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
@@ -195,7 +198,7 @@ class Engine:
               progress: bool = False) -> dict[str, Any]:
         """Merge, evaluate and store one point; served from the store when already computed."""
         names = [*natural, *robust]
-        key = self.point_key(names, spec, attack, ev)
+        key = self.point_key(names, spec, attack, ev, use_bank)
         if use_store and self.store is not None:
             row = self.store.get(key)
             if row is not None:
@@ -209,13 +212,19 @@ class Engine:
                        batch_size=self.batch_size, progress=progress)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
+        row["reuse"] = use_bank
         if self.store is not None:
             self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
         return row
 
     def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, progress: bool = True) -> Iterator[dict]:
-        """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent)."""
+              should_stop: Callable[[], bool] | None = None, progress: bool = True,
+              use_bank: bool = True) -> Iterator[dict]:
+        """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent).
+
+        ``use_bank=False`` attacks every point afresh (numbers independent of what the session
+        computed before; slower).
+        """
         n_nat, n_rob = len(spec.natural), len(spec.robust)
         grid = [(m, k, a) for m in spec.methods for k in spec.keeps for a in spec.alphas]
         sweep_id = spec.digest()[:16]
@@ -225,7 +234,8 @@ class Engine:
                 return
             ms = MergeSpec.from_alpha(alpha, n_nat, n_rob, spec.scale, method=method, keep=keep,
                                       scope=spec.scope, seed=spec.merge_seed)
-            row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id)
+            row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
+                             use_bank=use_bank)
             if on_point is not None:
                 on_point(row)
             yield row

@@ -50,3 +50,17 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
 def test_convert(tiny_zoo, tmp_path):
     assert main(["convert", str(tiny_zoo.parent / "robust2.pt"), str(tmp_path / "r.safetensors")]) == 0
     assert (tmp_path / "r.safetensors").stat().st_size > 0
+
+
+def test_sweep_without_reuse_attacks_every_point_afresh(tiny_zoo, tmp_path):
+    out = tmp_path / "f.json"
+    argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
+            "--alphas", "0,0.5,1", "--attack", "pgd-2", "--n", "16", "--store", str(tmp_path / "s.sqlite"),
+            "--out", str(out)]
+    assert main(argv) == 0
+    reused = json.loads(out.read_text())
+    assert main(argv + ["--no-reuse"]) == 0
+    fresh = json.loads(out.read_text())
+    assert not any(p["cached"] for p in fresh)            # stored apart from the reuse run
+    assert all(p["n_reused"] == 0 and p["reuse"] is False for p in fresh)
+    assert all(f["robust_acc"] >= r["robust_acc"] for f, r in zip(fresh, reused))
