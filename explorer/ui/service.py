@@ -205,6 +205,8 @@ def _layer_groups(keys: Sequence[str]) -> tuple[list[str], list[int]]:
         tower = "visual" if parts[0] == "visual" else "text"
         block = next((parts[i + 1] for i, p in enumerate(parts[:-1])
                       if p in ("resblocks", "layers", "blocks") and parts[i + 1].isdigit()), None)
+        if block is None:  # ResNet stages: visual.layer3.0.conv1.weight -> block 3
+            block = next((p[len("layer"):] for p in parts if p.startswith("layer") and p[5:].isdigit()), None)
         label = f"{tower}.block{block}" if block is not None else f"{tower}.other"
         if label not in labels:
             labels.append(label)
