@@ -64,3 +64,13 @@ def test_sweep_without_reuse_attacks_every_point_afresh(tiny_zoo, tmp_path):
     assert not any(p["cached"] for p in fresh)            # stored apart from the reuse run
     assert all(p["n_reused"] == 0 and p["reuse"] is False for p in fresh)
     assert all(f["robust_acc"] >= r["robust_acc"] for f, r in zip(fresh, reused))
+
+
+def test_zoo_report_prints_every_model_and_a_frontier(tiny_zoo, capsys):
+    assert main(["zoo", "report", "--manifest", str(tiny_zoo), "--attack", "pgd-2", "--n", "16",
+                 "--alphas", "0,1", "--also", "colors", "--no-store"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "|---" not in line]
+    assert rows[0].split("|")[1].strip() == "model" and "clean colors" in rows[0]
+    assert [r.split("|")[1].strip() for r in rows[1:5]] == ["base", "natural", "robust", "robust2"]
+    assert "Task arithmetic natural -> robust" in out and "| 1.000 |" in out
