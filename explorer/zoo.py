@@ -64,10 +64,11 @@ class Manifest:
     def add(self, entry: ModelEntry) -> None:
         self.models[entry.name] = entry
 
-    def dumps(self) -> str:
-        """TOML text (paths relative to the manifest's folder where possible)."""
+    def dumps(self, header: str = "") -> str:
+        """TOML text (paths relative to the manifest's folder where possible), after ``header``."""
         root = self.path.parent if self.path else None
-        lines = ["[defaults]"] + [f"{k} = {_toml(v)}" for k, v in self.defaults.items()]
+        lines = [header.rstrip("\n")] if header else []
+        lines += ["[defaults]"] + [f"{k} = {_toml(v)}" for k, v in self.defaults.items()]
         for e in self.models.values():
             lines += ["", f"[models.{e.name}]", f"role = {_toml(e.role)}", f"arch = {_toml(e.arch)}"]
             if e.arch_config:
@@ -80,9 +81,9 @@ class Manifest:
                 lines += [f"{k} = {_toml(v)}" for k, v in e.provenance.items()]
         return "\n".join(lines) + "\n"
 
-    def save(self, path: str | Path | None = None) -> Path:
+    def save(self, path: str | Path | None = None, header: str = "") -> Path:
         self.path = Path(path or self.path).resolve()
-        self.path.write_text(self.dumps())
+        self.path.write_text(self.dumps(header))
         return self.path
 
 

@@ -17,7 +17,7 @@ from explorer.finetune import (METHODS, FinetuneConfig, load_checkpoint, pgd_lin
                                save_checkpoint, visual_state)
 from explorer.finetune.caw import caw_loss
 from explorer.finetune.pretrain import caption_targets, contrastive_loss
-from explorer.finetune.recipe import build_zoo, manifest_text
+from explorer.finetune.recipe import build_zoo
 from explorer.zeroshot import ZeroShotClassifier
 
 ARCH = "test-tiny-clip"
@@ -176,9 +176,12 @@ def test_micro_zoo_is_reproducible(tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_manifest_text_is_valid_toml():
-    text = manifest_text({"base": "p", "n": 3}, {"p": {"role": "base", "towers": ["visual"],
-                                                       "provenance": {"seed": 0, "data": 'a "b"'}}})
-    parsed = tomllib.loads(text)
+def test_manifest_quoting_round_trips(tmp_path):
+    from explorer.zoo import Manifest, ModelEntry, load_manifest
+    entry = ModelEntry(name="p", role="base", arch="a", weights=str(tmp_path / "p.safetensors"),
+                       towers=("visual",), provenance={"seed": 0, "data": 'a "b"'})
+    path = Manifest(tmp_path / "m.toml", {"base": "p", "n": 3}, {"p": entry}).save(header="# hi\n")
+    parsed = tomllib.loads(path.read_text())
     assert parsed["models"]["p"]["provenance"]["data"] == 'a "b"'
-    assert parsed["defaults"]["n"] == 3
+    assert parsed["defaults"]["n"] == 3 and parsed["models"]["p"]["weights"] == "p.safetensors"
+    assert load_manifest(path).get("p").provenance["data"] == 'a "b"'

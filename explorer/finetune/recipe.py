@@ -37,6 +37,7 @@ import torch
 from ..config import eps_label
 from ..data import get_task
 from ..data.synthetic import caption_batches
+from ..zoo import Manifest, ModelEntry
 from .common import FinetuneConfig, save_checkpoint, visual_state
 from .pretrain import pretrain
 from . import METHODS, ROBUST_METHODS
@@ -120,12 +121,12 @@ def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: 
     base = open_clip.create_model(p.arch, pretrained=None)
     tokenizer = open_clip.get_tokenizer(p.arch)
 
-    entries: dict[str, dict] = {}
+    entries: dict[str, ModelEntry] = {}
     pre_cfg = replace(p.pretrain, seed=seed, device=device)
     pretrain(base, tokenizer, caption_batches(pre_cfg.batch_size, seed), pre_cfg)
     meta = pre_cfg.metadata("contrastive", arch=p.arch, data=CORPUS)
     save_checkpoint(base.state_dict(), out / "pretrained.safetensors", meta)
-    entries["pretrained"] = _entry(p.arch, "base", "pretrained.safetensors", ["visual", "text"],
+    entries["pretrained"] = _entry(out, "pretrained", p.arch, "base", ["visual", "text"],
                                    {"method": "contrastive", "data": CORPUS, "seed": seed,
                                     "steps": pre_cfg.steps})
 
@@ -142,44 +143,21 @@ def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: 
         prov = {"method": method, "data": f"{data} (train)", "seed": seed, "steps": cfg.steps}
         if robust:
             prov.update(eps=eps_label(cfg.eps), norm="Linf", pgd_steps=cfg.pgd_steps)
-        entries[method] = _entry(p.arch, "robust" if robust else "natural", f"{method}.safetensors",
-                                 ["visual"], prov)
+        entries[method] = _entry(out, method, p.arch, "robust" if robust else "natural", ["visual"], prov)
 
     defaults = {"base": "pretrained", "task": p.task, "eps": eps_label(p.eval_eps), "attack": "pgd-10",
                 "n": p.eval_n}
     manifest = out / "manifest.toml"
-    manifest.write_text(manifest_text(defaults, entries, header=_header(preset, seed)))
+    Manifest(manifest, defaults, entries).save(manifest, header=_header(preset, seed))
     log.info("zoo %r built in %.1f s -> %s", preset, time.perf_counter() - start, manifest)
     return manifest
 
 
-def _entry(arch: str, role: str, weights: str, towers: list[str], provenance: dict) -> dict:
-    return {"role": role, "arch": arch, "arch_config": f"{arch}.json", "weights": weights,
-            "towers": towers, "normalize": "clip", "provenance": provenance}
+def _entry(out: Path, name: str, arch: str, role: str, towers: list[str], provenance: dict) -> ModelEntry:
+    return ModelEntry(name=name, role=role, arch=arch, weights=str(out / f"{name}.safetensors"),
+                      arch_config=str(out / f"{arch}.json"), towers=tuple(towers), provenance=provenance)
 
 
 def _header(preset: str, seed: int) -> str:
     return (f"# Demo zoo (preset {preset!r}, seed {seed}), written by explorer.finetune.recipe.build_zoo.\n"
             "# Paths are relative to this file. Rebuild: python -m explorer zoo build\n")
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
-    return json.dumps(str(v))  # a JSON string literal is a valid TOML basic string
-
-
-def manifest_text(defaults: dict, models: dict[str, dict], header: str = "") -> str:
-    """TOML text of a manifest: ``[defaults]`` then ``[models.NAME]`` (+ ``.provenance``)."""
-    lines = [header.rstrip("\n"), "[defaults]"] if header else ["[defaults]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in defaults.items()]
-    for name, entry in models.items():
-        lines += ["", f"[models.{name}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items() if not isinstance(v, dict)]
-        for k, sub in ((k, v) for k, v in entry.items() if isinstance(v, dict)):
-            lines += [f"[models.{name}.{k}]"] + [f"{sk} = {_toml_value(sv)}" for sk, sv in sub.items()]
-    return "\n".join(lines) + "\n"
