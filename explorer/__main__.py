@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_eps
+from .config import AttackSpec, EvalSpec, SweepSpec, parse_alphas, parse_eps
 
 log = logging.getLogger("explorer")
 
@@ -137,11 +137,7 @@ def cmd_evaluate(args) -> int:
     manifest = load_manifest(args.manifest)
     attack, ev = resolve_specs(args, manifest)
     engine = Engine(manifest, device=args.device, store=_store(args))
-    entry = manifest.get(args.model)
-    names = [] if args.model == engine.base else [args.model]
-    spec = MergeSpec(lambdas=tuple(1.0 for _ in names))
-    nat, rob = (names, []) if entry.role != "robust" else ([], names)
-    row = engine.point(nat, rob, spec, attack, ev)
+    row = engine.model_point(args.model, attack, ev)
     row.pop("alpha", None)
     row["model"] = args.model
     _write([row], args.out)

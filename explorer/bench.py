@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torchattacks
 
+from .attacks import build_stage
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
 from .data import get_task
 from .frontier import Engine
@@ -42,13 +43,12 @@ def torchattacks_attack(model: torch.nn.Module, spec: AttackSpec, n_classes: int
         return torchattacks.PGD(model, eps=spec.eps, alpha=2.5 * spec.eps / k, steps=k, random_start=True)
     if spec.name == "fgsm":
         return torchattacks.FGSM(model, eps=spec.eps)
-    apgd = torchattacks.APGD(model, norm=spec.norm, eps=spec.eps, steps=100, seed=spec.seed, loss="ce")
-    apgdt = torchattacks.APGDT(model, norm=spec.norm, eps=spec.eps, steps=100, seed=spec.seed,
-                               n_classes=min(n_classes, 10))
-    stages = {"apgd-ce": [apgd], "apgd-t": [apgdt], "autoattack-fast": [apgd, apgdt]}
-    if spec.name not in stages:
+    protocols = {"apgd-ce": ("apgd-ce",), "apgd-t": ("apgd-t",), "autoattack-fast": ("apgd-ce", "apgd-t")}
+    if spec.name not in protocols:
         raise ValueError(f"bench supports pgd-K, fgsm, apgd-ce, apgd-t, autoattack-fast; got {spec.name}")
-    return stages[spec.name][0] if len(stages[spec.name]) == 1 else torchattacks.MultiAttack(stages[spec.name])
+    # The same published stage settings as the engine's attacks, applied the plain way.
+    stages = [build_stage(s, model, spec.eps, spec.norm, spec.seed, n_classes) for s in protocols[spec.name]]
+    return stages[0] if len(stages) == 1 else torchattacks.MultiAttack(stages)
 
 
 def plain_point(manifest: Manifest, base: str, natural: Sequence[str], robust: Sequence[str],

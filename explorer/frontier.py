@@ -217,6 +217,14 @@ class Engine:
             self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
         return row
 
+    def model_point(self, name: str, attack: AttackSpec, ev: EvalSpec, **kwargs: Any) -> dict[str, Any]:
+        """One manifest model by itself: the base (no vectors) or a fine-tune at lambda = 1."""
+        if name == self.base:
+            return self.point([], [], MergeSpec(lambdas=()), attack, ev, **kwargs)
+        names = [name]
+        nat, rob = ([], names) if self.manifest.get(name).role == "robust" else (names, [])
+        return self.point(nat, rob, MergeSpec(lambdas=(1.0,)), attack, ev, **kwargs)
+
     def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, progress: bool = True,
               use_bank: bool = True) -> Iterator[dict]:

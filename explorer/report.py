@@ -10,27 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
+from .config import AttackSpec, EvalSpec, SweepSpec, parse_alphas
 from .frontier import Engine
-
-
-def _spec_for(engine: Engine, name: str) -> tuple[list[str], list[str], MergeSpec]:
-    """(natural, robust, spec) that evaluates manifest model ``name`` by itself."""
-    if name == engine.base:
-        return [], [], MergeSpec(lambdas=())
-    role = engine.manifest.get(name).role
-    return ([name], [], MergeSpec(lambdas=(1.0,))) if role != "robust" else ([], [name], MergeSpec(lambdas=(1.0,)))
 
 
 def model_rows(engine: Engine, attack: AttackSpec, ev: EvalSpec, extra_tasks: list[str]) -> Iterator[dict]:
     """One row per model: robust numbers on ``ev.task``, clean numbers on ``extra_tasks``."""
     for name, entry in engine.manifest.models.items():
-        nat, rob, spec = _spec_for(engine, name)
-        row = engine.point(nat, rob, spec, attack, ev)
+        row = engine.model_point(name, attack, ev)
         out = {"model": name, "role": entry.role, "method": entry.provenance.get("method", ""),
                "clean": row["clean_acc"], "robust": row["robust_acc"]}
         for task in extra_tasks:
-            clean = engine.point(nat, rob, spec, AttackSpec("none", eps=0.0), EvalSpec(task, ev.n, ev.seed))
+            clean = engine.model_point(name, AttackSpec("none", eps=0.0), EvalSpec(task, ev.n, ev.seed))
             out[f"clean {task}"] = clean["clean_acc"]
         yield out
 

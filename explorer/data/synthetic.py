@@ -177,7 +177,7 @@ def _clean_background(scenes: Scenes, jit: np.random.Generator) -> torch.Tensor:
 
 def _shifted_background(scenes: Scenes, jit: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
     """Colour noise or a two-colour gradient, with random clutter strokes on top."""
-    n, s = len(scenes), SIZE * _SS
+    n = len(scenes)
     gx, gy = _grid(n)
     base, other = _rgb(jit.uniform(0, 1, (n, 3))), _rgb(jit.uniform(0, 1, (n, 3)))
     theta = torch.from_numpy(jit.uniform(0, 2 * math.pi, n).astype(np.float32)).view(-1, 1, 1, 1)
