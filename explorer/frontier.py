@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
+from .fastmodel import AttackTwin, make_twin
 from .merging import MergeInputs, apply_coefficients, merge_coefficients
 from .merging.context import PREPARERS
 from .store import Store
@@ -61,10 +62,13 @@ class Engine:
         device: ``"cuda"``/``"cpu"`` (default: cuda when available).
         store: results store (default: none, nothing persisted).
         batch_size: evaluation/attack batch size.
+        fast_attack: compute attack gradients on an ``AttackTwin`` (BatchNorm folded,
+            channels-last) where the tower has one; proofs are still checked on the model.
     """
 
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
-                 device: str | None = None, store: Store | None = None, batch_size: int | None = None) -> None:
+                 device: str | None = None, store: Store | None = None, batch_size: int | None = None,
+                 fast_attack: bool = True) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.base = base or self.manifest.defaults.get("base") or self.manifest.names("base")[0]
         self.device = torch.device(device or default_device())
@@ -89,6 +93,8 @@ class Engine:
         self._text_mask = self.layout.mask_of(lambda k: not k.startswith("visual.")).to(self.device)
         self._vectors: dict[str, Vector] = {}
         self._classifiers: dict[str, ZeroShotClassifier] = {}
+        self.fast_attack = fast_attack
+        self._twins: dict[str, AttackTwin | None] = {}
         self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._banks: dict[tuple, AdversarialBank] = {}
         self._text_key: Any = None
@@ -126,15 +132,22 @@ class Engine:
             raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
         if not vecs:                      # the pretrained model itself
             self.theta.copy_(self.pre)
+            self._refresh_twins()
             self._refresh_text(())
             return
         inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
                              names=list(self.layout.keys), context=self.context(names, spec))
         coeffs = merge_coefficients(inputs, spec)
         apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
+        self._refresh_twins()
         self._refresh_text(tuple((v.name, c if isinstance(c, float) else spec.digest())
                                  for v, c in zip(vecs, coeffs)
                                  if v.touches_text and (not isinstance(c, float) or c != 0)))
+
+    def _refresh_twins(self) -> None:
+        for twin in self._twins.values():
+            if twin is not None:
+                twin.refresh()
 
     def _refresh_text(self, text_key: tuple) -> None:
         """Recompute the class embeddings when the merged text tower changed."""
@@ -169,6 +182,14 @@ class Engine:
                 self.model, self.tokenizer, t.classnames, t.templates, normalize=entry.normalize,
                 text_key=repr(self._text_key))
         return self._classifiers[task]
+
+    def attack_model(self, task: str) -> AttackTwin | None:
+        """The classifier's attack twin (None: attack the classifier itself)."""
+        if not self.fast_attack:
+            return None
+        if task not in self._twins:
+            self._twins[task] = make_twin(self.classifier(task))
+        return self._twins[task]
 
     def eval_data(self, ev: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
         key = (ev.task, ev.split, ev.n, ev.seed)
@@ -209,7 +230,7 @@ class Engine:
         clf = self.classifier(ev.task)
         x, y = self.eval_data(ev)
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
-                       batch_size=self.batch_size, progress=progress)
+                       batch_size=self.batch_size, progress=progress, attack_model=self.attack_model(ev.task))
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
