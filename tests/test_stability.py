@@ -53,12 +53,35 @@ def test_coefficients_are_lambda_times_mask_and_endpoints_exact():
     inputs = MergeInputs([ft - pre for ft in fts], SEGMENTS, context={"stability_scores": _scores()})
     spec = MergeSpec.from_alpha(0.3, method="stability", keep=0.2)
     c = merge_coefficients(inputs, spec)
-    masks = st.stability_masks(_scores(), 0.2, SEGMENTS, "global")
+    # Defaults: rank by |S| ("impact"), contests weighted by |lambda| ("lambda").
+    masks = st.stability_masks([s.abs() for s in _scores()], 0.2, SEGMENTS, "global", weights=spec.lambdas)
     for ci, lam, m in zip(c, spec.lambdas, masks):
         assert ci.dtype == torch.float32 and torch.equal(ci, m.float() * lam)
     for alpha in (0.0, 1.0):  # keep=1: c = (1.0, 0.0) / (0.0, 1.0), the fine-tuned weights bit for bit
         theta = merge_weights(pre, fts, inputs, MergeSpec.from_alpha(alpha, method="stability", keep=1.0))
         assert torch.equal(theta, fts[int(alpha)])
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.8])
+def test_lambda_contest_gives_the_weighted_vector_its_own_topk(keep):
+    s = [x.abs() for x in _scores(3)]
+    k = kept_count(1000, keep)
+    for lams, winner in (((1.0, 0.0), 0), ((0.0, 1.0), 1)):
+        masks = st.complementary_masks(s, keep, weights=lams)
+        own = torch.zeros(1000, dtype=torch.bool).index_fill_(0, torch.topk(s[winner], k).indices, True)
+        assert torch.equal(masks[winner], own)
+        assert int(masks[1 - winner].sum()) == k
+        assert int((masks[0] & masks[1]).sum()) == max(0, 2 * k - 1000)
+    # Equal weights are the unweighted contest.
+    eq = st.complementary_masks(s, keep, weights=(0.5, 0.5))
+    assert all(torch.equal(a, b) for a, b in zip(eq, st.complementary_masks(s, keep)))
+
+
+def test_unknown_rank_or_contest_is_a_clear_error():
+    inputs = MergeInputs([torch.ones(10)] * 2, [(0, 10)], context={"stability_scores": _scores(n=10)})
+    for opt in (("rank", "bogus"), ("contest", "bogus")):
+        with pytest.raises(ValueError, match=opt[0]):
+            merge_coefficients(inputs, MergeSpec.from_alpha(0.5, method="stability", keep=0.3, options=(opt,)))
 
 
 def test_missing_scores_is_a_clear_error():
