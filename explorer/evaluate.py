@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -101,7 +102,8 @@ def check_ball(x: torch.Tensor, x_adv: torch.Tensor, attack: AttackSpec) -> None
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, *,
              sample_ids: torch.Tensor | None = None, bank: AdversarialBank | None = None,
              batch_size: int = 256, checks: bool = True, return_adv: bool = False,
-             progress: bool = False, attack_model: nn.Module | None = None) -> EvalResult:
+             progress: bool = False, attack_model: nn.Module | None = None,
+             should_stop: Callable[[], bool] | None = None) -> EvalResult:
     """Clean and robust accuracy of ``model`` on (x, y) under ``attack``.
 
     Args:
@@ -115,6 +117,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         attack_model: the same function, faster to differentiate (``fastmodel.AttackTwin``);
             it only proposes adversarial examples: clean correctness and every proof are
             decided on ``model``.
+        should_stop: passed to the attack (``AttackCancelled`` when it returns True).
     """
     ids = torch.arange(x.shape[0], device=x.device) if sample_ids is None else sample_ids
     t0 = time.perf_counter()
@@ -144,7 +147,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         if todo.numel():
             net = model if attack_model is None else attack_model
             adv = run_attack(net, x[todo], y[todo], attack, sample_ids=ids[todo],
-                             batch_size=batch_size, progress=progress, assume_correct=True)
+                             batch_size=batch_size, progress=progress, assume_correct=True,
+                             should_stop=should_stop)
             if checks:
                 check_ball(x[todo], adv, attack)
             fooled = predict(model, adv, batch_size) != y[todo]

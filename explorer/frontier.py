@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
@@ -216,8 +217,12 @@ class Engine:
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
               ev: EvalSpec, *, use_store: bool = True, use_bank: bool = True, sweep: str | None = None,
-              progress: bool = False) -> dict[str, Any]:
-        """Merge, evaluate and store one point; served from the store when already computed."""
+              progress: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Merge, evaluate and store one point; served from the store when already computed.
+
+        ``should_stop`` is polled inside the attack; when it fires the point is abandoned
+        (``AttackCancelled``; nothing stored) and the model stays as merged.
+        """
         names = [*natural, *robust]
         key = self.point_key(names, spec, attack, ev, use_bank)
         if use_store and self.store is not None:
@@ -230,7 +235,8 @@ class Engine:
         clf = self.classifier(ev.task)
         x, y = self.eval_data(ev)
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
-                       batch_size=self.batch_size, progress=progress, attack_model=self.attack_model(ev.task))
+                       batch_size=self.batch_size, progress=progress, attack_model=self.attack_model(ev.task),
+                       should_stop=should_stop)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
@@ -263,8 +269,12 @@ class Engine:
                 return
             ms = MergeSpec.from_alpha(alpha, n_nat, n_rob, spec.scale, method=method, keep=keep,
                                       scope=spec.scope, seed=spec.merge_seed)
-            row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
-                             use_bank=use_bank)
+            try:
+                row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
+                                 use_bank=use_bank, should_stop=should_stop)
+            except AttackCancelled:
+                log.info("sweep stopped inside a point; the points before it are in the store")
+                return
             if on_point is not None:
                 on_point(row)
             yield row

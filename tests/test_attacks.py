@@ -316,3 +316,18 @@ def test_apgd_t_with_too_few_classes_is_an_error_not_a_silent_skip():
     y = net(x).argmax(1)                      # all clean-correct, so the stages must run
     with pytest.raises(ValueError, match="apgd-t needs >= 4 classes"):
         run_attack(net, x, y, AttackSpec("autoattack-fast", eps=8 / 255))
+
+
+
+@pytest.mark.parametrize("name", ["pgd-5", "autoattack-fast"])
+def test_should_stop_cancels_an_attack(mlp_setup, name):
+    from explorer.attacks import AttackCancelled
+
+    model, x, y = mlp_setup
+    polls = []
+    with pytest.raises(AttackCancelled):
+        run_attack(model, x, y, AttackSpec(name, eps=8 / 255), should_stop=lambda: polls.append(1) or True)
+    assert len(polls) == 1      # polled before the first step or stage, then nothing ran
+    # Never asked to stop: the same attack runs to the end.
+    adv = run_attack(model, x, y, AttackSpec("pgd-5", eps=8 / 255), should_stop=lambda: False)
+    assert adv.shape == x.shape

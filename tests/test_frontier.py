@@ -86,6 +86,23 @@ def test_store_serves_reruns_and_interrupted_sweep_resumes(tiny_zoo, tmp_path):
             assert key in r
 
 
+def test_stop_inside_a_point_abandons_it_and_keeps_the_rest(tiny_zoo, tmp_path):
+    store = Store(tmp_path / "r.sqlite")
+    spec = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust2",),
+                     alphas=(0.0, 0.5, 1.0), attack=AttackSpec("pgd-50", eps=1e-4), eval=EV)
+    seen, polls = [], []
+
+    def stop():   # fires inside the second point's attack, after a few PGD steps
+        polls.append(len(seen))
+        return polls.count(1) > 3
+
+    rows = list(Engine(tiny_zoo, store=store).sweep(spec, should_stop=stop, on_point=seen.append,
+                                                    progress=False))
+    assert len(rows) == 1 and len(store) == 1 and polls.count(1) == 4
+    again = list(Engine(tiny_zoo, store=store).sweep(spec, progress=False))
+    assert [r["cached"] for r in again] == [True, False, False]
+
+
 def test_bad_lambda_count_and_unknown_method(engine):
     with pytest.raises(ValueError, match="lambdas"):
         engine.merge(["natural", "robust"], MergeSpec(lambdas=(1.0,)))

@@ -80,6 +80,25 @@ def test_stop_keeps_computed_points(ctx) -> None:
     assert "stored points" in stored[2] and len(stored[1]) >= 1
 
 
+def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
+    import threading
+    import time
+
+    h = FrontierHandlers(ctx)
+    slow = controls(alpha=0.7, attack="pgd-3000", n=16)
+    slow[9] = "0.0001"                 # nothing is fooled, so every one of 3000 steps runs
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("refine", h.refine(*slow, [])))
+    t0 = time.perf_counter()
+    worker.start()
+    time.sleep(1.0)
+    *_, row = h.preview(*controls(alpha=0.2), [])  # waits for the engine, which the refine frees
+    worker.join(timeout=60)
+    assert not worker.is_alive() and row["alpha"] == 0.2
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out["refine"])
+    assert time.perf_counter() - t0 < 30
+
+
 def test_bad_inputs_are_readable(ctx) -> None:
     h = FrontierHandlers(ctx)
     with pytest.raises(gr.Error, match="eps"):

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import AttackSpec
-from .gradient import fgsm, pgd, project
+from .gradient import check_stop, fgsm, pgd, project
 from .safety import AttackModel, attack_context, check_logits, model_device
 from .stages import MAX_TARGETS, PROTOCOLS, SQUARE_QUERIES, STEPS, run_stages
 
@@ -103,7 +103,8 @@ def _clean_correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
 
 def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
                sample_ids: torch.Tensor | None = None, batch_size: int = 256,
-               progress: bool = False, rand_init: bool = True, assume_correct: bool = False) -> torch.Tensor:
+               progress: bool = False, rand_init: bool = True, assume_correct: bool = False,
+               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Attack the points that are still correctly classified; return the adversarial batch.
 
     Args:
@@ -117,6 +118,8 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
         rand_init: pgd only; False starts at x (for comparisons with fixed-start PGD).
         assume_correct: the caller already knows every row is clean-correct (``evaluate``
             checks on the model that decides); skip the clean pass.
+        should_stop: polled between steps, stages and batches; when it returns True the
+            attack raises ``AttackCancelled`` (so a Stop button acts within seconds).
 
     Shape:
         x: [N, C, H, W] float in [0, 1]; y: [N] int64.
@@ -146,17 +149,19 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
             xs = x[idx].to(device).contiguous(memory_format=torch.contiguous_format)
             alive = torch.ones(len(idx), dtype=torch.bool, device=device)
             adv = run_stages(net, xs, y[idx].to(device), alive, PROTOCOLS[spec.name], spec.eps,
-                             spec.norm, spec.seed, n_classes, batch_size=batch_size, progress=progress)
+                             spec.norm, spec.seed, n_classes, batch_size=batch_size, progress=progress,
+                             should_stop=should_stop)
             x_adv[idx] = adv.to(x)
         else:
             k = pgd_steps(spec.name)
             for chunk in tqdm(idx.split(batch_size), desc=spec.name, disable=not progress, leave=False):
                 xb, yb = x[chunk].to(device).contiguous(), y[chunk].to(device)
+                check_stop(should_stop)
                 if k is None:
                     adv = fgsm(net, xb, yb, spec.eps, spec.norm)
                 else:
                     adv = pgd(net, xb, yb, spec.eps, spec.norm, k, rand_init=rand_init,
-                              seed=spec.seed, sample_ids=ids[chunk])
+                              seed=spec.seed, sample_ids=ids[chunk], should_stop=should_stop)
                 x_adv[chunk] = adv.to(x)
     return _enforce_ball(x_adv, x, spec.eps, spec.norm)
 

@@ -14,12 +14,15 @@ from typing import Any
 import gradio as gr
 
 from .. import plots
+from ..attacks import AttackCancelled
 from ..config import SweepSpec, parse_alphas
 from . import common, service
 from .common import readable_errors
 
 # Sessions whose sweep was asked to stop (session hash -> event).
 _STOP: dict[str, threading.Event] = {}
+# Live-point generation per session: a new preview supersedes the refine still running.
+_LIVE: dict[str, int] = {}
 
 
 def setting_of(row: dict) -> tuple:
@@ -67,11 +70,13 @@ class FrontierHandlers:
 
     # ------------------------------------------------------------------ live point
     @readable_errors
-    def preview(self, *values: Any):
+    def preview(self, *values: Any, request: gr.Request = None):
         """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview."""
         rows = values[-1]
         lambdas = values[len(self.CONTROLS):-1]
         base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        session = _session(request)
+        _LIVE[session] = _LIVE.get(session, 0) + 1     # abandons this session's running refine
         quick = replace(attack, name=common.PREVIEW_ATTACK) if attack.name != "none" else attack
         row = service.compute_point(self.ctx, base, nat, rob, spec, quick,
                                     replace(ev, n=min(ev.n, common.PREVIEW_N)))
@@ -80,12 +85,21 @@ class FrontierHandlers:
         return fig, common.point_summary(row, "Preview (refining…)"), row
 
     @readable_errors
-    def refine(self, *values: Any):
-        """Full tier: the same merge under the chosen attack and n; added to the curve rows."""
+    def refine(self, *values: Any, request: gr.Request = None):
+        """Full tier: the same merge under the chosen attack and n; added to the curve rows.
+
+        A newer preview in the same session abandons it mid-attack (outputs left as they are).
+        """
         rows = list(values[-1] or [])
         lambdas = values[len(self.CONTROLS):-1]
         base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
-        row = service.compute_point(self.ctx, base, nat, rob, spec, attack, ev)
+        session = _session(request)
+        generation = _LIVE.get(session, 0)
+        try:
+            row = service.compute_point(self.ctx, base, nat, rob, spec, attack, ev,
+                                        should_stop=lambda: _LIVE.get(session, 0) != generation)
+        except AttackCancelled:
+            return (gr.skip(),) * 5
         rows = [r for r in rows if r.get("key") != row["key"]] + [row]
         fig, curve = self._figure(rows, row, row)
         return fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row
@@ -120,9 +134,9 @@ class FrontierHandlers:
                                                      "a re-run resumes from there.")
 
     def stop(self, request: gr.Request = None) -> str:
-        """Ask this session's sweep to stop after the current point."""
+        """Ask this session's sweep to stop (the point being attacked is abandoned, not stored)."""
         _STOP.setdefault(_session(request), threading.Event()).set()
-        return "Stopping after the current point…"
+        return "Stopping…"
 
     # ------------------------------------------------------------------ page state
     @readable_errors

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..attacks import AttackCancelled, run_attack
 from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from ..frontier import Engine
 from ..store import Store
@@ -73,10 +74,16 @@ class AppContext:
 
 
 def compute_point(ctx: AppContext, base: str, natural: Sequence[str], robust: Sequence[str],
-                  spec: MergeSpec, attack: AttackSpec, ev: EvalSpec) -> dict[str, Any]:
-    """One merged model's clean and robust accuracy (served from the store when known)."""
+                  spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
+                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """One merged model's clean and robust accuracy (served from the store when known).
+
+    ``should_stop`` is polled inside the attack (``AttackCancelled`` when it fires).
+    """
     with ctx.lock(base):
-        return ctx.engine(base).point(list(natural), list(robust), spec, attack, ev)
+        if should_stop is not None and should_stop():
+            raise AttackCancelled("superseded before it started")
+        return ctx.engine(base).point(list(natural), list(robust), spec, attack, ev, should_stop=should_stop)
 
 
 def sweep_points(ctx: AppContext, spec: SweepSpec, should_stop: Callable[[], bool]) -> Iterator[dict]:
@@ -142,7 +149,6 @@ def inspect_image(ctx: AppContext, base: str, models: dict[str, tuple[Sequence[s
     Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
     "probs": {name: (clean probs, adv probs)}, "linf": float}``.
     """
-    from ..attacks import run_attack
     from ..zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
     x = image_to_tensor(image)
