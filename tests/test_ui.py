@@ -142,6 +142,11 @@ def test_inspect_before_after(ctx, example_png) -> None:
     probs = [sum(f.data[0].x) for f in figs]
     assert all(0.99 <= p <= 1.01 for p in probs)  # all 4 classes shown: a distribution
     assert "pgd-3 Linf eps=8/255" in summary and Path(png).suffix == ".png"
+    # Small images are shown enlarged by whole pixels; the downloaded PNG is native size.
+    native = np.asarray(Image.open(png))
+    k = clean.shape[0] // native.shape[0]
+    assert clean.shape[0] >= 192 and k * native.shape[0] == clean.shape[0] and "×%d" % k in summary
+    assert np.array_equal(adv[::k, ::k], native)
 
 
 def test_inspect_errors(ctx, example_png, tmp_path) -> None:

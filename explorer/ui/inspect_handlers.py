@@ -16,6 +16,7 @@ from .common import readable_errors
 from .frontier_handlers import FrontierHandlers
 
 TOP_K = 5
+DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
 
 
 def parse_classes(text: str | None) -> list[str]:
@@ -39,6 +40,14 @@ def read_image(path: str | None) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise gr.Error(f"Could not read the image ({Path(path).name}): is it a PNG/JPEG file? "
                        f"({type(exc).__name__})") from None
+
+
+def display_image(image: np.ndarray, min_side: int = DISPLAY_SIDE) -> tuple[np.ndarray, int]:
+    """Nearest-neighbour upscale by the smallest integer factor reaching ``min_side`` pixels,
+    so a 32-px demo image shows its pixels (and its perturbation) as blocks on screen.
+    Returns (image, factor); downloads keep the native resolution."""
+    k = max(1, -(-min_side // max(1, min(image.shape[:2]))))
+    return (image.repeat(k, 0).repeat(k, 1) if k > 1 else image), k
 
 
 def attack_name(kind: str, steps: float | int | None) -> str:
@@ -86,8 +95,10 @@ class InspectHandlers:
         out = common.export_dir(res["adv"].tobytes()) / "adversarial.png"
         Image.fromarray(res["adv"]).save(out)
         where = spec.alpha if spec.alpha is not None else list(spec.lambdas)
+        (clean, k), (adv, _), (delta, _) = (display_image(res[n]) for n in ("clean", "adv", "delta"))
+        shown = f" Images enlarged ×{k} (nearest neighbour); the PNG is native size." if k > 1 else ""
         summary = (f"Attack **{attack.label}**, white-box on each model against its own clean "
                    f"prediction; ‖δ‖∞ = {res['linf'] * 255:.2f}/255. Images show the attack on the "
                    f"current merge ({spec.method}, {'α' if spec.alpha is not None else 'λ'} = {where}, "
-                   f"keep {spec.keep:g}). Perturbation shown amplified ×{0.5 / max(res['linf'], 1e-12):.0f}.")
-        return res["clean"], res["adv"], res["delta"], *figs, summary, str(out)
+                   f"keep {spec.keep:g}). Perturbation shown amplified ×{0.5 / max(res['linf'], 1e-12):.0f}." + shown)
+        return clean, adv, delta, *figs, summary, str(out)
