@@ -77,6 +77,15 @@ def test_lambda_contest_gives_the_weighted_vector_its_own_topk(keep):
     assert all(torch.equal(a, b) for a, b in zip(eq, st.complementary_masks(s, keep)))
 
 
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.8])
+@pytest.mark.parametrize("weights", [None, (0.3, 0.7), (1.0, 0.0)])
+def test_cached_orders_give_the_same_masks(keep, weights):
+    s = [x.abs() for x in _scores(5)]
+    orders = [st.descending_order(x) for x in s]
+    fast = st.complementary_masks(s, keep, weights, orders)
+    assert all(torch.equal(a, b) for a, b in zip(fast, st.complementary_masks(s, keep, weights)))
+
+
 def test_unknown_rank_or_contest_is_a_clear_error():
     inputs = MergeInputs([torch.ones(10)] * 2, [(0, 10)], context={"stability_scores": _scores(n=10)})
     for opt in (("rank", "bogus"), ("contest", "bogus")):

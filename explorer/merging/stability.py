@@ -64,6 +64,10 @@ PAPER = "PISTOLE (prediction stability-aware task-vector merging; abstract in sh
 SCORE_VERSION = 1
 CACHE = ScoreCache("stability")
 _MASKS: dict[tuple, list[Tensor]] = {}
+# Rankings and their sort orders per (scores, rank): reused by every alpha and keep. Orders are
+# kept only up to this many coordinates (int64 each, per vector); beyond, each merge sorts.
+_RANKED: dict[tuple, tuple[list[Tensor], list[Tensor] | None]] = {}
+ORDER_CACHE_MAX = 50_000_000
 
 
 def score_settings(engine: Any, spec: MergeSpec) -> dict[str, Any]:
@@ -138,13 +142,53 @@ def prepare(engine: Any, names: list[str], spec: MergeSpec) -> dict[str, Any]:
     return {"stability_scores": [tensors[f"score_{i}"] for i in range(len(names))], "stability_key": key}
 
 
+def _claim(order: Tensor, free: Tensor, ptr: int, need: int) -> tuple[Tensor, int]:
+    """The first ``need`` free coordinates of ``order`` at or after position ``ptr``, and the
+    position after the last one taken (everything skipped is taken for good)."""
+    got, window = [], max(2 * need, 4096)
+    while need > 0 and ptr < order.numel():
+        part = order[ptr:ptr + window]
+        ok = free[part]
+        n_ok = int(ok.sum())
+        if n_ok >= need:
+            last = int(ok.nonzero()[need - 1])
+            got.append(part[:last + 1][ok[:last + 1]])
+            ptr, need = ptr + last + 1, 0
+        else:
+            got.append(part[ok])
+            ptr, need = ptr + part.numel(), need - n_ok
+        window *= 2
+    return (torch.cat(got) if got else order[:0]), ptr
+
+
+def _argmax_rows(values: Tensor) -> Tensor:
+    """``values.argmax(0)`` for a few rows of many columns, as elementwise passes (the
+    reduction over a short leading dim is ~100x slower on CPU). Ties go to the first row.
+    Shape: ``(V, n)`` -> ``(n,)`` int64."""
+    best = torch.zeros(values.shape[1], dtype=torch.long, device=values.device)
+    top = values[0].clone()
+    for i in range(1, values.shape[0]):
+        better = values[i] > top
+        best[better] = i
+        top = torch.where(better, values[i], top)
+    return best
+
+
+def descending_order(score: Tensor) -> Tensor:
+    """Coordinates from best to worst (ties by index). Shape: ``(n,)`` -> ``(n,)`` int64."""
+    return torch.argsort(score, descending=True, stable=True)
+
+
 @torch.no_grad()
-def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | None = None) -> list[Tensor]:
+def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | None = None,
+                  orders: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Each vector keeps exactly ``k`` coordinates, no coordinate kept twice (needs ``V k <= n``).
 
     Greedy rounds: every vector claims its best ``need`` free coordinates; a coordinate claimed by
     several goes to the largest weighted normalised score ``w_i s_i / mean|s_i|`` (``weights``
-    default to 1); losers claim again.
+    default to 1); losers claim again. ``orders`` (``descending_order`` of each score, which
+    depends on neither ``k`` nor the weights) may be passed in from a cache: the rounds then
+    cost a few passes over the coordinates instead of a sort each.
 
     Shape:
         each score ``(n,)`` float; returns ``(n,)`` bool masks.
@@ -155,15 +199,17 @@ def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | N
     norm = torch.stack([s / s.abs().mean().clamp_min(1e-30) for s in scores])
     w = torch.ones(V) if weights is None else torch.tensor([float(x) for x in weights])
     contest = norm * w.to(norm).view(-1, 1)
+    orders = [descending_order(s) for s in scores] if orders is None else orders
     masks = torch.zeros(V, n, dtype=torch.bool, device=scores[0].device)
     free = torch.ones(n, dtype=torch.bool, device=scores[0].device)
-    need = [k] * V
+    need, ptr = [k] * V, [0] * V
     while any(need):
         claims = torch.zeros_like(masks)
         for i in range(V):
             if need[i]:
-                claims[i, torch.topk(norm[i].masked_fill(~free, float("-inf")), need[i]).indices] = True
-        best = contest.masked_fill(~claims, float("-inf")).argmax(0)
+                idx, ptr[i] = _claim(orders[i], free, ptr[i], need[i])
+                claims[i, idx] = True
+        best = _argmax_rows(contest.masked_fill(~claims, float("-inf")))
         for i in range(V):
             won = claims[i] & (best == i)
             masks[i] |= won
@@ -173,9 +219,11 @@ def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | N
 
 
 @torch.no_grad()
-def complementary_masks(scores: Sequence[Tensor], keep: float,
-                        weights: Sequence[float] | None = None) -> list[Tensor]:
+def complementary_masks(scores: Sequence[Tensor], keep: float, weights: Sequence[float] | None = None,
+                        orders: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Exactly ``kept_count(n, keep)`` kept per vector, with the minimum possible overlap.
+
+    ``orders``: each score's ``descending_order``, if cached (see :func:`disjoint_topk`).
 
     Shape:
         each score ``(n,)``; returns ``(n,)`` bool masks.
@@ -183,22 +231,25 @@ def complementary_masks(scores: Sequence[Tensor], keep: float,
     n, V = scores[0].numel(), len(scores)
     k = kept_count(n, keep)
     if V * k <= n:
-        return disjoint_topk(scores, k, weights)
+        return disjoint_topk(scores, k, weights, orders)
     if V * (n - k) <= n:  # disjoint drops of the lowest scores: every coordinate kept at least once
         # A contested drop goes to the vector with the *smaller* weight: reverse their order.
         rev = None if weights is None else [max(weights) + min(weights) - w for w in weights]
-        return [m.logical_not() for m in disjoint_topk([-s for s in scores], n - k, rev)]
+        flipped = None if orders is None else [o.flip(0) for o in orders]
+        return [m.logical_not() for m in disjoint_topk([-s for s in scores], n - k, rev, flipped)]
     return [torch.zeros(n, dtype=torch.bool, device=s.device).index_fill_(0, torch.topk(s, k).indices, True)
             for s in scores]
 
 
 def stability_masks(scores: Sequence[Tensor], keep: float, segments: Sequence[tuple[int, int]],
-                    scope: str, weights: Sequence[float] | None = None) -> list[Tensor]:
-    """:func:`complementary_masks` over all coordinates (``global``) or within each tensor."""
+                    scope: str, weights: Sequence[float] | None = None,
+                    orders: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """:func:`complementary_masks` over all coordinates (``global``, where cached ``orders`` of
+    the whole scores help) or within each tensor."""
     if keep >= 1.0:
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
     if scope == "global":
-        return complementary_masks(scores, keep, weights)
+        return complementary_masks(scores, keep, weights, orders)
     masks = [torch.empty_like(s, dtype=torch.bool) for s in scores]
     for a, b in segments:
         for m, part in zip(masks, complementary_masks([s[a:b] for s in scores], keep, weights)):
@@ -262,18 +313,31 @@ def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
         raise ValueError(f"stability option contest must be 'equal' or 'lambda', got {contest!r}")
     weights = [abs(float(lam)) for lam in spec.lambdas] if contest == "lambda" else None
     key = inputs.context.get("stability_key")
-    build = lambda: stability_masks(ranking(scores, inputs.taus, rank), spec.keep,  # noqa: E731
-                                    inputs.segments, spec.scope, weights)
+
+    def build() -> list[Tensor]:
+        if key is None:
+            return stability_masks(ranking(scores, inputs.taus, rank), spec.keep, inputs.segments,
+                                   spec.scope, weights)
+        if (key, rank) not in _RANKED:
+            _RANKED.clear()
+            ranked = ranking(scores, inputs.taus, rank)
+            orders = [descending_order(r) for r in ranked] if ranked[0].numel() <= ORDER_CACHE_MAX else None
+            _RANKED[(key, rank)] = (ranked, orders)
+        ranked, orders = _RANKED[(key, rank)]
+        return stability_masks(ranked, spec.keep, inputs.segments, spec.scope, weights,
+                               orders if spec.scope == "global" else None)
+
     if key is None:  # scores given by hand: nothing to key a cache on
         masks = build()
     else:
-        key = (key, rank, spec.keep, spec.scope, tuple(inputs.segments) if spec.scope == "per_tensor" else None,
-               None if weights is None else tuple(weights))
-        if key not in _MASKS:
+        mask_key = (key, rank, spec.keep, spec.scope,
+                    tuple(inputs.segments) if spec.scope == "per_tensor" else None,
+                    None if weights is None else tuple(weights))
+        if mask_key not in _MASKS:
             if len(_MASKS) >= 8:
                 _MASKS.pop(next(iter(_MASKS)))
-            _MASKS[key] = build()
-        masks = _MASKS[key]
+            _MASKS[mask_key] = build()
+        masks = _MASKS[mask_key]
     return [masked_coefficient(float(lam), None if spec.keep >= 1.0 else m)
             for lam, m in zip(spec.lambdas, masks)]
 
