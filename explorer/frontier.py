@@ -24,7 +24,7 @@ from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .fastmodel import AttackTwin, make_twin
-from .merging import MergeInputs, apply_coefficients, merge_coefficients
+from .merging import MergeInputs, apply_coefficients, merge_coefficients, method_version
 from .merging.context import PREPARERS
 from .store import Store
 from .taskvec import FlatLayout, bind_flat
@@ -213,6 +213,8 @@ class Engine:
                  spec.to_json(), attack.to_json(), ev.to_json()]
         if not use_bank:   # history-free numbers are stored apart from reuse-tightened ones
             parts.append("fresh")
+        if method_version(spec.method) > 1:
+            parts.append(f"{spec.method}@{method_version(spec.method)}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,

@@ -46,6 +46,14 @@ def test_uncontested_masks_are_plain_topk_and_contests_go_to_larger_score():
     assert m1.tolist() == [True, False, False, True] and m0.tolist() == [False, True, True, False]
 
 
+def test_contest_scores_decide_contested_coordinates_only():
+    s0, s1 = torch.tensor([2., 1., 0.5, 0.]), torch.tensor([9., 0., 0., 1.])
+    # By the scores vector 1 takes coordinate 0; by these contest values vector 0 does.
+    c0, c1 = torch.tensor([5., 1., 1., 1.]), torch.tensor([1., 1., 1., 1.])
+    m0, m1 = st.complementary_masks([s0, s1], keep=0.5, contest_scores=[c0, c1])
+    assert m0.tolist() == [True, True, False, False] and m1.tolist() == [False, False, True, True]
+
+
 def test_coefficients_are_lambda_times_mask_and_endpoints_exact():
     g = torch.Generator().manual_seed(1)
     pre = torch.randn(1000, generator=g)
@@ -53,8 +61,9 @@ def test_coefficients_are_lambda_times_mask_and_endpoints_exact():
     inputs = MergeInputs([ft - pre for ft in fts], SEGMENTS, context={"stability_scores": _scores()})
     spec = MergeSpec.from_alpha(0.3, method="stability", keep=0.2)
     c = merge_coefficients(inputs, spec)
-    # Defaults: rank by |S| ("impact"), contests weighted by |lambda| ("lambda").
-    masks = st.stability_masks([s.abs() for s in _scores()], 0.2, SEGMENTS, "global", weights=spec.lambdas)
+    # Defaults: claims by |tau| ("magnitude"), contests by |lambda| * |S| ("lambda", "impact").
+    masks = st.stability_masks([t.abs() for t in inputs.taus], 0.2, SEGMENTS, "global", weights=spec.lambdas,
+                               contest_scores=[s.abs() for s in _scores()])
     for ci, lam, m in zip(c, spec.lambdas, masks):
         assert ci.dtype == torch.float32 and torch.equal(ci, m.float() * lam)
     for alpha in (0.0, 1.0):  # keep=1: c = (1.0, 0.0) / (0.0, 1.0), the fine-tuned weights bit for bit
@@ -88,7 +97,7 @@ def test_cached_orders_give_the_same_masks(keep, weights):
 
 def test_unknown_rank_or_contest_is_a_clear_error():
     inputs = MergeInputs([torch.ones(10)] * 2, [(0, 10)], context={"stability_scores": _scores(n=10)})
-    for opt in (("rank", "bogus"), ("contest", "bogus")):
+    for opt in (("rank", "bogus"), ("contest", "bogus"), ("contest_by", "bogus")):
         with pytest.raises(ValueError, match=opt[0]):
             merge_coefficients(inputs, MergeSpec.from_alpha(0.5, method="stability", keep=0.3, options=(opt,)))
 

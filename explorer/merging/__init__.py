@@ -20,6 +20,17 @@ METHODS: dict[str, MergeFn] = {
 }
 
 
+# Bumped when a method's defaults or algorithm change its results; part of the store key of its
+# points (with CODE_VERSION), so other methods' stored points stay valid. Absent = version 1.
+METHOD_VERSIONS: dict[str, int] = {
+    "stability": 2,   # 2: magnitude claims, |lambda| * |S| contests (was: signed-score ranking)
+}
+
+
+def method_version(name: str) -> int:
+    return METHOD_VERSIONS.get(name, 1)
+
+
 def get_method(name: str) -> MergeFn:
     """The registered method ``name``; a ``KeyError`` listing the valid names otherwise."""
     try:
@@ -34,5 +45,5 @@ def describe_method(name: str) -> str:
     return doc.strip().splitlines()[0]
 
 
-__all__ = ["METHODS", "Coefficient", "MergeFn", "MergeInputs", "apply_coefficients", "describe_method",
-           "get_method", "merge_coefficients", "merge_weights"]
+__all__ = ["METHODS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs", "apply_coefficients", "describe_method",
+           "get_method", "merge_coefficients", "merge_weights", "method_version"]

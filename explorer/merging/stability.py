@@ -25,12 +25,13 @@ Scores (computed once per base/vector digests + calibration settings, cached; al
    Final score ``S_i = (s_i^0 + sum_t w_t s_i^t) / (1 + sum_t w_t)`` with ``w_t = kappa_t /
    mean_t kappa_t`` (1 if every kappa is 0): sharper steps (larger prediction change) weigh more.
 
-Masks at merge time (top-k only, cached per keep/scope/lambdas): each vector ranks its
-coordinates by ``rank`` (default ``impact``, ``|S_i|``; see :func:`ranking` for what was tried
-and measured) and keeps exactly ``round(keep * numel)`` of them (globally, or per tensor with
-``scope="per_tensor"``). The masks are *complementary*: for two vectors and keep <= 1/2 they
-are disjoint (every vector claims its best free coordinates; a coordinate both claim goes to
-the larger ``w_i R_i / mean|R_i|``, ``R_i`` the ranking, and the loser claims its next best),
+Masks at merge time (cheap: sort orders cached per scores; masks cached per keep/scope/lambdas):
+each vector keeps exactly ``round(keep * numel)`` coordinates (globally, or per tensor with
+``scope="per_tensor"``), claimed in the order of option ``rank`` (default ``magnitude``,
+``|tau_i|``). The masks are *complementary*: for two vectors and keep <= 1/2 they are disjoint
+(every vector claims its best free coordinates; a coordinate both claim goes to the larger
+``w_i C_i / mean|C_i|`` with ``C_i`` by option ``contest_by``, default ``impact`` = ``|S_i|``:
+the vector on whose joint objective the coordinate acts more; the loser claims its next best),
 for keep >= 1/2 their *drops* are disjoint (every coordinate is kept by at least one vector).
 Either way the overlap is the minimum possible, ``max(0, 2k - n)``. With more vectors the same
 holds while ``V k <= n`` (or ``V (n - k) <= n``); otherwise masks are independent top-k.
@@ -66,7 +67,7 @@ CACHE = ScoreCache("stability")
 _MASKS: dict[tuple, list[Tensor]] = {}
 # Rankings and their sort orders per (scores, rank): reused by every alpha and keep. Orders are
 # kept only up to this many coordinates (int64 each, per vector); beyond, each merge sorts.
-_RANKED: dict[tuple, tuple[list[Tensor], list[Tensor] | None]] = {}
+_RANKED: dict[tuple, tuple[list[Tensor], list[Tensor] | None, list[Tensor]]] = {}
 ORDER_CACHE_MAX = 50_000_000
 
 
@@ -181,12 +182,13 @@ def descending_order(score: Tensor) -> Tensor:
 
 @torch.no_grad()
 def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | None = None,
-                  orders: Sequence[Tensor] | None = None) -> list[Tensor]:
+                  orders: Sequence[Tensor] | None = None,
+                  contest_scores: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Each vector keeps exactly ``k`` coordinates, no coordinate kept twice (needs ``V k <= n``).
 
     Greedy rounds: every vector claims its best ``need`` free coordinates; a coordinate claimed by
-    several goes to the largest weighted normalised score ``w_i s_i / mean|s_i|`` (``weights``
-    default to 1); losers claim again. ``orders`` (``descending_order`` of each score, which
+    several goes to the largest weighted normalised score ``w_i c_i / mean|c_i|`` (``c`` the
+    ``contest_scores``, default the scores; ``weights`` default to 1); losers claim again. ``orders`` (``descending_order`` of each score, which
     depends on neither ``k`` nor the weights) may be passed in from a cache: the rounds then
     cost a few passes over the coordinates instead of a sort each.
 
@@ -196,7 +198,8 @@ def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | N
     n, V = scores[0].numel(), len(scores)
     if V * k > n:
         raise ValueError(f"{V} disjoint masks of {k} need at least {V * k} coordinates, have {n}")
-    norm = torch.stack([s / s.abs().mean().clamp_min(1e-30) for s in scores])
+    cs = scores if contest_scores is None else contest_scores
+    norm = torch.stack([c / c.abs().mean().clamp_min(1e-30) for c in cs])
     w = torch.ones(V) if weights is None else torch.tensor([float(x) for x in weights])
     contest = norm * w.to(norm).view(-1, 1)
     orders = [descending_order(s) for s in scores] if orders is None else orders
@@ -220,10 +223,12 @@ def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | N
 
 @torch.no_grad()
 def complementary_masks(scores: Sequence[Tensor], keep: float, weights: Sequence[float] | None = None,
-                        orders: Sequence[Tensor] | None = None) -> list[Tensor]:
+                        orders: Sequence[Tensor] | None = None,
+                        contest_scores: Sequence[Tensor] | None = None) -> list[Tensor]:
     """Exactly ``kept_count(n, keep)`` kept per vector, with the minimum possible overlap.
 
-    ``orders``: each score's ``descending_order``, if cached (see :func:`disjoint_topk`).
+    ``orders``: each score's ``descending_order``, if cached; ``contest_scores``: what decides
+    a coordinate two vectors claim (default the scores; see :func:`disjoint_topk`).
 
     Shape:
         each score ``(n,)``; returns ``(n,)`` bool masks.
@@ -231,57 +236,66 @@ def complementary_masks(scores: Sequence[Tensor], keep: float, weights: Sequence
     n, V = scores[0].numel(), len(scores)
     k = kept_count(n, keep)
     if V * k <= n:
-        return disjoint_topk(scores, k, weights, orders)
+        return disjoint_topk(scores, k, weights, orders, contest_scores)
     if V * (n - k) <= n:  # disjoint drops of the lowest scores: every coordinate kept at least once
         # A contested drop goes to the vector with the *smaller* weight: reverse their order.
         rev = None if weights is None else [max(weights) + min(weights) - w for w in weights]
         flipped = None if orders is None else [o.flip(0) for o in orders]
-        return [m.logical_not() for m in disjoint_topk([-s for s in scores], n - k, rev, flipped)]
+        neg = None if contest_scores is None else [-c for c in contest_scores]
+        return [m.logical_not() for m in disjoint_topk([-s for s in scores], n - k, rev, flipped, neg)]
     return [torch.zeros(n, dtype=torch.bool, device=s.device).index_fill_(0, torch.topk(s, k).indices, True)
             for s in scores]
 
 
 def stability_masks(scores: Sequence[Tensor], keep: float, segments: Sequence[tuple[int, int]],
                     scope: str, weights: Sequence[float] | None = None,
-                    orders: Sequence[Tensor] | None = None) -> list[Tensor]:
+                    orders: Sequence[Tensor] | None = None,
+                    contest_scores: Sequence[Tensor] | None = None) -> list[Tensor]:
     """:func:`complementary_masks` over all coordinates (``global``, where cached ``orders`` of
     the whole scores help) or within each tensor."""
     if keep >= 1.0:
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
     if scope == "global":
-        return complementary_masks(scores, keep, weights, orders)
+        return complementary_masks(scores, keep, weights, orders, contest_scores)
     masks = [torch.empty_like(s, dtype=torch.bool) for s in scores]
     for a, b in segments:
-        for m, part in zip(masks, complementary_masks([s[a:b] for s in scores], keep, weights)):
+        cs = None if contest_scores is None else [c[a:b] for c in contest_scores]
+        for m, part in zip(masks, complementary_masks([s[a:b] for s in scores], keep, weights, None, cs)):
             m[a:b] = part
     return masks
 
 
-RANKS = ("impact", "score", "tilt")
+RANKS = ("magnitude", "impact", "score", "tilt")
 
 
 @torch.no_grad()
 def ranking(scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str) -> list[Tensor]:
-    """What the masks rank by (option ``rank``).
+    """Per-coordinate values the masks use: what each vector claims first (option ``rank``,
+    default ``magnitude``) and what decides a coordinate two vectors claim (option
+    ``contest_by``, default ``impact``).
 
-    ``impact`` (default): ``|S_i|``, the size of the coordinate's first-order effect on the joint
-    objective ``L_own + beta L_other``, whatever its sign: the coordinates where the fine-tune
-    moves predictions most (benefit or interference) are kept, the inert ones dropped.
-    ``score``: ``S_i`` itself (keep what helps both objectives first, drop what interferes).
-    ``tilt``: ``|tau_i| * (1 + tanh(S_i / q))`` with ``q`` the 99th percentile of ``|S_i|`` over
-    the vector's non-zero coordinates (magnitude pruning nudged by the score).
+    ``magnitude``: ``|tau_i|``. ``impact``: ``|S_i| = |tau_i| * |g_own + beta g_other|``, the size
+    of the coordinate's first-order effect on the joint objective ``L_own + beta L_other``,
+    whatever its sign. ``score``: ``S_i`` itself (helps both objectives first, interferes last).
+    ``tilt``: ``|tau_i| * (1 + tanh(S_i / q))``, ``q`` the 99th percentile of ``|S_i|`` over the
+    vector's non-zero coordinates (magnitude nudged by the score).
 
-    Measured on the demo zoo (natural + TeCoA, keep 0.2, pgd-10, n=256, alpha 0:1:6; task
-    arithmetic's hypervolume 0.647): ``score`` 0.027 (clean accuracy near chance even at
-    alpha=0), ``tilt`` 0.48, ``impact`` 0.652 (with ``contest="lambda"``). Why ``score`` fails:
-    ranking by the signed score keeps coordinates by the sign of ``g * tau``, and dropping the
-    large-``|g * tau|`` coordinates of the "harmful" sign breaks the model: far from the anchor
-    the first-order sign is unreliable, the first-order *size* is not. Swapping even the ~1% of
-    magnitude-selected coordinates with the most extreme ``S`` (either sign) for others broke the
-    model the same way, so these are the coordinates it cannot lose, which ``impact`` keeps.
+    Measured on the demo zoo (natural + TeCoA, keep 0.2, pgd-10, n=256, alpha 0:1:6, contests
+    weighted by lambda; hypervolume of task arithmetic 0.647, of independent magnitude masks
+    0.656): claims/contest ``magnitude/impact`` 0.661 (the default), ``magnitude/magnitude``
+    0.661, ``impact/impact`` 0.652, ``|tau|^0.5 |S|^0.5`` 0.651, ``score/score`` 0.027 (clean
+    accuracy near chance even at alpha=0), ``magnitude/score`` 0.079, ``impact`` with
+    ``interference`` ``abs`` 0.633 or ``relu`` 0.630. So on that model the gain over task
+    arithmetic comes from the complementary, lambda-weighted structure; which of the sizes
+    ranks barely matters, and any use of the score's *sign* breaks the model: dropping the
+    large-``|g * tau|`` coordinates of the "harmful" sign removes exactly the coordinates it
+    cannot lose (far from the anchor the first-order sign is unreliable, the size is not).
     """
     if rank not in RANKS:
-        raise ValueError(f"stability option rank must be one of {', '.join(RANKS)}; got {rank!r}")
+        raise ValueError(f"stability options rank and contest_by take one of {', '.join(RANKS)}; "
+                         f"got {rank!r}")
+    if rank == "magnitude":
+        return [t.abs() for t in taus]
     if rank == "score":
         return list(scores)
     if rank == "impact":
@@ -307,7 +321,8 @@ def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
         raise ValueError("stability needs one calibration score per task vector in "
                          "context['stability_scores']: merge through Engine.merge (which runs the "
                          "'stability' preparer) or pass them in MergeInputs.context")
-    rank = str(spec.option("rank", "impact"))
+    rank = str(spec.option("rank", "magnitude"))
+    contest_by = str(spec.option("contest_by", "impact"))
     contest = str(spec.option("contest", "lambda"))
     if contest not in ("equal", "lambda"):
         raise ValueError(f"stability option contest must be 'equal' or 'lambda', got {contest!r}")
@@ -317,20 +332,20 @@ def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     def build() -> list[Tensor]:
         if key is None:
             return stability_masks(ranking(scores, inputs.taus, rank), spec.keep, inputs.segments,
-                                   spec.scope, weights)
-        if (key, rank) not in _RANKED:
+                                   spec.scope, weights, None, ranking(scores, inputs.taus, contest_by))
+        if (key, rank, contest_by) not in _RANKED:
             _RANKED.clear()
             ranked = ranking(scores, inputs.taus, rank)
             orders = [descending_order(r) for r in ranked] if ranked[0].numel() <= ORDER_CACHE_MAX else None
-            _RANKED[(key, rank)] = (ranked, orders)
-        ranked, orders = _RANKED[(key, rank)]
+            _RANKED[(key, rank, contest_by)] = (ranked, orders, ranking(scores, inputs.taus, contest_by))
+        ranked, orders, contest_scores = _RANKED[(key, rank, contest_by)]
         return stability_masks(ranked, spec.keep, inputs.segments, spec.scope, weights,
-                               orders if spec.scope == "global" else None)
+                               orders if spec.scope == "global" else None, contest_scores)
 
     if key is None:  # scores given by hand: nothing to key a cache on
         masks = build()
     else:
-        mask_key = (key, rank, spec.keep, spec.scope,
+        mask_key = (key, rank, contest_by, spec.keep, spec.scope,
                     tuple(inputs.segments) if spec.scope == "per_tensor" else None,
                     None if weights is None else tuple(weights))
         if mask_key not in _MASKS:
