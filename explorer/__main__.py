@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--natural", default=None, help="natural vector (default: the manifest's first)")
     s.add_argument("--robust", default=None, help="robust vector (default: the manifest's first)")
     s.add_argument("--figure", default="compare.png", help=".png (matplotlib) or .html (Plotly)")
+    s.add_argument("--reuse", action="store_true",
+                   help="try adversarial examples found at earlier points (faster; numbers then depend "
+                        "on the order methods ran in). Default: every point attacked afresh")
     return ap
 
 

@@ -3,7 +3,7 @@
 One natural and one robust vector, one alpha grid, one keep (task arithmetic ignores keep and is
 run at keep=1), one attack, on the held-out split (``test``; the calibration of ``stability`` and
 ``variational`` reads only ``train``). Points go through ``Engine.point`` (store-backed, so a
-rerun is served from the store). Outputs: a figure (PNG with matplotlib when installed, else
+rerun is served from the store), each attacked afresh unless ``--reuse``. Outputs: a figure (PNG with matplotlib when installed, else
 Plotly HTML), a CSV and a markdown table, and one printed row per method: name first, its
 hypervolume (``explorer.hypervolume``: area dominated in the clean x robust unit square,
 reference (0, 0)) last.
@@ -41,8 +41,13 @@ def calibration_options(manifest_defaults: dict, attack: AttackSpec, ev: EvalSpe
 
 
 def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[str], alphas: Sequence[float],
-                    keep: float, attack: AttackSpec, ev: EvalSpec, *, seed: int = 0) -> dict[str, list[dict]]:
-    """The frontier (one row per alpha, ``Engine.point`` rows) of each method."""
+                    keep: float, attack: AttackSpec, ev: EvalSpec, *, seed: int = 0,
+                    reuse: bool = False) -> dict[str, list[dict]]:
+    """The frontier (one row per alpha, ``Engine.point`` rows) of each method.
+
+    ``reuse=False`` (default) attacks every point afresh, so no method's numbers depend on the
+    adversarial examples found for the methods that ran before it.
+    """
     if ev.split == "train":
         raise ValueError("compare evaluates on held-out data; the train split is the calibration set")
     opts = calibration_options(engine.manifest.defaults, attack, ev)
@@ -53,7 +58,8 @@ def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[st
         for alpha in alphas:
             spec = MergeSpec.from_alpha(alpha, method=method, keep=k, seed=seed,
                                         options=opts if method in CALIBRATED else ())
-            rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=f"compare-{method}"))
+            rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=f"compare-{method}",
+                                     use_bank=reuse))
             log.info("%s alpha=%.2f clean=%.3f robust=%.3f", method, alpha, rows[-1]["clean_acc"],
                      rows[-1]["robust_acc"])
         out[method] = rows
@@ -150,7 +156,7 @@ def cmd_compare(args: Any) -> int:
     natural, robust = _pick(manifest, args, "natural"), _pick(manifest, args, "robust")
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ALL_METHODS)
     results = compare_methods(engine, natural, robust, methods, parse_alphas(args.alphas), args.keep,
-                              attack, ev, seed=args.seed)
+                              attack, ev, seed=args.seed, reuse=args.reuse)
     table = summarize(results)
     title = f"{natural} + {robust}: {attack.label}, {ev.task}/{ev.split} n={ev.n}, keep={args.keep:g}"
     fig = write_figure(results, table, Path(args.figure), title)
