@@ -122,9 +122,14 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
 
 
 def _axis(rows: Sequence[Row], key: str) -> list[float]:
-    """From 0 to a little above the largest value (the whole [0, 1] once values pass 0.8)."""
-    top = max((float(r[key]) for r in rows), default=1.0)
-    return [-0.02, 1.02 if top > 0.8 else round(top + 0.15, 2)]
+    """The span of the values with a margin (at least 0.05 either side), within [-0.02, 1.02]:
+    frontiers of similar models differ by a few points and would be a dot on the whole square."""
+    vals = [float(r[key]) for r in rows]
+    if not vals:
+        return [-0.02, 1.02]
+    lo, hi = min(vals), max(vals)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return [round(max(-0.02, lo - pad), 3), round(min(1.02, hi + pad), 3)]
 
 
 def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5,
