@@ -331,3 +331,16 @@ def test_should_stop_cancels_an_attack(mlp_setup, name):
     # Never asked to stop: the same attack runs to the end.
     adv = run_attack(model, x, y, AttackSpec("pgd-5", eps=8 / 255), should_stop=lambda: False)
     assert adv.shape == x.shape
+
+
+def test_padded_batches_change_no_row(mlp_setup, monkeypatch):
+    from explorer.attacks import gradient
+
+    model, x, y = mlp_setup
+    spec = AttackSpec("pgd-5", eps=8 / 255)
+    monkeypatch.setattr(gradient, "BUCKET", 1)
+    plain = run_attack(model, x[:37], y[:37], spec)
+    monkeypatch.setattr(gradient, "BUCKET", 16)        # 37 rows -> batches padded to 48, 32, ...
+    padded = run_attack(model, x[:37], y[:37], spec)
+    assert torch.allclose(plain, padded, atol=1e-6)
+    assert gradient._bucketed(torch.arange(37)).tolist() == list(range(37)) + [0] * 11
