@@ -188,9 +188,10 @@ def disjoint_topk(scores: Sequence[Tensor], k: int, weights: Sequence[float] | N
 
     Greedy rounds: every vector claims its best ``need`` free coordinates; a coordinate claimed by
     several goes to the largest weighted normalised score ``w_i c_i / mean|c_i|`` (``c`` the
-    ``contest_scores``, default the scores; ``weights`` default to 1); losers claim again. ``orders`` (``descending_order`` of each score, which
-    depends on neither ``k`` nor the weights) may be passed in from a cache: the rounds then
-    cost a few passes over the coordinates instead of a sort each.
+    ``contest_scores``, default the scores; ``weights`` default to 1); losers claim again.
+    ``orders`` (``descending_order`` of each score, which depends on neither ``k`` nor the
+    weights) may be passed in from a cache: the rounds then cost a few passes over the
+    coordinates instead of a sort each.
 
     Shape:
         each score ``(n,)`` float; returns ``(n,)`` bool masks.
