@@ -3,10 +3,10 @@
 One natural and one robust vector, one alpha grid, one keep (task arithmetic ignores keep and is
 run at keep=1), one attack, on the held-out split (``test``; the calibration of ``stability`` and
 ``variational`` reads only ``train``). Points go through ``Engine.point`` (store-backed, so a
-rerun is served from the store), each attacked afresh unless ``--reuse``. Outputs: a figure (PNG with matplotlib when installed, else
-Plotly HTML), a CSV and a markdown table, and one printed row per method: name first, its
-hypervolume (``explorer.hypervolume``: area dominated in the clean x robust unit square,
-reference (0, 0)) last.
+rerun is served from the store), each attacked afresh unless ``--reuse``. Outputs: a figure
+(PNG with matplotlib when installed, else Plotly HTML), a CSV and a markdown table, and one
+printed row per method: name first, its hypervolume (``explorer.hypervolume``: area dominated in
+the clean x robust unit square, reference (0, 0)) last.
 """
 from __future__ import annotations
 

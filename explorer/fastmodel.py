@@ -73,7 +73,8 @@ def _share_parameters(twin: nn.Module, source: nn.Module, skip: set[int]) -> Non
     for name, mod in twin.named_modules():
         if id(mod) in skip or name not in src:
             continue
-        for store, src_store in ((mod._parameters, src[name]._parameters), (mod._buffers, src[name]._buffers)):
+        pairs = ((mod._parameters, src[name]._parameters), (mod._buffers, src[name]._buffers))
+        for store, src_store in pairs:
             for key, t in list(store.items()):
                 s = src_store.get(key)
                 if t is not None and s is not None and s.shape == t.shape:

@@ -12,7 +12,7 @@ from .safety import AttackModel, attack_context, check_gradients, check_logits
 from .stages import STAGES, build_stage, reference_autoattack
 
 __all__ = [
-    "ATTACK_NAMES", "AttackCancelled", "AttackModel", "STAGES", "attack_context", "attack_cost", "build_stage",
-    "check_gradients", "check_logits", "fgsm", "pgd", "pgd_steps", "project",
+    "ATTACK_NAMES", "AttackCancelled", "AttackModel", "STAGES", "attack_context", "attack_cost",
+    "build_stage", "check_gradients", "check_logits", "fgsm", "pgd", "pgd_steps", "project",
     "reference_autoattack", "run_attack", "validate_attack",
 ]

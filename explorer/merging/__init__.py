@@ -45,5 +45,5 @@ def describe_method(name: str) -> str:
     return doc.strip().splitlines()[0]
 
 
-__all__ = ["METHODS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs", "apply_coefficients", "describe_method",
-           "get_method", "merge_coefficients", "merge_weights", "method_version"]
+__all__ = ["METHODS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs", "apply_coefficients",
+           "describe_method", "get_method", "merge_coefficients", "merge_weights", "method_version"]
