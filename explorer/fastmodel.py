@@ -28,7 +28,6 @@ import logging
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -115,8 +114,7 @@ class AttackTwin(nn.Module):
         z = clf.preprocess(x).contiguous(memory_format=torch.channels_last)
         kernel = sdpa_kernel(SDPBackend.MATH) if z.device.type == "cpu" else nullcontext()
         with kernel:
-            feats = F.normalize(self.visual(z).float(), dim=-1)
-        return clf.model.logit_scale.exp().float() * feats @ clf.text_head.to(feats.device).t()
+            return clf.head_logits(self.visual(z))
 
 
 @torch.no_grad()

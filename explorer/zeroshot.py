@@ -108,7 +108,10 @@ class ZeroShotClassifier(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def head_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * cos(image_features, class embeddings)``. Shape: [N, D] -> [N, n_classes]."""
+        feats = F.normalize(image_features.float(), dim=-1)
+        return self.model.logit_scale.exp().float() * feats @ self.text_head.to(feats.device).t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = F.normalize(self.model.encode_image(self.preprocess(x)).float(), dim=-1)
-        head = self.text_head.to(feats.device)
-        return self.model.logit_scale.exp().float() * feats @ head.t()
+        return self.head_logits(self.model.encode_image(self.preprocess(x)))
