@@ -8,8 +8,12 @@ function as its ``ZeroShotClassifier`` with:
   (``w' = w * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma / sqrt(var + eps)``),
   exact up to float rounding;
 - channels-last activations (oneDNN's fast layout on CPU);
-- on CPU, the math attention kernel for the tower's attention pooling (a handful of tokens,
-  where the flash kernel's fixed cost dominates).
+- the attention pooling computed for the one output it returns: open_clip's ``AttentionPool2d``
+  projects all HW+1 tokens to queries, keys and values and runs attention for every token, then
+  keeps token 0 (the mean). The twin projects one query (the mean token's), gets the mean token's
+  key and value as the mean of the spatial tokens' (projections are linear), adds the projected
+  positional embeddings, and runs the HW+1-way softmax elementwise. On the demo tower (HW = 1)
+  this halves the pooling's matrix products and drops the batched attention kernels.
 
 Measured on the demo zoo's ResNet (2-core CPU, batch 256): 0.165 s -> 0.091 s per
 forward+backward. Every other parameter is *shared* with the source model (the engine's flat
@@ -25,11 +29,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import AttentionPool2d
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .zeroshot import ZeroShotClassifier
 
@@ -80,6 +84,34 @@ def _share_parameters(twin: nn.Module, source: nn.Module, skip: set[int]) -> Non
                     store[key] = s
 
 
+class PooledQuery(nn.Module):
+    """``AttentionPool2d`` evaluated for its returned token only; shares the pool's parameters.
+
+    Shape: x [N, C, H, W] -> [N, output_dim]; equal to ``pool(x)`` up to float rounding.
+    """
+
+    def __init__(self, pool: AttentionPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pool
+        n, c = x.shape[:2]
+        heads = p.num_heads
+        tokens = x.flatten(2).transpose(1, 2)                              # [N, HW, C]
+        w_kv = torch.cat([p.k_proj.weight, p.v_proj.weight])               # [2C, C]
+        b_kv = torch.cat([p.k_proj.bias, p.v_proj.bias])
+        pos = p.positional_embedding.to(x.dtype)                           # [HW+1, C]
+        kv = tokens @ w_kv.t()                                             # [N, HW, 2C]
+        kv = torch.cat([kv.mean(1, keepdim=True), kv], 1) + F.linear(pos, w_kv, b_kv)
+        k, v = kv.unflatten(-1, (2, heads, c // heads)).unbind(2)          # [N, HW+1, heads, d]
+        q = F.linear(tokens.mean(1) + pos[0], p.q_proj.weight, p.q_proj.bias)
+        q = q.view(n, 1, heads, c // heads) * (c // heads) ** -0.5
+        attn = (q * k).sum(-1).softmax(1)                                  # [N, HW+1, heads]
+        out = (attn.unsqueeze(-1) * v).sum(1).reshape(n, c)
+        return p.c_proj(out)
+
+
 class AttackTwin(nn.Module):
     """``clf`` with BatchNorm folded and channels-last activations; call ``refresh()`` after
     the source weights change.
@@ -112,9 +144,7 @@ class AttackTwin(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clf = self.clf
         z = clf.preprocess(x).contiguous(memory_format=torch.channels_last)
-        kernel = sdpa_kernel(SDPBackend.MATH) if z.device.type == "cpu" else nullcontext()
-        with kernel:
-            return clf.head_logits(self.visual(z))
+        return clf.head_logits(self.visual(z))
 
 
 @torch.no_grad()
@@ -139,6 +169,8 @@ def make_twin(clf: ZeroShotClassifier, *, seed: int = 0) -> AttackTwin | None:
     if not pairs:
         return None
     _share_parameters(twin_visual, visual, {id(f) for f, _, _ in pairs})
+    if type(getattr(twin_visual, "attnpool", None)) is AttentionPool2d:
+        twin_visual.attnpool = PooledQuery(twin_visual.attnpool)
     twin_visual.eval()
     twin = AttackTwin(clf, pairs, twin_visual)
     device = next(visual.parameters()).device

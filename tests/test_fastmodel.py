@@ -42,7 +42,7 @@ def test_twin_shares_unfolded_weights_and_needs_refresh_for_folded(engine, image
     clf = engine.classifier("shapes")
     # Parameters the fold left alone are the engine's own storage, not copies.
     shared = engine.model.visual.attnpool.q_proj.weight
-    assert twin.visual.attnpool.q_proj.weight.data_ptr() == shared.data_ptr()
+    assert twin.visual.attnpool.pool.q_proj.weight.data_ptr() == shared.data_ptr()
     # Folded convolutions follow a merge only through refresh(): without it they are stale.
     engine.merge(["natural", "tecoa"], MergeSpec.from_alpha(0.0))
     fused = twin.visual.layer1[0].conv1.weight.clone()
@@ -52,6 +52,25 @@ def test_twin_shares_unfolded_weights_and_needs_refresh_for_folded(engine, image
     assert max_disagreement(twin, clf, x) > TOLERANCE
     twin.refresh()
     assert max_disagreement(twin, clf, x) <= TOLERANCE
+
+
+def test_pooled_query_equals_the_attention_pool_on_several_grids():
+    """The pooled-query rewrite is the same function as open_clip's pool for any HW (1x1 on
+    the demo tower; larger grids on real ResNet CLIPs), values and input gradients."""
+    from open_clip.modified_resnet import AttentionPool2d
+
+    from explorer.fastmodel import PooledQuery
+
+    torch.manual_seed(0)
+    for side in (1, 2, 7):
+        pool = AttentionPool2d(side, 64, 4, 32).eval()
+        fast = PooledQuery(pool)
+        x = torch.randn(5, 64, side, side, requires_grad=True)
+        a, b = pool(x), fast(x)
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        (ga,) = torch.autograd.grad(a.square().sum(), x)
+        (gb,) = torch.autograd.grad(b.square().sum(), x)
+        assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-4)
 
 
 def test_no_twin_for_a_tower_without_batchnorm(tiny_zoo):
@@ -75,7 +94,8 @@ def test_a_wrong_fold_is_refused(engine):
 
 class _Liar(nn.Module):
     """A 'twin' that always predicts the class after the model's: trusted, it would prove
-    every clean-correct sample non-robust at the attack's first iterate."""
+    every clean-correct sample non-robust at the attack's first iterate. Its gradients are
+    the model's (the engine checks the attacked function's gradients are not zero)."""
 
     def __init__(self, clf):
         super().__init__()
@@ -84,7 +104,7 @@ class _Liar(nn.Module):
     def forward(self, x):
         logits = self.clf(x)
         wrong = (logits.argmax(1) + 1) % logits.shape[1]
-        return logits * 0 + 10 * torch.nn.functional.one_hot(wrong, logits.shape[1]).float()
+        return logits + 1e4 * torch.nn.functional.one_hot(wrong, logits.shape[1]).float()
 
 
 def test_proofs_are_decided_on_the_model_not_the_twin(engine, images):
@@ -97,6 +117,19 @@ def test_proofs_are_decided_on_the_model_not_the_twin(engine, images):
     truth = predict(clf, res.x_adv) == y
     assert torch.equal(res.robust, (res.clean_correct & truth).cpu())
     assert res.robust.sum() > 0
+
+
+def test_a_twin_without_gradients_is_refused(engine, images):
+    """The zero-gradient check runs on the function the attack differentiates."""
+    x, y = images
+    clf = engine.classifier("shapes")
+
+    class Flat(nn.Module):
+        def forward(self, z):
+            return clf(z).detach() + 0 * z.sum()
+
+    with pytest.raises(ValueError, match="zero input gradient"):
+        evaluate(clf, x, y, AttackSpec("pgd-3", eps=parse_eps("1/255")), attack_model=Flat())
 
 
 def test_engine_numbers_with_and_without_the_twin(engine):
