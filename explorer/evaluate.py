@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .attacks import check_gradients, check_logits, run_attack
+from .attacks import bucketed, check_gradients, check_logits, run_attack
 from .config import AttackSpec
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,16 @@ class AdversarialBank:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Predicted labels. Shape: x [N,3,H,W] in [0,1] -> [N] int64 (on x's device)."""
-    out = [model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    """Predicted labels. Shape: x [N,3,H,W] in [0,1] -> [N] int64 (on x's device).
+
+    Batches are padded to a multiple of ``BUCKET`` rows (repeats of a real row; each row's
+    prediction is its own), so the few batch shapes seen reuse their kernels.
+    """
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        rows = bucketed(torch.arange(len(xb), device=x.device))
+        out.append(model(xb[rows] if len(rows) > len(xb) else xb)[:len(xb)].argmax(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
 
 
@@ -131,8 +139,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     res = EvalResult(correct.cpu(), robust.cpu(), attack)
     x_adv = x.clone() if return_adv else None
     if attack.name != "none" and attack.eps > 0 and bool(correct.any()):
-        if checks:
-            check_gradients(model, x[correct][:8], y[correct][:8])
+        net = model if attack_model is None else attack_model
+        if checks:   # on the function whose gradients the attack follows
+            check_gradients(net, x[correct][:8], y[correct][:8])
         todo = correct.nonzero().flatten()
         for bx, has in (bank.candidates(attack) if bank is not None else []):
             cand = todo[has[todo]]
@@ -145,7 +154,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
                 todo = todo[robust[todo]]
         t2 = time.perf_counter()
         if todo.numel():
-            net = model if attack_model is None else attack_model
             adv = run_attack(net, x[todo], y[todo], attack, sample_ids=ids[todo],
                              batch_size=batch_size, progress=progress, assume_correct=True,
                              should_stop=should_stop)

@@ -343,4 +343,27 @@ def test_padded_batches_change_no_row(mlp_setup, monkeypatch):
     monkeypatch.setattr(gradient, "BUCKET", 16)        # 37 rows -> batches padded to 48, 32, ...
     padded = run_attack(model, x[:37], y[:37], spec)
     assert torch.allclose(plain, padded, atol=1e-6)
-    assert gradient._bucketed(torch.arange(37)).tolist() == list(range(37)) + [0] * 11
+    assert gradient.bucketed(torch.arange(37)).tolist() == list(range(37)) + [0] * 11
+    # predict pads its batches the same way and returns one label per real row.
+    from explorer.evaluate import predict
+
+    with torch.no_grad():
+        assert torch.equal(predict(model, x[:37], batch_size=20), model(x[:37]).argmax(1))
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_cached_random_starts_equal_fresh_draws(norm):
+    """Starts kept between calls are the per-sample draws themselves, scaled to each eps."""
+    from explorer.attacks import gradient
+
+    ids = torch.tensor([3, 11, 5])
+    gradient._STARTS.clear()
+    fresh = gradient.random_start(torch.Size([3, 3, 4, 4]), 0.5, norm, 7, ids)
+    assert len(gradient._STARTS) == 3
+    again = gradient.random_start(torch.Size([3, 3, 4, 4]), 0.25, norm, 7, ids)
+    assert torch.allclose(again, fresh / 2)
+    dist = fresh.flatten(1).abs().amax(1) if norm == "Linf" else fresh.flatten(1).norm(dim=1)
+    assert (dist <= 0.5 + 1e-6).all() and (dist > 0).all()
+    # A sample's start depends on (seed, id) only, not on which rows it is drawn with.
+    assert torch.equal(gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 7, ids[1:2])[0], fresh[1])
+    assert not torch.equal(gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 8, ids[1:2])[0], fresh[1])
