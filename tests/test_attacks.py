@@ -333,6 +333,25 @@ def test_should_stop_cancels_an_attack(mlp_setup, name):
     assert adv.shape == x.shape
 
 
+def test_stop_acts_inside_an_autoattack_stage(mlp_setup):
+    """torchattacks runs a stage's 100 steps in its own loop; the model wrapper polls, so a
+    Stop pressed mid-stage ends it within a step (not after the stage or batch)."""
+    from explorer.attacks import AttackCancelled
+
+    model, x, y = mlp_setup
+    calls = []
+
+    def stop_after_five():
+        calls.append(1)
+        return len(calls) > 5
+
+    with pytest.raises(AttackCancelled):
+        run_attack(model, x, y, AttackSpec("apgd-ce", eps=8 / 255), should_stop=stop_after_five)
+    assert len(calls) == 6
+    # The cancelled attack still restored the model's mode and parameter flags.
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
 def test_padded_batches_change_no_row(mlp_setup, monkeypatch):
     from explorer.attacks import gradient
 

@@ -148,7 +148,10 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
             # Contiguous leaves: torchattacks' FAB .view()s gradients shaped like its input.
             xs = x[idx].to(device).contiguous(memory_format=torch.contiguous_format)
             alive = torch.ones(len(idx), dtype=torch.bool, device=device)
-            adv = run_stages(net, xs, y[idx].to(device), alive, PROTOCOLS[spec.name], spec.eps,
+            # torchattacks' stages loop internally (100 steps x 9 targets); polling in the
+            # forward lets a Stop act within one step of them, not after the batch.
+            stage_net = AttackModel(net, should_stop=should_stop) if should_stop is not None else net
+            adv = run_stages(stage_net, xs, y[idx].to(device), alive, PROTOCOLS[spec.name], spec.eps,
                              spec.norm, spec.seed, n_classes, batch_size=batch_size, progress=progress,
                              should_stop=should_stop)
             x_adv[idx] = adv.to(x)

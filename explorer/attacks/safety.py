@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gradient import check_stop
+
 log = logging.getLogger(__name__)
 
 
@@ -30,13 +32,17 @@ class AttackModel(nn.Module):
 
     Args:
         model: an ``nn.Module`` or a plain callable mapping pixels to logits.
+        should_stop: polled before every forward; ``AttackCancelled`` when it returns True
+            (cancels attacks whose loops are not ours, e.g. torchattacks' stages).
 
     Shape:
         forward: x [N, C, H, W] float in [0, 1] -> logits [N, n_classes] float32.
     """
 
-    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+                 should_stop: Callable[[], bool] | None = None) -> None:
         super().__init__()
+        self.should_stop = should_stop
         if isinstance(model, AttackModel):
             model = model.net
         if not isinstance(model, nn.Module):
@@ -49,6 +55,7 @@ class AttackModel(nn.Module):
             self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_stop(self.should_stop)
         return self.net(x.contiguous()).float()
 
 
