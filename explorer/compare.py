@@ -53,10 +53,10 @@ def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[st
     opts = calibration_options(engine.manifest.defaults, attack, ev)
     out: dict[str, list[dict]] = {}
     for method in methods:
-        k = 1.0 if method == "task_arithmetic" else keep
         rows = []
         for alpha in alphas:
-            spec = MergeSpec.from_alpha(alpha, method=method, keep=k, seed=seed,
+            # The engine drops what a method ignores (task arithmetic's keep) from the point.
+            spec = MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
                                         options=opts if method in CALIBRATED else ())
             rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=f"compare-{method}",
                                      use_bank=reuse))

@@ -24,7 +24,7 @@ from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .fastmodel import AttackTwin, make_twin
-from .merging import MergeInputs, apply_coefficients, merge_coefficients, method_version
+from .merging import MergeInputs, apply_coefficients, canonical_spec, merge_coefficients, method_version
 from .merging.context import PREPARERS
 from .store import Store
 from .taskvec import FlatLayout, bind_flat
@@ -223,8 +223,10 @@ class Engine:
         """Merge, evaluate and store one point; served from the store when already computed.
 
         ``should_stop`` is polled inside the attack; when it fires the point is abandoned
-        (``AttackCancelled``; nothing stored) and the model stays as merged.
+        (``AttackCancelled``; nothing stored) and the model stays as merged. Settings the
+        method ignores are reset first (``canonical_spec``): the row reports what was computed.
         """
+        spec = canonical_spec(spec)
         names = [*natural, *robust]
         key = self.point_key(names, spec, attack, ev, use_bank)
         if use_store and self.store is not None:
@@ -260,17 +262,26 @@ class Engine:
         """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent).
 
         ``use_bank=False`` attacks every point afresh (numbers independent of what the session
-        computed before; slower).
+        computed before; slower). A grid point that is the same merge as an earlier one once
+        the settings its method ignores are dropped (task arithmetic at every keep) is yielded
+        once.
         """
         n_nat, n_rob = len(spec.natural), len(spec.robust)
-        grid = [(m, k, a) for m in spec.methods for k in spec.keeps for a in spec.alphas]
+        grid: list[MergeSpec] = []
+        seen: set[MergeSpec] = set()
+        for m in spec.methods:
+            for k in spec.keeps:
+                for a in spec.alphas:
+                    ms = canonical_spec(MergeSpec.from_alpha(a, n_nat, n_rob, spec.scale, method=m, keep=k,
+                                                             scope=spec.scope, seed=spec.merge_seed))
+                    if ms not in seen:
+                        seen.add(ms)
+                        grid.append(ms)
         sweep_id = spec.digest()[:16]
-        for method, keep, alpha in tqdm(grid, desc="sweep", disable=not progress):
+        for ms in tqdm(grid, desc="sweep", disable=not progress):
             if should_stop is not None and should_stop():
                 log.info("sweep stopped by the caller; computed points are in the store")
                 return
-            ms = MergeSpec.from_alpha(alpha, n_nat, n_rob, spec.scale, method=method, keep=keep,
-                                      scope=spec.scope, seed=spec.merge_seed)
             try:
                 row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
                                  use_bank=use_bank, should_stop=should_stop)

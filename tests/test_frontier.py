@@ -127,3 +127,24 @@ def test_a_method_version_keys_its_own_points_only(engine, monkeypatch):
     monkeypatch.setitem(merging.METHOD_VERSIONS, "stability", 99)
     after = engine.point_key(names, ta, attack, EV), engine.point_key(names, stab, attack, EV)
     assert after[0] == before[0] and after[1] != before[1]
+
+
+def test_settings_a_method_ignores_neither_label_nor_duplicate_its_points(tiny_zoo, tmp_path):
+    """Task arithmetic at keep 0.2 is the keep-1 model: one point, labelled keep 1, one key."""
+    eng = Engine(tiny_zoo, device="cpu", store=Store(tmp_path / "r.sqlite"))
+    spec = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust",),
+                     methods=("task_arithmetic", "ties"), alphas=(0.0, 1.0), keeps=(0.2, 0.5),
+                     scope="per_tensor", attack=PGD, eval=EV)
+    rows = list(eng.sweep(spec, progress=False))
+    ta = [r for r in rows if r["method"] == "task_arithmetic"]
+    assert [(r["alpha"], r["keep"], r["scope"]) for r in ta] == [(0.0, 1.0, "global"), (1.0, 1.0, "global")]
+    assert sorted((r["keep"], r["alpha"]) for r in rows if r["method"] == "ties") == \
+        [(0.2, 0.0), (0.2, 1.0), (0.5, 0.0), (0.5, 1.0)]
+    assert all(r["scope"] == "per_tensor" for r in rows if r["method"] == "ties")
+    # A point asked for with an ignored setting is the stored keep-1 point.
+    again = eng.point(["natural"], ["robust"], MergeSpec.from_alpha(1.0, keep=0.3, seed=5), PGD, EV)
+    assert again["cached"] and again["key"] == ta[1]["key"]
+    # TIES at keep 1 does not trim, so its scope is moot: stored once too.
+    dense = [eng.point(["natural"], ["robust"], MergeSpec.from_alpha(0.5, method="ties", scope=s), PGD, EV)
+             for s in ("global", "per_tensor")]
+    assert dense[1]["cached"] and dense[0]["key"] == dense[1]["key"]

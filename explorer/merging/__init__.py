@@ -6,6 +6,9 @@ line in ``METHODS``. The engine then calls :func:`merge_coefficients` and
 """
 from __future__ import annotations
 
+import dataclasses
+
+from explorer.config import MergeSpec
 from explorer.merging import dare, magnitude, stability, task_arithmetic, ties, variational
 from explorer.merging.base import (Coefficient, MergeFn, MergeInputs, apply_coefficients,
                                    merge_coefficients, merge_weights)
@@ -31,6 +34,31 @@ def method_version(name: str) -> int:
     return METHOD_VERSIONS.get(name, 1)
 
 
+# The MergeSpec fields each method reads. ``canonical_spec`` resets the others to their defaults,
+# so a setting a method ignores (task arithmetic at keep 0.2, DARE's scope) neither mislabels its
+# points nor stores the same model under several keys. Absent = reads them all.
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "task_arithmetic": (),
+    "ties": ("keep", "scope"),
+    "dare": ("keep", "seed"),
+    "magnitude": ("keep", "scope"),
+    "stability": ("keep", "scope"),
+    "variational": ("keep", "seed"),
+}
+# Methods whose scope and seed act only through the mask, which keep = 1 turns off.
+_DENSE_AT_FULL_KEEP = {"ties", "dare", "magnitude", "stability"}
+
+
+def canonical_spec(spec: MergeSpec) -> MergeSpec:
+    """``spec`` with the fields its method ignores set to their defaults (keep 1, global, seed 0)."""
+    used = METHOD_FIELDS.get(spec.method, ("keep", "scope", "seed"))
+    if spec.method in _DENSE_AT_FULL_KEEP and spec.keep >= 1.0:
+        used = ("keep",)
+    defaults = {"keep": 1.0, "scope": "global", "seed": 0}
+    changes = {k: v for k, v in defaults.items() if k not in used and getattr(spec, k) != v}
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
 def get_method(name: str) -> MergeFn:
     """The registered method ``name``; a ``KeyError`` listing the valid names otherwise."""
     try:
@@ -45,5 +73,5 @@ def describe_method(name: str) -> str:
     return doc.strip().splitlines()[0]
 
 
-__all__ = ["METHODS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs", "apply_coefficients",
+__all__ = ["METHODS", "METHOD_FIELDS", "METHOD_VERSIONS", "Coefficient", "canonical_spec", "MergeFn", "MergeInputs", "apply_coefficients",
            "describe_method", "get_method", "merge_coefficients", "merge_weights", "method_version"]

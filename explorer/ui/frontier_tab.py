@@ -54,6 +54,7 @@ def _merge_controls() -> dict:
         alpha=gr.Slider(0, 1, value=0.5, step=0.05, label="α: trade-off (0 = natural, 1 = robust)",
                         elem_id="alpha-slider"),
         keep=gr.Slider(0.05, 1, value=1.0, step=0.05, label="keep: fraction of coordinates kept",
+                       info="task arithmetic ignores keep and scope (its points show keep 1)",
                        elem_id="keep-slider"),
         scope=gr.Radio(["global", "per_tensor"], value="global", label="Sparsity scope"),
         advanced=gr.Checkbox(False, label="Advanced: one λ per vector (negative = negation)"),
