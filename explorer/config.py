@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 Scope = Literal["global", "per_tensor"]
 Norm = Literal["Linf", "L2"]
-CODE_VERSION = "0.2.0"  # part of every store key: bump when results would change
+CODE_VERSION = "0.3.0"  # part of every store key: bump when results would change (0.3.0: pooled-query
+# twin and padded predict batches change float rounding)
 
 
 def parse_eps(value: str | float | int, limit: float = 1.0) -> float:

@@ -27,6 +27,7 @@ METHODS: dict[str, MergeFn] = {
 # points (with CODE_VERSION), so other methods' stored points stay valid. Absent = version 1.
 METHOD_VERSIONS: dict[str, int] = {
     "stability": 2,   # 2: magnitude claims, |lambda| * |S| contests (was: signed-score ranking)
+    "variational": 2,  # 2: keep = magnitude mask under the block multipliers (was: a block fraction)
 }
 
 
@@ -43,7 +44,7 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "dare": ("keep", "seed"),
     "magnitude": ("keep", "scope"),
     "stability": ("keep", "scope"),
-    "variational": ("keep", "seed"),
+    "variational": ("keep", "scope", "seed"),
 }
 # Methods whose scope and seed act only through the mask, which keep = 1 turns off.
 _DENSE_AT_FULL_KEEP = {"ties", "dare", "magnitude", "stability"}
