@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +22,10 @@ from .common import PREVIEW_ATTACK, PREVIEW_N
 from .service import AppContext, compute_point
 
 log = logging.getLogger(__name__)
+# Gradio 6's queue sets pandas options that pandas 3 deprecates, on every event (its code, not
+# ours); silence exactly those so the console keeps our own messages.
+warnings.filterwarnings("ignore", message=r"('future\.no_silent_downcasting'|The copy keyword)",
+                        module=r"gradio\.queueing")
 CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "style.css"
 INTRO = ("**Trade-off Explorer** — merge natural and robust task vectors of a CLIP model and watch "
          "where the merge lands on the clean vs robust accuracy plane. Every number names the attack, "
