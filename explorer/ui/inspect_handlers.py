@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import plots
 from ..config import MergeSpec
 from ..data import get_task
+from ..merging import canonical_spec
 from . import common, service
 from .common import readable_errors
 from .frontier_handlers import FrontierHandlers
@@ -80,6 +81,7 @@ class InspectHandlers:
         base, nat, rob, spec, _, _ = self.frontier._specs(*merge_values[:n_ctl], merge_values[n_ctl:])
         attack = common.attack_spec(attack_name(kind, steps), eps, merge_values[n_ctl - 3])
         vecs = [*nat, *rob]
+        spec = canonical_spec(spec)   # labelled with what is merged (task arithmetic: keep 1)
         models = {
             "current merge": (vecs, spec),
             "natural (α = 0)": (vecs, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
