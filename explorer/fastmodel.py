@@ -16,8 +16,9 @@ function as its ``ZeroShotClassifier`` with:
   this halves the pooling's matrix products and drops the batched attention kernels.
 
 Measured on the demo zoo's ResNet (2-core CPU, per image per forward+backward): 0.71 ms on
-the model, 0.40 ms folded and channels-last, 0.34 ms with the pooled query as well. Every other parameter is *shared* with the source model (the engine's flat
-buffer views), so only the folded convolutions need ``refresh()`` after a merge.
+the model, 0.40 ms folded and channels-last, 0.34 ms with the pooled query as well. Every other
+parameter is *shared* with the source model (the engine's flat buffer views), so only the
+folded convolutions need ``refresh()`` after a merge.
 
 The twin only proposes adversarial examples: ``evaluate`` decides clean correctness and
 verifies every adversarial example on the source classifier, so a float-rounding difference

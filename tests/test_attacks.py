@@ -385,4 +385,5 @@ def test_cached_random_starts_equal_fresh_draws(norm):
     assert (dist <= 0.5 + 1e-6).all() and (dist > 0).all()
     # A sample's start depends on (seed, id) only, not on which rows it is drawn with.
     assert torch.equal(gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 7, ids[1:2])[0], fresh[1])
-    assert not torch.equal(gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 8, ids[1:2])[0], fresh[1])
+    other_seed = gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 8, ids[1:2])[0]
+    assert not torch.equal(other_seed, fresh[1])

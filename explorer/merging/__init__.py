@@ -74,5 +74,6 @@ def describe_method(name: str) -> str:
     return doc.strip().splitlines()[0]
 
 
-__all__ = ["METHODS", "METHOD_FIELDS", "METHOD_VERSIONS", "Coefficient", "canonical_spec", "MergeFn", "MergeInputs", "apply_coefficients",
-           "describe_method", "get_method", "merge_coefficients", "merge_weights", "method_version"]
+__all__ = ["METHODS", "METHOD_FIELDS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs",
+           "apply_coefficients", "canonical_spec", "describe_method", "get_method", "merge_coefficients",
+           "merge_weights", "method_version"]

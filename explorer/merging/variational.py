@@ -1,4 +1,4 @@
-"""Variational block-wise composition (after VTVC): ``c_ib = lambda_i * g_ib(alpha)`` per block b.
+"""Variational block-wise composition (after VTVC): ``c_ij = lambda_i * g_ib(alpha) * m_ij``, j in block b.
 
 Zhang, Du, Zhen, Shao, "Variational Task Vector Composition", NeurIPS 2025,
 https://arxiv.org/abs/2509.18208. Our reading, adapted to the clean/robust trade-off:
@@ -179,9 +179,10 @@ def block_multipliers(gate: Tensor, mu: Tensor, band: float) -> Tensor:
 
 @torch.no_grad()
 def variational(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
-    """``c_ib = lambda_i * g_ib``, gated block multipliers of a spike-and-slab posterior (arxiv.org/abs/2509.18208).
+    """``c_ij = lambda_i g_ib m_ij``: spike-and-slab block multipliers, top-keep mask (arxiv.org/abs/2509.18208).
 
-    Reads ``inputs.context["variational_posterior"]`` (``gate``, ``mu``: ``(V, B)``) and
+    ``m_ij`` is ``magnitude``'s mask (all ones at keep = 1). Reads
+    ``inputs.context["variational_posterior"]`` (``gate``, ``mu``: ``(V, B)``) and
     ``["variational_blocks"]`` (block id per segment), set by the ``variational`` preparer.
     """
     post, blocks = inputs.context.get("variational_posterior"), inputs.context.get("variational_blocks")
