@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torchattacks
 
-from .attacks import build_stage
+from .attacks import build_stage, pgd_steps
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
 from .data import get_task
 from .frontier import Engine
@@ -79,7 +79,11 @@ def plain_point(manifest: Manifest, base: str, natural: Sequence[str], robust: S
 
 def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec, ev: EvalSpec,
               alphas: Sequence[float], device: str | None = None) -> dict:
-    """Time the plain path and the engine on the same sweep; returns both and the ratio."""
+    """Time the plain path and the engine on the same sweep; returns both and the ratio.
+
+    Also counts the engine's image-steps (rows of forward+backward on its attack model) and,
+    for ``pgd-K``, the ones it cannot skip: K for every image robust at a point.
+    """
     engine_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plain_rows, t0 = [], time.perf_counter()
     for a in alphas:
@@ -90,13 +94,27 @@ def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec,
     engine = Engine(manifest, device=engine_device, store=None)
     spec = SweepSpec(manifest=str(manifest.path), base=engine.base, natural=(natural,), robust=(robust,),
                      alphas=tuple(alphas), attack=attack, eval=ev)
-    engine_rows = list(engine.sweep(spec, progress=False))
+    rows = [0]
+
+    def count(_module, args, _out):
+        if torch.is_grad_enabled():
+            rows[0] += args[0].shape[0]
+
+    net = engine.attack_model(ev.task) or engine.classifier(ev.task)
+    hook = net.register_forward_hook(count)
+    try:
+        engine_rows = list(engine.sweep(spec, progress=False))
+    finally:
+        hook.remove()
     engine_s = time.perf_counter() - t1
     mean = lambda rows: sum(r["robust_acc"] for r in rows) / len(rows)  # noqa: E731
+    k = pgd_steps(attack.name)
     return {"device": str(engine.device), "params": engine.layout.numel, "points": len(alphas),
             "attack": attack.label, "n": ev.n, "plain_seconds": plain_s, "engine_seconds": engine_s,
             "plain_robust": mean(plain_rows), "engine_robust": mean(engine_rows),
-            "plain_rows": plain_rows, "engine_rows": engine_rows, "speedup": plain_s / engine_s}
+            "plain_rows": plain_rows, "engine_rows": engine_rows, "speedup": plain_s / engine_s,
+            "image_steps": rows[0], "attack_seconds": sum(r["attack_seconds"] for r in engine_rows),
+            "floor_steps": None if k is None else sum(round(r["robust_acc"] * r["n"]) * k for r in engine_rows)}
 
 
 def cmd_bench(args) -> int:
@@ -116,5 +134,11 @@ def cmd_bench(args) -> int:
               f"({e['seconds']:.2f}s)")
     print(f"plain path:  {r['plain_seconds']:.2f} s, mean robust acc {r['plain_robust']:.4f}")
     print(f"engine:      {r['engine_seconds']:.2f} s, mean robust acc {r['engine_robust']:.4f}")
+    per_step = r["attack_seconds"] / max(r["image_steps"], 1)
+    print(f"engine attack: {r['image_steps']} image-steps (forward+backward rows), {r['attack_seconds']:.2f} s "
+          f"with proof checks: ~{per_step * 1e3:.3f} ms per image-step")
+    if r["floor_steps"] is not None:
+        print(f"  of which PGD cannot skip (every step on every image robust at a point): "
+              f"{r['floor_steps']}, ~{r['floor_steps'] * per_step:.2f} s at that cost")
     print(f"speedup ratio: {r['speedup']:.2f}")
     return 0

@@ -75,3 +75,18 @@ def test_zoo_report_prints_every_model_and_a_frontier(tiny_zoo, capsys):
     assert rows[0].split("|")[1].strip() == "model" and "clean colors" in rows[0]
     assert [r.split("|")[1].strip() for r in rows[1:5]] == ["base", "natural", "robust", "robust2"]
     assert "Task arithmetic natural -> robust" in out and "| 1.000 |" in out
+
+
+def test_bench_prints_both_paths_and_the_ratio_last(tiny_zoo, capsys):
+    assert main(["bench", "--manifest", str(tiny_zoo), "--attack", "pgd-3", "--eps", "4/255", "--n", "24",
+                 "--points", "3", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("speedup ratio: ") and float(lines[-1].split(": ")[1]) > 0
+    plain = next(l for l in lines if l.startswith("plain path:"))
+    engine = next(l for l in lines if l.startswith("engine:"))
+    robust = [float(l.rsplit(" ", 1)[1]) for l in (plain, engine)]
+    assert robust[1] <= robust[0]          # the engine's attack is never weaker
+    # Every robust image got all 3 steps at every point (early exit never cuts them short).
+    steps = next(l for l in lines if l.startswith("engine attack:"))
+    floor = next(l for l in lines if "PGD cannot skip" in l)
+    assert int(steps.split()[2]) >= int(floor.split(": ")[1].split(",")[0]) > 0
