@@ -89,4 +89,6 @@ def test_bench_prints_both_paths_and_the_ratio_last(tiny_zoo, capsys):
     # Every robust image got all 3 steps at every point (early exit never cuts them short).
     steps = next(l for l in lines if l.startswith("engine attack:"))
     floor = next(l for l in lines if "PGD cannot skip" in l)
-    assert int(steps.split()[2]) >= int(floor.split(": ")[1].split(",")[0]) > 0
+    assert int(steps.split()[2]) >= int(floor.split(": ")[1]) > 0
+    bound = next(l for l in lines if "plain path / floor" in l)
+    assert float(bound.rsplit("= ", 1)[1].rstrip("x")) > 0
