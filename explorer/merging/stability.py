@@ -269,6 +269,22 @@ def stability_masks(scores: Sequence[Tensor], keep: float, segments: Sequence[tu
 RANKS = ("magnitude", "impact", "score", "tilt")
 
 
+def _rankings(key: Any, scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str,
+              contest_by: str) -> tuple[list[Tensor], list[Tensor] | None, list[Tensor]]:
+    """(claim ranking, its sort orders or None, contest ranking), kept in ``_RANKED`` per
+    (scores key, rank, contest_by) when the scores have a key (hand-given ones have none)."""
+    if key is not None and (key, rank, contest_by) in _RANKED:
+        return _RANKED[(key, rank, contest_by)]
+    ranked = ranking(scores, taus, rank)
+    cache = key is not None and ranked[0].numel() <= ORDER_CACHE_MAX  # else each merge sorts
+    orders = [descending_order(r) for r in ranked] if cache else None
+    out = (ranked, orders, ranking(scores, taus, contest_by))
+    if key is not None:
+        _RANKED.clear()
+        _RANKED[(key, rank, contest_by)] = out
+    return out
+
+
 @torch.no_grad()
 def ranking(scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str) -> list[Tensor]:
     """Per-coordinate values the masks use: what each vector claims first (option ``rank``,
@@ -331,15 +347,7 @@ def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     key = inputs.context.get("stability_key")
 
     def build() -> list[Tensor]:
-        if key is None:
-            return stability_masks(ranking(scores, inputs.taus, rank), spec.keep, inputs.segments,
-                                   spec.scope, weights, None, ranking(scores, inputs.taus, contest_by))
-        if (key, rank, contest_by) not in _RANKED:
-            _RANKED.clear()
-            ranked = ranking(scores, inputs.taus, rank)
-            orders = [descending_order(r) for r in ranked] if ranked[0].numel() <= ORDER_CACHE_MAX else None
-            _RANKED[(key, rank, contest_by)] = (ranked, orders, ranking(scores, inputs.taus, contest_by))
-        ranked, orders, contest_scores = _RANKED[(key, rank, contest_by)]
+        ranked, orders, contest_scores = _rankings(key, scores, inputs.taus, rank, contest_by)
         return stability_masks(ranked, spec.keep, inputs.segments, spec.scope, weights,
                                orders if spec.scope == "global" else None, contest_scores)
 
