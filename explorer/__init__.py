@@ -14,7 +14,7 @@ from .attacks import run_attack
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_eps
 from .data import Task, get_task, task_names
 from .evaluate import EvalResult, evaluate
-from .frontier import Engine
+from .engine import Engine
 from .merging import METHODS
 from .store import Store
 from .taskvec import FlatLayout, TaskVector

@@ -17,7 +17,7 @@ import torchattacks
 from .attacks import attack_context, build_stage, pgd_steps
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas
 from .data import get_task
-from .frontier import Engine
+from .engine import Engine
 from .taskvec import TaskVector, sum_vectors
 from .zeroshot import ZeroShotClassifier
 from .zoo import Manifest, create_model, load_manifest, load_weights
@@ -146,7 +146,7 @@ def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec,
 
 
 def cmd_bench(args) -> int:
-    from .__main__ import resolve_specs
+    from .cli import resolve_specs
 
     manifest = load_manifest(args.manifest)
     attack, ev = resolve_specs(args, manifest)

@@ -146,8 +146,8 @@ def _pick(manifest: Any, args: Any, role: str) -> str:
 
 def cmd_compare(args: Any) -> int:
     """CLI entry: run the comparison, write figure + tables, print one row per method."""
-    from .__main__ import _store, resolve_specs
-    from .frontier import Engine
+    from .cli import _store, resolve_specs
+    from .engine import Engine
     from .zoo import load_manifest
 
     manifest = load_manifest(args.manifest)

@@ -122,7 +122,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
             updated with what the attack finds.
         checks: run the sanity checks (logits not probabilities, non-zero input gradients,
             x_adv in the eps-ball and in [0,1], robust <= clean).
-        attack_model: the same function, faster to differentiate (``fastmodel.AttackTwin``);
+        attack_model: the same function, faster to differentiate (``attack_twin.AttackTwin``);
             it only proposes adversarial examples: clean correctness and every proof are
             decided on ``model``.
         should_stop: passed to the attack (``AttackCancelled`` when it returns True).

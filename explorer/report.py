@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .config import AttackSpec, EvalSpec, SweepSpec, parse_alphas
-from .frontier import Engine
+from .engine import Engine
 
 
 def model_rows(engine: Engine, attack: AttackSpec, ev: EvalSpec, extra_tasks: list[str]) -> Iterator[dict]:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from explorer.__main__ import main
+from explorer.cli import main
 
 KEYS = {"method", "alpha", "keep", "scope", "lambdas", "clean_acc", "robust_acc", "attack", "eps",
         "n", "seed", "seconds", "cached"}

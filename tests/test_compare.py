@@ -21,7 +21,7 @@ def test_hypervolume_hand_computed():
 
 
 def test_compare_prints_one_row_per_method(tiny_zoo, tmp_path, monkeypatch, capsys):
-    from explorer.__main__ import build_parser
+    from explorer.cli import build_parser
     monkeypatch.setenv("EXPLORER_HOME", str(tmp_path / "home"))
     fast = (("attack_steps", 1), ("calib_n", 8), ("traj_steps", 1), ("vi_steps", 2))
     monkeypatch.setattr(compare, "calibration_options", lambda *a: fast)

@@ -110,7 +110,7 @@ def test_missing_scores_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.frontier import Engine
+    from explorer.engine import Engine
     st.CACHE.memory.clear()
     return Engine(tiny_zoo, device="cpu")
 

@@ -33,7 +33,7 @@ def test_block_index_modes():
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.frontier import Engine
+    from explorer.engine import Engine
     vt.CACHE.memory.clear()
     return Engine(tiny_zoo, device="cpu")
 

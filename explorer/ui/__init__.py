@@ -19,7 +19,7 @@ from .inspect_tab import EXAMPLES_DIR, build_inspect_tab
 from .models_tab import build_models_tab
 from ..config import AttackSpec, EvalSpec, MergeSpec, parse_eps
 from .common import PREVIEW_ATTACK, PREVIEW_N
-from .service import AppContext, compute_point
+from ..service import AppContext, compute_point
 
 log = logging.getLogger(__name__)
 # Gradio 6's queue sets pandas options that pandas 3 deprecates, on every event (its code, not

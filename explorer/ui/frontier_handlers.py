@@ -16,7 +16,8 @@ import gradio as gr
 from .. import plots
 from ..attacks import AttackCancelled
 from ..config import SweepSpec, parse_alphas
-from . import common, service
+from .. import service
+from . import common
 from .common import readable_errors
 
 # Sessions whose sweep was asked to stop (session hash -> event).

@@ -10,7 +10,7 @@ from ..data import task_names
 from ..merging import METHODS
 from . import common
 from .frontier_handlers import FrontierHandlers
-from .service import AppContext
+from ..service import AppContext
 
 
 @dataclass

@@ -12,7 +12,8 @@ from .. import plots
 from ..config import MergeSpec
 from ..data import get_task
 from ..merging import canonical_spec
-from . import common, service
+from .. import service
+from . import common
 from .common import readable_errors
 from .frontier_handlers import FrontierHandlers
 

@@ -8,7 +8,7 @@ import gradio as gr
 from ..data import task_names
 from .frontier_tab import FrontierControls
 from .inspect_handlers import InspectHandlers
-from .service import AppContext
+from ..service import AppContext
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 ATTACK_KINDS = ["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack-fast", "none"]

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import plots
-from . import service
+from .. import service
 from .common import readable_errors
 from .frontier_tab import FrontierControls
 

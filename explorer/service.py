@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..attacks import AttackCancelled, run_attack
-from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from ..frontier import Engine
-from ..store import Store
-from ..zoo import Manifest, entry_from_path, load_manifest
+from .attacks import AttackCancelled, run_attack
+from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .engine import Engine
+from .store import Store
+from .zoo import Manifest, entry_from_path, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def inspect_image(ctx: AppContext, base: str, models: dict[str, tuple[Sequence[s
     Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
     "probs": {name: (clean probs, adv probs)}, "linf": float}``.
     """
-    from ..zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+    from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
     x = image_to_tensor(image)
     out: dict[str, Any] = {"probs": {}, "clean": tensor_to_image(x)}

@@ -8,8 +8,8 @@ from torch import nn
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
 from explorer.data import get_task
 from explorer.evaluate import evaluate, predict
-from explorer.fastmodel import TOLERANCE, make_twin, max_disagreement
-from explorer.frontier import Engine
+from explorer.attack_twin import TOLERANCE, make_twin, max_disagreement
+from explorer.engine import Engine
 from explorer.zoo import default_manifest_path
 
 
@@ -59,7 +59,7 @@ def test_pooled_query_equals_the_attention_pool_on_several_grids():
     the demo tower; larger grids on real ResNet CLIPs), values and input gradients."""
     from open_clip.modified_resnet import AttentionPool2d
 
-    from explorer.fastmodel import PooledQuery
+    from explorer.attack_twin import PooledQuery
 
     torch.manual_seed(0)
     for side in (1, 2, 7):

@@ -23,7 +23,7 @@ from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
-from .fastmodel import AttackTwin, make_twin
+from .attack_twin import AttackTwin, make_twin
 from .merging import MergeInputs, apply_coefficients, canonical_spec, merge_coefficients, method_version
 from .merging.context import PREPARERS
 from .store import Store

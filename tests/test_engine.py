@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from explorer.bench import plain_classifier
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from explorer.evaluate import evaluate
-from explorer.frontier import Engine
+from explorer.engine import Engine
 from explorer.store import Store
 from explorer.zoo import load_manifest
 

@@ -1,158 +1,31 @@
-"""Model zoo: a TOML manifest of named checkpoints and safe open_clip loading.
+"""Checkpoint reading: safe loading (safetensors, or ``torch.load(weights_only=True)``), the
+wrappers and key layouts real releases use, and validation against the architecture.
 
-A manifest entry names an open_clip architecture (built-in or a custom config file), a
-weights source (open_clip pretrained tag, local ``.safetensors``/``.pt``/``.bin``, or
-``hf-hub:org/repo[/file]``), the towers the checkpoint holds, the input normalisation and
-its provenance. Loading never unpickles arbitrary objects (safetensors, or
-``torch.load(weights_only=True)``), normalises the key layouts real robust checkpoints use,
-and refuses checkpoints of the wrong architecture or with non-finite weights.
+Loading never unpickles arbitrary objects, normalises the key layouts of real robust
+checkpoints, and refuses checkpoints of the wrong architecture or with non-finite weights.
 """
 from __future__ import annotations
 
 import json
 import logging
-import tomllib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .manifest import ModelEntry
+
 log = logging.getLogger(__name__)
 
-Role = Literal["base", "natural", "robust"]
-ROLES = ("base", "natural", "robust")
-LOCAL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "vision_encoder_state_dict", "module")
-_DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "assets" / "zoo" / "manifest.toml"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: wrong architecture, missing keys, non-finite weights."""
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str                          # manifest key
-    role: Role                         # base | natural | robust
-    arch: str                          # open_clip model name
-    weights: str                       # pretrained tag | local path | hf-hub:org/repo[/file]
-    arch_config: str | None = None     # custom open_clip config JSON (absolute after loading)
-    towers: tuple[str, ...] = ("visual", "text")   # towers the checkpoint holds
-    normalize: str = "clip"            # clip | imagenet input mean/std
-    provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    def is_local(self) -> bool:
-        return self.weights.endswith(LOCAL_SUFFIXES)
-
-
-@dataclass
-class Manifest:
-    path: Path | None
-    defaults: dict[str, Any]
-    models: dict[str, ModelEntry]
-
-    def get(self, name: str) -> ModelEntry:
-        if name not in self.models:
-            raise KeyError(f"no model {name!r} in the manifest; it has {sorted(self.models)}")
-        return self.models[name]
-
-    def names(self, role: str | None = None) -> list[str]:
-        return [n for n, e in self.models.items() if role is None or e.role == role]
-
-    def add(self, entry: ModelEntry) -> None:
-        self.models[entry.name] = entry
-
-    def dumps(self, header: str = "") -> str:
-        """TOML text (paths relative to the manifest's folder where possible), after ``header``."""
-        root = self.path.parent if self.path else None
-        lines = [header.rstrip("\n")] if header else []
-        lines += ["[defaults]"] + [f"{k} = {_toml(v)}" for k, v in self.defaults.items()]
-        for e in self.models.values():
-            lines += ["", f"[models.{e.name}]", f"role = {_toml(e.role)}", f"arch = {_toml(e.arch)}"]
-            if e.arch_config:
-                lines.append(f"arch_config = {_toml(_rel(e.arch_config, root))}")
-            weights = _rel(e.weights, root) if e.is_local() else e.weights
-            lines += [f"weights = {_toml(weights)}", f"towers = {_toml(list(e.towers))}",
-                      f"normalize = {_toml(e.normalize)}"]
-            if e.provenance:
-                lines.append(f"[models.{e.name}.provenance]")
-                lines += [f"{k} = {_toml(v)}" for k, v in e.provenance.items()]
-        return "\n".join(lines) + "\n"
-
-    def save(self, path: str | Path | None = None, header: str = "") -> Path:
-        self.path = Path(path or self.path).resolve()
-        self.path.write_text(self.dumps(header))
-        return self.path
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(i) for i in v) + "]"
-    return json.dumps(str(v))
-
-
-def _rel(p: str, root: Path | None) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(root)) if root else p
-    except ValueError:
-        return p
-
-
-def default_manifest_path() -> Path:
-    """The shipped demo zoo's manifest."""
-    return _DEFAULT_MANIFEST
-
-
-def load_manifest(path: str | Path | None = None) -> Manifest:
-    """Read a TOML manifest; relative paths resolve against its folder."""
-    path = Path(path or default_manifest_path()).resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"manifest {path} does not exist (build the demo zoo with "
-                                "`python -m explorer zoo build`)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"manifest {path} is not valid TOML: {exc}") from exc
-    models = {}
-    for name, raw in data.get("models", {}).items():
-        models[name] = _entry(name, raw, path.parent)
-    if not models:
-        raise ValueError(f"manifest {path} lists no [models.NAME] entries")
-    return Manifest(path=path, defaults=dict(data.get("defaults", {})), models=models)
-
-
-def _entry(name: str, raw: dict[str, Any], root: Path) -> ModelEntry:
-    for key in ("role", "arch", "weights"):
-        if key not in raw:
-            raise ValueError(f"manifest entry {name!r} lacks {key!r}")
-    if raw["role"] not in ROLES:
-        raise ValueError(f"manifest entry {name!r}: role must be one of {ROLES}, got {raw['role']!r}")
-    weights = str(raw["weights"])
-    if weights.endswith(LOCAL_SUFFIXES) and not weights.startswith("hf-hub:"):
-        weights = str((root / weights).resolve())
-    cfg = raw.get("arch_config")
-    return ModelEntry(
-        name=name, role=raw["role"], arch=raw["arch"], weights=weights,
-        arch_config=str((root / cfg).resolve()) if cfg else None,
-        towers=tuple(raw.get("towers", ("visual", "text"))),
-        normalize=raw.get("normalize", "clip"), provenance=dict(raw.get("provenance", {})))
-
-
-def entry_from_path(path: str | Path, like: ModelEntry, name: str | None = None,
-                    role: Role = "robust") -> ModelEntry:
-    """A manifest entry for a local checkpoint of the same architecture as ``like``."""
-    p = Path(path).expanduser().resolve()
-    return replace(like, name=name or p.stem, role=role, weights=str(p),
-                   towers=("visual", "text"), provenance={"source": str(p)})
-
-
-# --------------------------------------------------------------------------- loading
 
 def register_arch(entry: ModelEntry) -> None:
     """Make a custom architecture config known to open_clip under ``entry.arch``."""

@@ -1,0 +1,17 @@
+"""Model zoo: the manifest of named checkpoints and safe checkpoint reading.
+
+``manifest`` holds the TOML manifest (entries, defaults); ``checkpoints`` reads weights
+(local files, hf-hub, open_clip tags) in the layouts real releases use and validates them.
+"""
+from __future__ import annotations
+
+from .checkpoints import (CheckpointError, convert, create_model, load_weights, normalize_keys,
+                          read_checkpoint, register_arch, unwrap_state_dict, validate_state_dict)
+from .manifest import (LOCAL_SUFFIXES, ROLES, Manifest, ModelEntry, Role, default_manifest_path,
+                       entry_from_path, load_manifest)
+
+__all__ = [
+    "LOCAL_SUFFIXES", "ROLES", "CheckpointError", "Manifest", "ModelEntry", "Role", "convert",
+    "create_model", "default_manifest_path", "entry_from_path", "load_manifest", "load_weights",
+    "normalize_keys", "read_checkpoint", "register_arch", "unwrap_state_dict", "validate_state_dict",
+]

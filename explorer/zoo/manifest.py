@@ -1,0 +1,138 @@
+"""The manifest: a TOML file of named checkpoints (role, architecture, weights, towers,
+normalisation, provenance) and the ``[defaults]`` every command falls back to.
+
+Relative paths resolve against the manifest's folder; ``Manifest.dumps`` writes them back
+relative, so a zoo folder can be moved whole.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+Role = Literal["base", "natural", "robust"]
+ROLES = ("base", "natural", "robust")
+LOCAL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "assets" / "zoo" / "manifest.toml"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str                          # manifest key
+    role: Role                         # base | natural | robust
+    arch: str                          # open_clip model name
+    weights: str                       # pretrained tag | local path | hf-hub:org/repo[/file]
+    arch_config: str | None = None     # custom open_clip config JSON (absolute after loading)
+    towers: tuple[str, ...] = ("visual", "text")   # towers the checkpoint holds
+    normalize: str = "clip"            # clip | imagenet input mean/std
+    provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def is_local(self) -> bool:
+        return self.weights.endswith(LOCAL_SUFFIXES)
+
+
+@dataclass
+class Manifest:
+    path: Path | None
+    defaults: dict[str, Any]
+    models: dict[str, ModelEntry]
+
+    def get(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            raise KeyError(f"no model {name!r} in the manifest; it has {sorted(self.models)}")
+        return self.models[name]
+
+    def names(self, role: str | None = None) -> list[str]:
+        return [n for n, e in self.models.items() if role is None or e.role == role]
+
+    def add(self, entry: ModelEntry) -> None:
+        self.models[entry.name] = entry
+
+    def dumps(self, header: str = "") -> str:
+        """TOML text (paths relative to the manifest's folder where possible), after ``header``."""
+        root = self.path.parent if self.path else None
+        lines = [header.rstrip("\n")] if header else []
+        lines += ["[defaults]"] + [f"{k} = {_toml(v)}" for k, v in self.defaults.items()]
+        for e in self.models.values():
+            lines += ["", f"[models.{e.name}]", f"role = {_toml(e.role)}", f"arch = {_toml(e.arch)}"]
+            if e.arch_config:
+                lines.append(f"arch_config = {_toml(_rel(e.arch_config, root))}")
+            weights = _rel(e.weights, root) if e.is_local() else e.weights
+            lines += [f"weights = {_toml(weights)}", f"towers = {_toml(list(e.towers))}",
+                      f"normalize = {_toml(e.normalize)}"]
+            if e.provenance:
+                lines.append(f"[models.{e.name}.provenance]")
+                lines += [f"{k} = {_toml(v)}" for k, v in e.provenance.items()]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | Path | None = None, header: str = "") -> Path:
+        self.path = Path(path or self.path).resolve()
+        self.path.write_text(self.dumps(header))
+        return self.path
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(i) for i in v) + "]"
+    return json.dumps(str(v))
+
+
+def _rel(p: str, root: Path | None) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(root)) if root else p
+    except ValueError:
+        return p
+
+
+def default_manifest_path() -> Path:
+    """The shipped demo zoo's manifest."""
+    return _DEFAULT_MANIFEST
+
+
+def load_manifest(path: str | Path | None = None) -> Manifest:
+    """Read a TOML manifest; relative paths resolve against its folder."""
+    path = Path(path or default_manifest_path()).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} does not exist (build the demo zoo with "
+                                "`python -m explorer zoo build`)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"manifest {path} is not valid TOML: {exc}") from exc
+    models = {}
+    for name, raw in data.get("models", {}).items():
+        models[name] = _entry(name, raw, path.parent)
+    if not models:
+        raise ValueError(f"manifest {path} lists no [models.NAME] entries")
+    return Manifest(path=path, defaults=dict(data.get("defaults", {})), models=models)
+
+
+def _entry(name: str, raw: dict[str, Any], root: Path) -> ModelEntry:
+    for key in ("role", "arch", "weights"):
+        if key not in raw:
+            raise ValueError(f"manifest entry {name!r} lacks {key!r}")
+    if raw["role"] not in ROLES:
+        raise ValueError(f"manifest entry {name!r}: role must be one of {ROLES}, got {raw['role']!r}")
+    weights = str(raw["weights"])
+    if weights.endswith(LOCAL_SUFFIXES) and not weights.startswith("hf-hub:"):
+        weights = str((root / weights).resolve())
+    cfg = raw.get("arch_config")
+    return ModelEntry(
+        name=name, role=raw["role"], arch=raw["arch"], weights=weights,
+        arch_config=str((root / cfg).resolve()) if cfg else None,
+        towers=tuple(raw.get("towers", ("visual", "text"))),
+        normalize=raw.get("normalize", "clip"), provenance=dict(raw.get("provenance", {})))
+
+
+def entry_from_path(path: str | Path, like: ModelEntry, name: str | None = None,
+                    role: Role = "robust") -> ModelEntry:
+    """A manifest entry for a local checkpoint of the same architecture as ``like``."""
+    p = Path(path).expanduser().resolve()
+    return replace(like, name=name or p.stem, role=role, weights=str(p),
+                   towers=("visual", "text"), provenance={"source": str(p)})
