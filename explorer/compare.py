@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AttackSpec, EvalSpec, MergeSpec, parse_alphas, parse_eps
+from .config import AttackSpec, EvalSpec, MergeSpec, parse_eps
 from .hypervolume import hypervolume, pareto_front
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,14 @@ def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
     return table
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def markdown_table(table: list[dict[str, Any]], caption: str = "") -> str:
     lines = ([caption, ""] if caption else []) + ["| " + " | ".join(COLUMNS) + " |",
                                                   "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |" for row in table]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for row in table]
     return "\n".join(lines) + "\n"
 
 
@@ -131,10 +130,12 @@ def write_figure(results: dict[str, list[dict]], table: list[dict], path: Path, 
     return html
 
 
-def _pick(manifest: Any, args: Any, role: str) -> str:
-    name = getattr(args, role, None)
-    if isinstance(name, (list, tuple)):
-        name = name[0] if name else None
+def pick_model(manifest: Any, name: str | None, role: str) -> str:
+    """``name``, else the manifest's default for ``role``, else its first model of that role.
+
+    Raises:
+        ValueError: the manifest has no model of that role.
+    """
     name = name or manifest.defaults.get(role)
     if not name:
         names = manifest.names(role)
@@ -142,30 +143,3 @@ def _pick(manifest: Any, args: Any, role: str) -> str:
             raise ValueError(f"the manifest has no {role} model to compare")
         name = names[0]
     return name
-
-
-def cmd_compare(args: Any) -> int:
-    """CLI entry: run the comparison, write figure + tables, print one row per method."""
-    from .cli import _store, resolve_specs
-    from .engine import Engine
-    from .zoo import load_manifest
-
-    manifest = load_manifest(args.manifest)
-    attack, ev = resolve_specs(args, manifest)
-    engine = Engine(manifest, base=getattr(args, "base", None), device=args.device, store=_store(args))
-    natural, robust = _pick(manifest, args, "natural"), _pick(manifest, args, "robust")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ALL_METHODS)
-    results = compare_methods(engine, natural, robust, methods, parse_alphas(args.alphas), args.keep,
-                              attack, ev, seed=args.seed, reuse=args.reuse)
-    table = summarize(results)
-    title = f"{natural} + {robust}: {attack.label}, {ev.task}/{ev.split} n={ev.n}, keep={args.keep:g}"
-    fig = write_figure(results, table, Path(args.figure), title)
-    csv_path, md_path = write_table(table, Path(args.figure).with_suffix(""), caption=title)
-    if args.out:
-        Path(args.out).write_text(json.dumps({m: rows for m, rows in results.items()}, indent=1))
-    print(f"# {title}")
-    print("  ".join(COLUMNS))
-    for row in table:
-        print("  ".join(_fmt(row[c]) for c in COLUMNS))
-    print(f"# figure: {fig}  table: {md_path} {csv_path}")
-    return 0

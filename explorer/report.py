@@ -8,7 +8,7 @@ first). Points go through
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .config import AttackSpec, EvalSpec, SweepSpec, parse_alphas
 from .engine import Engine
@@ -34,16 +34,22 @@ def markdown(rows: list[dict], caption: str) -> str:
     return "\n".join(lines)
 
 
-def cmd_report(args, engine: Engine, attack: AttackSpec, ev: EvalSpec) -> int:
+def zoo_report(engine: Engine, attack: AttackSpec, ev: EvalSpec, also: Sequence[str] = (),
+               sweeps: Sequence[str] = (), alphas: str = "0:1:11") -> Iterator[str]:
+    """The report's markdown blocks: the model table, then one frontier table per robust vector.
+
+    Args:
+        also: tasks whose clean accuracy is reported too (``ev.task`` itself is skipped).
+        sweeps: robust vectors to sweep to from the first natural one (default: the first robust).
+        alphas: the alpha grid of the sweeps (``parse_alphas`` syntax).
+    """
     m = engine.manifest
-    rows = list(model_rows(engine, attack, ev, [t for t in (args.also or []) if t != ev.task]))
-    print(markdown(rows, f"Models on `{ev.task}` (test split, n={ev.n}), robust = {attack.label}:"))
+    rows = list(model_rows(engine, attack, ev, [t for t in also if t != ev.task]))
+    yield markdown(rows, f"Models on `{ev.task}` (test split, n={ev.n}), robust = {attack.label}:")
     natural = m.names("natural")[0]
-    for robust in args.sweep or m.names("robust")[:1]:
+    for robust in sweeps or m.names("robust")[:1]:
         spec = SweepSpec(manifest=str(m.path), base=engine.base, natural=(natural,), robust=(robust,),
-                         alphas=parse_alphas(args.alphas), attack=attack, eval=ev)
+                         alphas=parse_alphas(alphas), attack=attack, eval=ev)
         pts = list(engine.sweep(spec, progress=False))
-        print()
-        print(markdown([{"alpha": p["alpha"], "clean": p["clean_acc"], "robust": p["robust_acc"]} for p in pts],
-                       f"Task arithmetic {natural} -> {robust} ({attack.label}, n={ev.n}):"))
-    return 0
+        yield markdown([{"alpha": p["alpha"], "clean": p["clean_acc"], "robust": p["robust_acc"]} for p in pts],
+                       f"Task arithmetic {natural} -> {robust} ({attack.label}, n={ev.n}):")

@@ -48,6 +48,31 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--attack", "cw", "--points", "2"], "unknown attack 'cw'"),
+    (["compare", "--attack", "pgd-0", "--alphas", "0.5"], "pgd-K"),
+    (["compare", "--methods", "task_arithmetic", "--alphas", "0.5", "--split", "train", "--attack", "none"],
+     "held-out"),
+    (["evaluate", "--model", "nobody", "--attack", "none", "--no-store"], "nobody"),
+    (["sweep", "--natural", "natural", "--robust", "robust", "--n", "0"], "n must be >= 1"),
+])
+def test_every_command_reports_a_user_error_in_one_line(tiny_zoo, capsys, argv, message):
+    assert main([*argv[:1], "--manifest", str(tiny_zoo), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("cmd", ["serve", "sweep", "evaluate", "bench", "compare", "zoo"])
+def test_missing_manifest_is_one_line_before_any_work(tmp_path, capsys, cmd):
+    extra = {"sweep": ["--natural", "a", "--robust", "b"], "evaluate": ["--model", "a"], "zoo": ["list"]}
+    missing = tmp_path / "nowhere.toml"
+    assert main([cmd, *extra.get(cmd, []), "--manifest", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: manifest {missing} does not exist (build the demo zoo with " \
+                  "`python -m explorer zoo build`)\n"
+
+
 def test_convert(tiny_zoo, tmp_path):
     assert main(["convert", str(tiny_zoo.parent / "robust2.pt"), str(tmp_path / "r.safetensors")]) == 0
     assert (tmp_path / "r.safetensors").stat().st_size > 0

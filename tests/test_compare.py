@@ -21,14 +21,13 @@ def test_hypervolume_hand_computed():
 
 
 def test_compare_prints_one_row_per_method(tiny_zoo, tmp_path, monkeypatch, capsys):
-    from explorer.cli import build_parser
+    from explorer.cli import main
     monkeypatch.setenv("EXPLORER_HOME", str(tmp_path / "home"))
     fast = (("attack_steps", 1), ("calib_n", 8), ("traj_steps", 1), ("vi_steps", 2))
     monkeypatch.setattr(compare, "calibration_options", lambda *a: fast)
     fig = tmp_path / "cmp.png"
-    args = build_parser().parse_args(["compare", "--manifest", str(tiny_zoo), "--alphas", "0.5", "--n", "8",
-                                      "--attack", "fgsm", "--no-store", "--figure", str(fig)])
-    assert compare.cmd_compare(args) == 0
+    assert main(["compare", "--manifest", str(tiny_zoo), "--alphas", "0.5", "--n", "8",
+                 "--attack", "fgsm", "--no-store", "--figure", str(fig)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rows = [ln.split() for ln in lines if ln and not ln.startswith("#")][1:]
     assert [r[0] for r in rows] == list(compare.ALL_METHODS)

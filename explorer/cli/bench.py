@@ -1,0 +1,46 @@
+"""``python -m explorer bench``: the engine against the plain per-point path (``explorer.bench``)."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import parse_alphas
+from .common import add_eval_flags, resolve_specs
+
+HELP = "engine vs plain per-model path on the same sweep"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_eval_flags(p)
+    p.add_argument("--points", type=int, default=11)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run both paths on the manifest's first natural -> first robust sweep; the ratio prints last."""
+    from ..bench import run_bench
+    from ..zoo import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    attack, ev = resolve_specs(args, manifest)
+    nat = manifest.names("natural")[0]
+    rob = manifest.names("robust")[0]
+    alphas = parse_alphas(f"0:1:{args.points}")
+    r = run_bench(manifest, nat, rob, attack, ev, alphas, args.device)
+    print(f"device: {r['device']}  model: {r['params'] / 1e6:.2f}M params  sweep: {nat} -> {rob}, "
+          f"{r['points']} points, {r['attack']}, n={r['n']}, task={ev.task}")
+    for p, e in zip(r["plain_rows"], r["engine_rows"]):
+        print(f"  alpha={p['alpha']:.2f}  plain clean={p['clean_acc']:.3f} robust={p['robust_acc']:.3f} "
+              f"({p['seconds']:.2f}s) | engine clean={e['clean_acc']:.3f} robust={e['robust_acc']:.3f} "
+              f"({e['seconds']:.2f}s)")
+    print(f"plain path:  {r['plain_seconds']:.2f} s, mean robust acc {r['plain_robust']:.4f}")
+    print(f"engine:      {r['engine_seconds']:.2f} s, mean robust acc {r['engine_robust']:.4f}")
+    per_step = r["attack_seconds"] / max(r["image_steps"], 1)
+    print(f"engine attack: {r['image_steps']} image-steps (forward+backward rows), {r['attack_seconds']:.2f} s "
+          f"with proof checks: ~{per_step * 1e3:.3f} ms per image-step")
+    if r["floor_steps"] is not None:
+        floor_s = r["floor_steps"] * r["step_seconds"]
+        print(f"  of which PGD cannot skip (every step on every image robust at a point): {r['floor_steps']}")
+        print(f"  forward+backward alone: {r['step_seconds'] * 1e3:.3f} ms per image (batch {r['step_batch']}, "
+              f"measured after the sweep) -> floor {floor_s:.2f} s; plain path / floor = "
+              f"{r['plain_seconds'] / floor_s:.2f}x")
+    print(f"speedup ratio: {r['speedup']:.2f}")
+    return 0

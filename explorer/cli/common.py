@@ -1,0 +1,83 @@
+"""Helpers shared by the CLI commands: the evaluation flags, specs from flags, the store, output.
+
+The JSON written by ``sweep``/``evaluate`` is a stable contract: every point has at least
+``method, alpha, keep, scope, lambdas, clean_acc, robust_acc, attack, eps, n, seed, seconds,
+cached``. Accuracies are fractions in [0, 1]; ``--eps`` takes ``4/255`` or a float.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import AttackSpec, EvalSpec, parse_eps
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..zoo import Manifest
+
+log = logging.getLogger("explorer.cli")
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every evaluating command shares: manifest, task, attack, eps, n, store, output."""
+    p.add_argument("--manifest", default=None, help="TOML manifest (default: the demo zoo)")
+    p.add_argument("--task", default=None, help="evaluation task (default: the manifest's)")
+    p.add_argument("--attack", default=None, help="none | fgsm | pgd-K | apgd-ce | apgd-t | "
+                   "autoattack-fast | autoattack (default: the manifest's)")
+    p.add_argument("--eps", default=None, help="radius, e.g. 4/255 or 0.0157 (default: the manifest's)")
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--n", type=int, default=None, help="number of held-out images")
+    p.add_argument("--seed", type=int, default=0, help="eval subset and attack seed")
+    p.add_argument("--split", default="test")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--store", default=None, help="SQLite results store (default: ~/.cache/...)")
+    p.add_argument("--no-store", action="store_true", help="compute everything afresh, store nothing")
+    p.add_argument("--out", default=None, help="write the points as JSON here")
+
+
+def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackSpec, EvalSpec]:
+    """Attack and eval specs from the flags, falling back to the manifest's defaults.
+
+    Raises:
+        ValueError: an unknown attack, a bad radius or sample count.
+    """
+    d = manifest.defaults
+    attack = AttackSpec(name=args.attack or d.get("attack", "pgd-10"),
+                        eps=parse_eps(args.eps if args.eps is not None else d.get("eps", "4/255"),
+                                      1.0 if args.norm == "Linf" else 64.0),
+                        norm=args.norm, seed=args.seed)
+    from ..attacks import validate_attack
+    validate_attack(attack)
+    n = args.n if args.n is not None else int(d.get("n", 256))    # --n 0 is an error, not the default
+    ev = EvalSpec(task=args.task or d.get("task", "shapes"), n=n, seed=args.seed, split=args.split)
+    return attack, ev
+
+
+def open_store(args: argparse.Namespace) -> Store | None:
+    """The results store named by ``--store`` (default location), or None under ``--no-store``."""
+    from ..store import Store
+    return None if args.no_store else Store(args.store)
+
+
+def point_line(p: dict) -> str:
+    """One human line per point: method, alpha, keep, accuracies, attack label, n, cache state."""
+    alpha = "" if p.get("alpha") is None else f" alpha={p['alpha']:.2f}"
+    return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} "
+            f"robust={p['robust_acc']:.3f} [{p['attack']}, n={p['n']}]{' (cached)' if p['cached'] else ''}")
+
+
+def write_points(points: list[dict], out: str | None) -> None:
+    """Write the points as JSON to ``out`` (when given) and print one line per point."""
+    if out:
+        write_json(points, out)
+        log.info("wrote %d points to %s", len(points), out)
+    for p in points:
+        print(point_line(p))
+
+
+def write_json(obj: object, out: str | Path) -> None:
+    """``obj`` as indented JSON at ``out``."""
+    Path(out).write_text(json.dumps(obj, indent=1))

@@ -1,0 +1,52 @@
+"""``python -m explorer compare``: every merge method on one setting (``explorer.compare``)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_eval_flags, open_store, resolve_specs, write_json
+
+HELP = "all merge methods on one setting: frontiers + hypervolume"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_eval_flags(p)
+    p.add_argument("--methods", default=None, help="comma list (default: all)")
+    p.add_argument("--alphas", default="0:1:11")
+    p.add_argument("--keep", type=float, default=0.2)
+    p.add_argument("--natural", default=None, help="natural vector (default: the manifest's first)")
+    p.add_argument("--robust", default=None, help="robust vector (default: the manifest's first)")
+    p.add_argument("--figure", default="compare.png", help=".png (matplotlib) or .html (Plotly)")
+    p.add_argument("--reuse", action="store_true",
+                   help="try adversarial examples found at earlier points (faster; numbers then depend "
+                        "on the order methods ran in). Default: every point attacked afresh")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison, write figure + tables (+ JSON with ``--out``), print one row per method."""
+    from .. import compare
+    from ..config import parse_alphas
+    from ..engine import Engine
+    from ..zoo import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    attack, ev = resolve_specs(args, manifest)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(compare.ALL_METHODS)
+    alphas = parse_alphas(args.alphas)
+    natural = compare.pick_model(manifest, args.natural, "natural")
+    robust = compare.pick_model(manifest, args.robust, "robust")
+    engine = Engine(manifest, device=args.device, store=open_store(args))
+    results = compare.compare_methods(engine, natural, robust, methods, alphas, args.keep, attack, ev,
+                                      seed=args.seed, reuse=args.reuse)
+    table = compare.summarize(results)
+    title = f"{natural} + {robust}: {attack.label}, {ev.task}/{ev.split} n={ev.n}, keep={args.keep:g}"
+    fig = compare.write_figure(results, table, Path(args.figure), title)
+    csv_path, md_path = compare.write_table(table, Path(args.figure).with_suffix(""), caption=title)
+    if args.out:
+        write_json(results, args.out)
+    print(f"# {title}")
+    print("  ".join(compare.COLUMNS))
+    for row in table:
+        print("  ".join(compare.fmt(row[c]) for c in compare.COLUMNS))
+    print(f"# figure: {fig}  table: {md_path} {csv_path}")
+    return 0

@@ -1,0 +1,27 @@
+"""``python -m explorer evaluate``: clean and robust accuracy of one manifest model."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_eval_flags, open_store, resolve_specs, write_points
+
+HELP = "clean and robust accuracy of one model"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_eval_flags(p)
+    p.add_argument("--model", required=True, help="manifest name")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine import Engine
+    from ..zoo import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    attack, ev = resolve_specs(args, manifest)
+    engine = Engine(manifest, device=args.device, store=open_store(args))
+    row = engine.model_point(args.model, attack, ev)
+    row.pop("alpha", None)
+    row["model"] = args.model
+    write_points([row], args.out)
+    return 0

@@ -1,0 +1,38 @@
+"""``python -m explorer sweep``: the clean vs robust frontier of merged models, as JSON points."""
+from __future__ import annotations
+
+import argparse
+
+from ..config import SweepSpec, parse_alphas
+from .common import add_eval_flags, open_store, resolve_specs, write_points
+
+HELP = "clean vs robust frontier of merged models"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_eval_flags(p)
+    p.add_argument("--base", default=None)
+    p.add_argument("--natural", action="append", required=True, help="natural vector (repeatable)")
+    p.add_argument("--robust", action="append", required=True, help="robust vector (repeatable)")
+    p.add_argument("--method", action="append", default=None, help="merge method (repeatable)")
+    p.add_argument("--alphas", default="0:1:11", help="start:stop:count (inclusive) or a comma list")
+    p.add_argument("--keep", action="append", type=float, default=None, help="fraction kept (repeatable)")
+    p.add_argument("--scope", default="global", choices=["global", "per_tensor"])
+    p.add_argument("--scale", type=float, default=1.0, help="s in lambda_nat=s(1-alpha), lambda_rob=s*alpha")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="attack every point afresh (no adversarial examples carried between points)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine import Engine
+    from ..zoo import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    attack, ev = resolve_specs(args, manifest)
+    engine = Engine(manifest, base=args.base, device=args.device, store=open_store(args))
+    spec = SweepSpec(manifest=str(manifest.path), base=engine.base, natural=tuple(args.natural),
+                     robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
+                     alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
+                     scope=args.scope, scale=args.scale, attack=attack, eval=ev)
+    write_points(list(engine.sweep(spec, use_bank=not args.no_reuse)), args.out)
+    return 0

@@ -1,0 +1,46 @@
+"""``python -m explorer zoo build | list | report``: build the demo zoo, list or measure a manifest."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_eval_flags, open_store, resolve_specs
+
+HELP = "build, list or measure the demo zoo"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["build", "list", "report"])
+    p.add_argument("--preset", default="demo", choices=["demo", "micro"])
+    p.add_argument("--into", default=None, help="build: output folder (default: assets/zoo)")
+    p.add_argument("--also", action="append", default=None, help="report: clean accuracy on this task too")
+    p.add_argument("--sweep", action="append", default=None, help="report: robust vector(s) to sweep to")
+    p.add_argument("--alphas", default="0:1:11", help="report: alphas of the sweep")
+    add_eval_flags(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..zoo import default_manifest_path, load_manifest
+
+    if args.action == "build":
+        import torch
+
+        from ..finetune.recipe import build_zoo
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        out = Path(args.into) if args.into else default_manifest_path().parent
+        print(build_zoo(out, preset=args.preset, seed=args.seed, device=args.device or "cpu"))
+        return 0
+    m = load_manifest(args.manifest)
+    if args.action == "list":
+        for name, e in m.models.items():
+            print(f"{name:16s} {e.role:8s} {e.arch:14s} {e.weights}  {e.provenance}")
+        return 0
+    from ..engine import Engine
+    from ..report import zoo_report
+
+    attack, ev = resolve_specs(args, m)
+    engine = Engine(m, device=args.device, store=open_store(args))
+    blocks = zoo_report(engine, attack, ev, also=args.also or (), sweeps=args.sweep or (), alphas=args.alphas)
+    for i, block in enumerate(blocks):    # printed as each is measured
+        print(f"\n{block}" if i else block)
+    return 0
