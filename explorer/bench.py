@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 
 import torch
-import torchattacks
 
-from .attacks import attack_context, build_stage, pgd_steps
+from .attacks import ATTACKS, find_attack
+from .attacks.records import pgd_steps
+from .attacks.safety import attack_context
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from .data import get_task
 from .engine import Engine
@@ -37,18 +38,17 @@ def plain_classifier(manifest: Manifest, base: str, state_dict: dict[str, torch.
 
 
 def torchattacks_attack(model: torch.nn.Module, spec: AttackSpec, n_classes: int):
-    """The torchattacks object a plain script would use for ``spec`` (all images attacked)."""
-    k = int(spec.name.split("-")[1]) if spec.name.startswith("pgd-") else None
-    if k is not None:
-        return torchattacks.PGD(model, eps=spec.eps, alpha=2.5 * spec.eps / k, steps=k, random_start=True)
-    if spec.name == "fgsm":
-        return torchattacks.FGSM(model, eps=spec.eps)
-    protocols = {"apgd-ce": ("apgd-ce",), "apgd-t": ("apgd-t",), "autoattack-fast": ("apgd-ce", "apgd-t")}
-    if spec.name not in protocols:
-        raise ValueError(f"bench supports pgd-K, fgsm, apgd-ce, apgd-t, autoattack-fast; got {spec.name}")
-    # The same published stage settings as the engine's attacks, applied the plain way.
-    stages = [build_stage(s, model, spec.eps, spec.norm, spec.seed, n_classes) for s in protocols[spec.name]]
-    return stages[0] if len(stages) == 1 else torchattacks.MultiAttack(stages)
+    """The torchattacks object a plain script would use for ``spec`` (all images attacked):
+    the attack record's ``plain`` builder (the same published stage settings as the engine's).
+
+    Raises:
+        ValueError: the attack has no plain twin (``none``, ``autoattack``).
+    """
+    record = find_attack(spec.name)
+    if record.plain is None:
+        names = ", ".join(r.name for r in ATTACKS.values() if r.plain is not None)
+        raise ValueError(f"bench supports {names}; got {spec.name}")
+    return record.plain(model, spec, n_classes)
 
 
 def plain_point(manifest: Manifest, base: str, natural: Sequence[str], robust: Sequence[str],

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .attacks import bucketed, check_gradients, check_logits, run_attack
+from .attacks import check_gradients, check_logits, run_attack
+from .attacks.gradient import bucketed
 from .config import AttackSpec
 
 log = logging.getLogger(__name__)

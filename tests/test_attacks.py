@@ -9,10 +9,12 @@ import torch
 import torchattacks
 from torch import nn
 
-from explorer.attacks import (ATTACK_NAMES, attack_cost, build_stage, check_gradients,
-                              check_logits, reference_autoattack, run_attack,
+import explorer.attacks
+from explorer.attacks import (ATTACK_NAMES, ATTACKS, attack_cost, attack_help, check_gradients,
+                              check_logits, find_attack, parse_attack, reference_autoattack, run_attack,
                               validate_attack)
-from explorer.attacks import stages
+from explorer.attacks import records, stages
+from explorer.attacks.stages import build_stage
 from explorer.attacks.safety import AttackModel, attack_context
 from explorer.config import AttackSpec
 from explorer.zeroshot import ZeroShotClassifier
@@ -88,12 +90,54 @@ def test_validate_attack_names_and_errors():
         AttackSpec(name="fgsm", eps=2.0)
 
 
+def test_parse_attack_is_the_validation():
+    spec = parse_attack(" pgd-7 ", "4/255", "L2", 3)
+    assert spec == AttackSpec("pgd-7", eps=4 / 255, norm="L2", seed=3)
+    for name, eps, match in (("cw", "4/255", "valid names"), ("pgd-0", "4/255", "pgd-K"),
+                             ("fgsm", "4/0", "eps"), ("fgsm", "2", "eps")):
+        with pytest.raises(ValueError, match=match):
+            parse_attack(name, eps)
+    assert parse_attack("fgsm", "2", "L2").eps == 2.0          # L2 radii may exceed 1
+
+
+def test_records_are_the_one_list():
+    # Names and choices derive from the records; the UI offers exactly these.
+    assert list(ATTACKS) == ["none", "fgsm", "pgd-K", "apgd-ce", "apgd-t", "autoattack-fast", "autoattack"]
+    assert ATTACK_NAMES == ["none", "fgsm", "pgd-2", "pgd-5", "pgd-10", "pgd-20", "apgd-ce", "apgd-t",
+                            "autoattack-fast", "autoattack"]
+    assert all(find_attack(n) is ATTACKS["pgd-K"] for n in ("pgd-1", "pgd-20", "pgd-10000"))
+    assert {r.tier for r in ATTACKS.values()} == {"clean", "preview", "reported"}
+    assert all(r.name in attack_help() and r.help for r in ATTACKS.values())
+    # The protocols, stage for stage (the reference runs the same standard list).
+    assert {n: r.stages for n, r in ATTACKS.items() if r.stages} == {
+        "apgd-ce": ("apgd-ce",), "apgd-t": ("apgd-t",), "autoattack-fast": ("apgd-ce", "apgd-t"),
+        "autoattack": ("apgd-ce", "apgd-t", "fab-t", "square")}
+    assert stages.STANDARD == ATTACKS["autoattack"].stages
+    # The bench has a plain twin for every attack but the clean one and the full AutoAttack.
+    assert [n for n, r in ATTACKS.items() if r.plain is None] == ["none", "autoattack"]
+    assert validate_attack(AttackSpec("apgd-t")) is ATTACKS["apgd-t"]
+
+
+def test_public_names_are_verbs_and_records():
+    assert sorted(explorer.attacks.__all__) == sorted([
+        "ATTACKS", "ATTACK_NAMES", "AttackCancelled", "AttackRecord", "attack_cost", "attack_help",
+        "attack_table", "check_gradients", "check_logits", "find_attack", "parse_attack",
+        "reference_autoattack", "run_attack", "validate_attack"])
+
+
 def test_attack_cost_ordering():
     costs = [attack_cost(AttackSpec(name=n)) for n in
              ["none", "fgsm", "pgd-10", "apgd-ce", "apgd-t", "autoattack-fast", "autoattack"]]
     assert costs[0] == 0 and costs == sorted(costs)
     assert attack_cost(AttackSpec(name="pgd-7")) == 7
     assert attack_cost(AttackSpec(name="autoattack", eps=0)) == 0
+    # The published budgets: APGD-CE 100, APGD-T 9 x 100, FAB-T 9 x 100 x 4/3, Square 5000 / 3.
+    assert costs[3:] == [100, 900, 1000, 100 + 900 + 1200 + 1666]
+
+
+def fab_as_apgd_t(monkeypatch):
+    """Make ``apgd-t`` run the FAB-T stage instead (to exercise FAB through run_attack)."""
+    monkeypatch.setitem(ATTACKS, "apgd-t", records._protocol("apgd-t", ("fab-t",), "FAB-T in its place"))
 
 
 # --- invariants -----------------------------------------------------------------------
@@ -207,7 +251,7 @@ def test_targets_capped_at_nine(monkeypatch):
             return _orig(self, *a, **k)
         monkeypatch.setattr(cls, meth, counted)
     run_attack(model, x, y, AttackSpec(name="autoattack-fast", eps=1e-6))
-    monkeypatch.setitem(stages.PROTOCOLS, "apgd-t", ("fab-t",))
+    fab_as_apgd_t(monkeypatch)
     run_attack(model, x, y, AttackSpec(name="apgd-t", eps=1e-6))
     assert calls == {"apgd-t": 9, "fab-t": 9}
 
@@ -237,7 +281,7 @@ def test_fab_runs_on_vit_with_non_contiguous_input(tiny_vit, monkeypatch):
     raw = torchattacks.FAB(tiny_vit, eps=8 / 255, steps=3, multi_targeted=True, n_classes=4, seed=0)
     with pytest.raises(RuntimeError, match="view size is not compatible"):
         raw(x, y)  # the trap
-    monkeypatch.setitem(stages.PROTOCOLS, "apgd-t", ("fab-t",))
+    fab_as_apgd_t(monkeypatch)
     x_adv = run_attack(tiny_vit, x, y, AttackSpec(name="apgd-t", eps=8 / 255))
     assert_valid(x_adv, x, 8 / 255, "Linf")
 

@@ -50,6 +50,8 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
 
 @pytest.mark.parametrize("argv,message", [
     (["bench", "--attack", "cw", "--points", "2"], "unknown attack 'cw'"),
+    (["bench", "--attack", "autoattack", "--points", "2", "--n", "8"],
+     "bench supports fgsm, pgd-K, apgd-ce, apgd-t, autoattack-fast; got autoattack"),
     (["compare", "--attack", "pgd-0", "--alphas", "0.5"], "pgd-K"),
     (["compare", "--methods", "task_arithmetic", "--alphas", "0.5", "--split", "train", "--attack", "none"],
      "held-out"),

@@ -35,6 +35,7 @@ SQUARE_QUERIES = 5000    # Square queries
 class Stage:
     name: str                                                  # stage label in logs
     build: Callable[..., torchattacks.attack.Attack]           # (model, eps, norm, seed, n_classes, queries)
+    cost: int                                                  # fwd+bwd per still-robust image, worst case
     min_classes: int = 2                                       # fewer classes: stage cannot run
 
 
@@ -57,19 +58,17 @@ def _square(model, eps, norm, seed, n_classes, queries):
                                seed=seed, p_init=0.8, loss="margin", resc_schedule=True)
 
 
-# APGD-T's targeted DLR loss reads the 4th largest logit, so it needs >= 4 classes.
+# APGD-T's targeted DLR loss reads the 4th largest logit, so it needs >= 4 classes. Costs count
+# forward-only passes as 1/3: FAB does one fwd+bwd and one prediction per step, Square one
+# forward per query.
 STAGES = {
-    "apgd-ce": Stage("apgd-ce", _apgd_ce),
-    "apgd-t": Stage("apgd-t", _apgd_t, min_classes=4),
-    "fab-t": Stage("fab-t", _fab_t),
-    "square": Stage("square", _square),
+    "apgd-ce": Stage("apgd-ce", _apgd_ce, cost=STEPS),
+    "apgd-t": Stage("apgd-t", _apgd_t, cost=MAX_TARGETS * STEPS, min_classes=4),
+    "fab-t": Stage("fab-t", _fab_t, cost=MAX_TARGETS * STEPS * 4 // 3),
+    "square": Stage("square", _square, cost=SQUARE_QUERIES // 3),
 }
-PROTOCOLS = {
-    "apgd-ce": ("apgd-ce",),
-    "apgd-t": ("apgd-t",),
-    "autoattack-fast": ("apgd-ce", "apgd-t"),
-    "autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"),
-}
+# The standard AutoAttack, in its order (the reference runs these; so does our ``autoattack``).
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 def build_stage(name: str, model: nn.Module, eps: float, norm: str, seed: int, n_classes: int,
@@ -141,6 +140,6 @@ def reference_autoattack(model: nn.Module | Callable, x: torch.Tensor, y: torch.
         if n_classes is None:
             n_classes = int(net(xd[:1]).shape[1])
         atks = [build_stage(s, net, eps, norm, seed, n_classes, square_queries)
-                for s in PROTOCOLS["autoattack"] if n_classes >= STAGES[s].min_classes]
+                for s in STANDARD if n_classes >= STAGES[s].min_classes]
         adv = torchattacks.MultiAttack(atks)(xd, yd)
     return adv.detach().to(x.device)

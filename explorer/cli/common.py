@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import AttackSpec, EvalSpec, parse_eps
+from ..attacks import attack_help, attack_table, parse_attack
+from ..config import AttackSpec, EvalSpec
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -22,11 +23,16 @@ log = logging.getLogger("explorer.cli")
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    """The flags every evaluating command shares: manifest, task, attack, eps, n, store, output."""
+    """The flags every evaluating command shares: manifest, task, attack, eps, n, store, output.
+
+    The epilog of ``--help`` lists every attack record (name, tier, help line).
+    """
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = attack_table()
     p.add_argument("--manifest", default=None, help="TOML manifest (default: the demo zoo)")
     p.add_argument("--task", default=None, help="evaluation task (default: the manifest's)")
-    p.add_argument("--attack", default=None, help="none | fgsm | pgd-K | apgd-ce | apgd-t | "
-                   "autoattack-fast | autoattack (default: the manifest's)")
+    p.add_argument("--attack", default=None, help=f"{attack_help()} (default: the manifest's; "
+                   "each is described below)")
     p.add_argument("--eps", default=None, help="radius, e.g. 4/255 or 0.0157 (default: the manifest's)")
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     p.add_argument("--n", type=int, default=None, help="number of held-out images")
@@ -45,12 +51,9 @@ def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackS
         ValueError: an unknown attack, a bad radius or sample count.
     """
     d = manifest.defaults
-    attack = AttackSpec(name=args.attack or d.get("attack", "pgd-10"),
-                        eps=parse_eps(args.eps if args.eps is not None else d.get("eps", "4/255"),
-                                      1.0 if args.norm == "Linf" else 64.0),
-                        norm=args.norm, seed=args.seed)
-    from ..attacks import validate_attack
-    validate_attack(attack)
+    attack = parse_attack(args.attack or d.get("attack", "pgd-10"),
+                          args.eps if args.eps is not None else d.get("eps", "4/255"),
+                          norm=args.norm, seed=args.seed)
     n = args.n if args.n is not None else int(d.get("n", 256))    # --n 0 is an error, not the default
     ev = EvalSpec(task=args.task or d.get("task", "shapes"), n=n, seed=args.seed, split=args.split)
     return attack, ev

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ..attacks import ATTACK_NAMES, parse_attack
 from ..config import AttackSpec, EvalSpec, MergeSpec, parse_eps
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,7 @@ log = logging.getLogger(__name__)
 MAX_VECTORS = 6                   # lambda sliders available in advanced mode
 PREVIEW_ATTACK = "pgd-5"          # live tier: answered within about a second on the demo zoo
 PREVIEW_N = 48                    # live tier sample count (capped by the chosen n)
-ATTACK_CHOICES = ["none", "fgsm", "pgd-2", "pgd-5", "pgd-10", "pgd-20", "apgd-ce", "apgd-t",
-                  "autoattack-fast", "autoattack"]
+ATTACK_CHOICES = list(ATTACK_NAMES)   # from the attack records (explorer.attacks.ATTACKS)
 EXPORT_ROOT = Path(tempfile.gettempdir()) / "trade-off-explorer-exports"
 
 
@@ -72,12 +72,7 @@ def readable_errors(fn: Callable) -> Callable:
 
 def attack_spec(name: str, eps: str | float, norm: str = "Linf", seed: int = 0) -> AttackSpec:
     """The attack of the UI values; a readable ``ValueError`` for a bad name or eps."""
-    from ..attacks import validate_attack
-
-    name = (name or "").strip()
-    spec = AttackSpec(name=name, eps=parse_eps(eps), norm=norm, seed=int(seed))
-    validate_attack(spec)
-    return spec
+    return parse_attack(name, parse_eps(eps), norm, seed)
 
 
 def eval_spec(task: str, n: float | int | None) -> EvalSpec:

@@ -1,0 +1,104 @@
+"""``run_attack``: attack the still-correct points with the attack a spec names.
+
+Every result is labelled with ``AttackSpec.label``. What each name runs, costs and is for lives
+in its record (``records.py``); this module does what every attack shares: input checks, the
+clean pass that picks the points to attack, the model hygiene of ``safety.attack_context``, and
+a last projection onto the eps ball.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..config import AttackSpec
+from .gradient import project
+from .records import RunOptions, find_attack
+from .safety import AttackModel, attack_context, check_logits, model_device
+
+log = logging.getLogger(__name__)
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, sample_ids: torch.Tensor | None) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+    if y.shape != (len(x),):
+        raise ValueError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError("x must lie in [0, 1] (pixel space): normalisation belongs inside the model")
+    if sample_ids is not None and sample_ids.shape != (len(x),):
+        raise ValueError(f"sample_ids must have shape [{len(x)}], got {tuple(sample_ids.shape)}")
+
+
+@torch.no_grad()
+def _clean_correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   device: torch.device) -> tuple[torch.Tensor, int]:
+    correct, n_classes = [], 0
+    for i in range(0, len(x), batch_size):
+        logits = net(x[i:i + batch_size].to(device))
+        if i == 0:
+            check_logits(logits)
+            n_classes = logits.shape[1]
+        correct.append(logits.argmax(1).cpu() == y[i:i + batch_size].cpu())
+    return torch.cat(correct), n_classes
+
+
+def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
+               sample_ids: torch.Tensor | None = None, batch_size: int = 256,
+               progress: bool = False, rand_init: bool = True, assume_correct: bool = False,
+               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Attack the points that are still correctly classified; return the adversarial batch.
+
+    Args:
+        model: pixels in [0, 1] -> logits (an ``nn.Module``; plain callables are wrapped).
+            It is put in eval mode with frozen parameters during the attack, then restored.
+        spec: the attack (a record of ``ATTACKS``). ``none`` or eps == 0 returns x.
+        sample_ids: stable per-row ids (default arange(N)); fgsm/pgd random starts depend
+            only on (spec.seed, sample_ids[j]), so a subset gives the same rows as the whole.
+        batch_size: rows per forward pass.
+        progress: tqdm bars per stage.
+        rand_init: pgd only; False starts at x (for comparisons with fixed-start PGD).
+        assume_correct: the caller already knows every row is clean-correct (``evaluate``
+            checks on the model that decides); skip the clean pass.
+        should_stop: polled between steps, stages and batches; when it returns True the
+            attack raises ``AttackCancelled`` (so a Stop button acts within seconds).
+
+    Shape:
+        x: [N, C, H, W] float in [0, 1]; y: [N] int64.
+        Returns x_adv like x (same device and dtype), within eps of x (Linf or L2) and in
+        [0, 1]; rows misclassified before the attack are x itself.
+    """
+    record = find_attack(spec.name)   # the dispatch; specs are validated where they are parsed
+    _check_inputs(x, y, sample_ids)
+    if record.run is None or spec.eps == 0 or len(x) == 0:
+        return x.clone()
+    net = AttackModel(model)
+    device = model_device(net)
+    ids = torch.arange(len(x)) if sample_ids is None else sample_ids.cpu()
+    x_adv = x.clone()
+    with attack_context(net):
+        if assume_correct:
+            with torch.no_grad():
+                logits = net(x[:1].to(device))
+            check_logits(logits)
+            robust, n_classes = torch.ones(len(x), dtype=torch.bool), logits.shape[1]
+        else:
+            robust, n_classes = _clean_correct(net, x, y, batch_size, device)
+        idx = robust.nonzero().flatten()
+        log.info("%s on %d/%d clean-correct points", spec.label, len(idx), len(x))
+        options = RunOptions(batch_size, progress, rand_init, should_stop)
+        x_adv[idx] = record.run(net, x[idx], y[idx], ids[idx], spec, n_classes, options).to(x)
+    return _enforce_ball(x_adv, x, spec.eps, spec.norm)
+
+
+def _enforce_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Re-project only rows that drifted out of the ball or [0, 1] (float error in a stage)."""
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    bad = (size > eps) | (x_adv.flatten(1).amin(1) < 0) | (x_adv.flatten(1).amax(1) > 1)
+    if bad.any():
+        log.debug("re-projecting %d rows that left the eps ball by float error", int(bad.sum()))
+        x_adv[bad] = project(x_adv[bad], x[bad], eps, norm)
+    return x_adv
