@@ -16,7 +16,7 @@ import torch
 from .attacks import ATTACKS, find_attack
 from .attacks.records import pgd_steps
 from .attacks.safety import attack_context
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .data import get_task
 from .engine import Engine
 from .taskvec import TaskVector, sum_vectors
@@ -111,7 +111,7 @@ def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec,
     engine_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     plain_rows, t0 = [], time.perf_counter()
     for a in alphas:
-        plain_rows.append(plain_point(manifest, manifest.defaults.get("base", "pretrained"), [natural],
+        plain_rows.append(plain_point(manifest, resolve_defaults(manifest.defaults, manifest.names("base")).base, [natural],
                                       [robust], MergeSpec.from_alpha(a), attack, ev, engine_device))
     plain_s = time.perf_counter() - t0
     t1 = time.perf_counter()

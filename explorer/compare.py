@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AttackSpec, EvalSpec, MergeSpec, parse_eps
+from .config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
 from .hypervolume import hypervolume, pareto_front
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ COLUMNS = ("method", "keep", "points", "clean_at_0", "robust_at_1", "best_clean"
 def calibration_options(manifest_defaults: dict, attack: AttackSpec, ev: EvalSpec) -> tuple:
     """Options that point the calibration at the evaluated task and radius (only where they differ
     from the manifest defaults the preparers fall back to, so store keys match plain sweeps)."""
-    opts = []
-    if ev.task != manifest_defaults.get("task", "shapes"):
+    opts, d = [], resolve_defaults(manifest_defaults)
+    if ev.task != d.task:
         opts.append(("calib_task", ev.task))
-    if attack.eps != parse_eps(manifest_defaults.get("eps", "4/255")):
+    if attack.eps != d.eps_value:
         opts.append(("calib_eps", attack.eps))
     return tuple(opts)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -39,6 +40,59 @@ def eps_label(eps: float) -> str:
     """Human label: ``4/255`` when eps is a multiple of 1/255, else the float."""
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What every page and command falls back to: a manifest's ``[defaults]`` over these values.
+
+    The only place the fallback task, radius, attack and sample count are written; the spec
+    dataclasses below take their field defaults from here. Build one with ``resolve_defaults``.
+    """
+
+    task: str = "shapes"    # evaluation task (registry name)
+    eps: str = "4/255"      # radius as a person types it (``parse_eps`` reads it)
+    attack: str = "pgd-10"  # attack (registry name or pattern)
+    n: int = 256            # evaluation images
+    base: str | None = None  # pretrained base (manifest name); None when the manifest has none
+
+    @property
+    def eps_value(self) -> float:
+        """``eps`` as a float in pixel units."""
+        return parse_eps(self.eps)
+
+    def attack_spec(self, name: str | None = None, eps: str | float | None = None, norm: Norm = "Linf",
+                    seed: int = 0) -> "AttackSpec":
+        """The attack of the given values, each one that is None taken from these defaults."""
+        return AttackSpec(name=name or self.attack, eps=self.eps if eps is None else eps, norm=norm,
+                          seed=int(seed))
+
+    def eval_spec(self, task: str | None = None, n: int | None = None, seed: int = 0,
+                  split: str = "test") -> "EvalSpec":
+        """The evaluation of the given values, each one that is None taken from these defaults
+        (``n=0`` is an error, not the default)."""
+        return EvalSpec(task=task or self.task, n=int(self.n if n is None else n), seed=int(seed), split=split)
+
+
+def resolve_defaults(manifest_defaults: Mapping[str, Any] | None, bases: Sequence[str] = ()) -> Defaults:
+    """A manifest's ``[defaults]`` table (task, eps, attack, n, base) over ``Defaults``.
+
+    Args:
+        manifest_defaults: the table as read from the TOML (missing keys fall back; others ignored).
+        bases: the manifest's base names, in order; the first is the base when the table names none.
+
+    Raises:
+        ValueError: an ``eps`` that is not a radius or an ``n`` below 1 (one readable line).
+    """
+    d, fallback = dict(manifest_defaults or {}), Defaults()
+    n = int(d.get("n", fallback.n))
+    if n < 1:
+        raise ValueError(f"manifest [defaults] n must be >= 1, got {n}")
+    out = Defaults(task=str(d.get("task", fallback.task)), eps=str(d.get("eps", fallback.eps)),
+                   attack=str(d.get("attack", fallback.attack)), n=n,
+                   base=d.get("base") or (bases[0] if bases else None))
+    out.eps_value  # noqa: B018 -- validates the radius where it is read
+    return out
 
 
 class _Config:
@@ -75,8 +129,8 @@ class _Config:
 
 @dataclass(frozen=True)
 class AttackSpec(_Config):
-    name: str = "pgd-10"   # registry name: none | fgsm | pgd-K | apgd-ce | apgd-t | autoattack-fast | autoattack
-    eps: float = 4 / 255   # radius in pixel units ([0,1] images)
+    name: str = Defaults.attack   # registry name: none | fgsm | pgd-K | apgd-ce | apgd-t | autoattack-fast | autoattack
+    eps: float = parse_eps(Defaults.eps)   # radius in pixel units ([0,1] images)
     norm: Norm = "Linf"    # threat model
     seed: int = 0          # every random choice of the attack derives from this
 
@@ -95,8 +149,8 @@ class AttackSpec(_Config):
 
 @dataclass(frozen=True)
 class EvalSpec(_Config):
-    task: str = "shapes"   # registry name of the evaluation task
-    n: int = 256           # number of evaluation images (a fixed seeded subset)
+    task: str = Defaults.task   # registry name of the evaluation task
+    n: int = Defaults.n         # number of evaluation images (a fixed seeded subset)
     seed: int = 0          # which subset
     split: str = "test"    # held-out split
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import AttackCancelled
-from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .attack_twin import AttackTwin, make_twin
@@ -71,7 +71,7 @@ class Engine:
                  device: str | None = None, store: Store | None = None, batch_size: int | None = None,
                  fast_attack: bool = True) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        self.base = base or self.manifest.defaults.get("base") or self.manifest.names("base")[0]
+        self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
         self.device = torch.device(device or default_device())
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True

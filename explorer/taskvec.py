@@ -6,7 +6,8 @@ which the merge engine keeps resident on the device.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -138,16 +139,17 @@ class TaskVector:
     __rmul__ = __mul__
 
     def norm(self) -> float:
-        return float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.tensors.values())))
+        """L2 norm over all tensors (float64 accumulation)."""
+        return math.sqrt(sum(dot(v, v) for v in self.tensors.values()))
 
     def layer_norms(self) -> dict[str, float]:
-        return {k: float(v.norm()) for k, v in self.tensors.items()}
+        """L2 norm of each tensor, by key."""
+        return {k: math.sqrt(dot(v, v)) for k, v in self.tensors.items()}
 
     def cosine(self, other: "TaskVector") -> float:
-        dot = sum((v.double() * other.tensors[k].double()).sum()
-                  for k, v in self.tensors.items() if k in other.tensors)
-        denom = self.norm() * other.norm()
-        return float(dot / denom) if denom > 0 else 0.0
+        """Cosine similarity over the shared keys (a missing key counts as zero); 0 for a zero vector."""
+        num = sum(dot(v, other.tensors[k]) for k, v in self.tensors.items() if k in other.tensors)
+        return cosine_of(num, self.norm(), other.norm())
 
     def apply_to(self, pre: Mapping[str, torch.Tensor], scale: float = 1.0) -> dict[str, torch.Tensor]:
         """``pre + scale * tau`` as a new state dict (the plain, per-model path)."""
@@ -183,3 +185,96 @@ def sum_vectors(vectors: Iterable[TaskVector], lambdas: Iterable[float]) -> Task
     for v, lam in zip(vectors[1:], lambdas[1:]):
         total = total + v * lam
     return total
+
+
+# --------------------------------------------------------------------------- statistics
+# The one implementation of task-vector statistics: ``TaskVector`` (named tensors) and
+# ``flat_stats`` (the engine's resident flat buffers) both reduce through ``dot``.
+
+_CHUNK = 1 << 22   # elements per float64 chunk: no float64 copy of a whole vector
+
+
+def _chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    flat = t.reshape(-1)
+    for i in range(0, flat.numel(), _CHUNK):
+        yield flat[i:i + _CHUNK]
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``sum(a * b)`` accumulated in float64, chunk by chunk; same-shaped tensors of any dtype."""
+    if a.shape != b.shape:
+        raise ValueError(f"dot of tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    return float(sum((torch.dot(x.double(), y.double()) for x, y in zip(_chunks(a), _chunks(b))),
+                     torch.zeros((), dtype=torch.float64)))
+
+
+def cosine_of(inner: float, norm_a: float, norm_b: float) -> float:
+    """``inner / (norm_a * norm_b)`` clamped to [-1, 1]; 0 when either norm is 0."""
+    denom = norm_a * norm_b
+    return max(-1.0, min(1.0, inner / denom)) if denom > 0 else 0.0
+
+
+def layer_groups(keys: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Group state-dict keys into layers (``visual.block3``, ``text.block0``, ``visual.other``).
+
+    Returns: (labels in model order: visual tower first, embeddings/heads before blocks; the
+    label index of each key).
+    """
+    labels, index = [], []
+    for k in keys:
+        parts = k.split(".")
+        tower = "visual" if parts[0] == "visual" else "text"
+        block = next((parts[i + 1] for i, p in enumerate(parts[:-1])
+                      if p in ("resblocks", "layers", "blocks") and parts[i + 1].isdigit()), None)
+        if block is None:  # ResNet stages: visual.layer3.0.conv1.weight -> block 3
+            block = next((p[len("layer"):] for p in parts if p.startswith("layer") and p[5:].isdigit()), None)
+        label = f"{tower}.block{block}" if block is not None else f"{tower}.other"
+        if label not in labels:
+            labels.append(label)
+        index.append(labels.index(label))
+
+    def rank(lab: str) -> tuple:
+        return (lab.startswith("text"), not lab.endswith("other"),
+                int(lab.rsplit("block", 1)[1]) if "block" in lab else -1)
+
+    order = sorted(range(len(labels)), key=lambda i: rank(labels[i]))
+    new_pos = {old: new for new, old in enumerate(order)}
+    return [labels[i] for i in order], [new_pos[i] for i in index]
+
+
+@dataclass(frozen=True)
+class FlatStats:
+    """Statistics of task vectors in flat form (``flat_stats``)."""
+
+    l2: list[float]                 # L2 norm of each vector
+    linf: list[float]               # largest |coordinate| of each vector
+    nonzero: list[float]            # fraction of non-zero coordinates, in [0, 1]
+    cosine: list[list[float]]       # k x k cosine similarities, in [-1, 1]
+    layers: list[str]               # layer labels in model order (``layer_groups``)
+    layer_norms: list[list[float]]  # per vector, the L2 norm of each layer
+
+
+def flat_stats(taus: Sequence[torch.Tensor], layout: FlatLayout) -> FlatStats:
+    """Norms, non-zero fractions, pairwise cosines and per-layer norms of flat task vectors.
+
+    Args:
+        taus: k flat vectors of ``layout.numel`` coordinates each (any device, float).
+        layout: the key order and offsets of the flat form.
+    """
+    labels, index = layer_groups(layout.keys)
+    squares = []
+    for tau in taus:
+        sq = [0.0] * len(labels)
+        for gi, (a, b) in zip(index, layout.segments):
+            sq[gi] += dot(tau[a:b], tau[a:b])
+        squares.append(sq)
+    l2 = [math.sqrt(sum(sq)) for sq in squares]
+    k = len(taus)
+    cos = [[1.0 if l2[i] > 0 else 0.0] * k for i in range(k)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            cos[i][j] = cos[j][i] = cosine_of(dot(taus[i], taus[j]), l2[i], l2[j])
+    return FlatStats(l2=l2, linf=[float(t.abs().max()) if t.numel() else 0.0 for t in taus],
+                     nonzero=[int((t != 0).sum()) / t.numel() if t.numel() else 0.0 for t in taus],
+                     cosine=cos, layers=labels,
+                     layer_norms=[[math.sqrt(v) for v in sq] for sq in squares])

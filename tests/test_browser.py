@@ -37,7 +37,7 @@ def url(tiny_zoo: Path, tmp_path_factory):
     demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
                 quiet=True, show_error=True)
-    demo.explorer_context.engine()  # build the engine before the first click
+    demo.explorer_service.engine()  # build the engine before the first click
     yield demo.local_url
     demo.close()
 

@@ -62,3 +62,29 @@ def test_merge_spec_rejects_out_of_range(kwargs):
 def test_eval_spec_rejects_empty():
     with pytest.raises(ValueError):
         EvalSpec(n=0)
+
+
+def test_resolve_defaults_falls_back_and_feeds_the_specs():
+    from explorer.config import AttackSpec, Defaults, EvalSpec, resolve_defaults
+
+    d = resolve_defaults({}, ["pre", "other"])
+    assert d == Defaults(task="shapes", eps="4/255", attack="pgd-10", n=256, base="pre")
+    # The spec dataclasses default to the same values (one source).
+    assert AttackSpec() == d.attack_spec() and EvalSpec() == d.eval_spec()
+    assert AttackSpec().eps == 4 / 255 == d.eps_value
+    m = resolve_defaults({"task": "digits", "eps": 0.01, "attack": "fgsm", "n": 32, "base": "other",
+                          "extra": 1}, ["pre"])
+    assert (m.task, m.eps, m.eps_value, m.attack, m.n, m.base) == ("digits", "0.01", 0.01, "fgsm", 32, "other")
+    # Given values win over the defaults; None falls back.
+    a = m.attack_spec(None, "8/255", "L2", 3)
+    assert (a.name, a.eps, a.norm, a.seed) == ("fgsm", 8 / 255, "L2", 3)
+    assert m.eval_spec("shapes", None, 1, "train") == EvalSpec("shapes", 32, 1, "train")
+    assert resolve_defaults(None).base is None
+
+
+@pytest.mark.parametrize("table, match", [({"eps": "four"}, "eps"), ({"n": 0}, "n must be")])
+def test_resolve_defaults_rejects_bad_tables(table, match):
+    from explorer.config import resolve_defaults
+
+    with pytest.raises(ValueError, match=match):
+        resolve_defaults(table)

@@ -82,3 +82,31 @@ def test_bind_flat_makes_parameters_views():
     flat.mul_(2.0)
     assert torch.equal(model[0].bias, layout.unflatten(flat)["0.bias"])
     assert not torch.allclose(model(x), before)
+
+
+def test_flat_stats_exact_values_and_agreement_with_task_vectors():
+    """One statistics implementation: the flat form and ``TaskVector`` give the same numbers."""
+    import math
+
+    from explorer.taskvec import flat_stats, layer_groups
+
+    keys = ["text.token_embedding.weight", "visual.transformer.resblocks.1.w",
+            "visual.transformer.resblocks.0.w", "visual.proj"]
+    a = {keys[0]: torch.tensor([0.0, 0.0]), keys[1]: torch.tensor([3.0, 0.0]),
+         keys[2]: torch.tensor([0.0, 4.0]), keys[3]: torch.tensor([0.0])}
+    b = {keys[0]: torch.tensor([1.0, 0.0]), keys[1]: torch.tensor([0.0, 0.0]),
+         keys[2]: torch.tensor([0.0, -2.0]), keys[3]: torch.tensor([0.0])}
+    layout = FlatLayout.from_state_dict(a)
+    ta, tb = TaskVector(a, "a"), TaskVector(b, "b")
+    s = flat_stats([ta.to_flat(layout), tb.to_flat(layout), torch.zeros(layout.numel)], layout)
+    assert s.layers == ["visual.other", "visual.block0", "visual.block1", "text.other"]
+    assert layer_groups(keys)[1] == [3, 2, 1, 0]
+    assert s.l2 == [5.0, math.sqrt(5.0), 0.0] and s.linf == [4.0, 2.0, 0.0]
+    assert s.nonzero == [2 / 7, 2 / 7, 0.0]
+    assert s.layer_norms[0] == [0.0, 4.0, 3.0, 0.0] and s.layer_norms[1] == [0.0, 2.0, 0.0, 1.0]
+    cos_ab = -8 / (5 * math.sqrt(5))
+    assert s.cosine[0][1] == s.cosine[1][0] == pytest.approx(cos_ab, abs=1e-15)
+    assert s.cosine[0][0] == s.cosine[1][1] == 1.0 and s.cosine[2] == [0.0, 0.0, 0.0]
+    assert ta.norm() == s.l2[0] and tb.norm() == s.l2[1]
+    assert ta.cosine(tb) == pytest.approx(cos_ab, abs=1e-15)
+    assert ta.layer_norms()[keys[2]] == 4.0

@@ -23,23 +23,25 @@ def demo(tiny_zoo: Path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ctx(demo):
-    return demo.explorer_context
+    return demo.explorer_service
 
 
 def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str = "task_arithmetic",
-             advanced: bool = False, lambdas=(0.0,) * 6) -> list:
-    """Frontier control values in ``FrontierHandlers.CONTROLS`` order, then the lambda sliders."""
-    return ["base", ["natural"], ["robust"], method, alpha, 1.0, "global", advanced, attack, "4/255",
-            "Linf", "shapes", n, *lambdas]
+             advanced: bool = False, lambdas=(0.0,) * 6, rows=None, **changes) -> dict:
+    """Frontier control values by name (the form's group ``merge``) and the session's ``rows``."""
+    v = dict(base="base", natural=["natural"], robust=["robust"], method=method, alpha=alpha, keep=1.0,
+             scope="global", advanced=advanced, attack=attack, eps="4/255", norm="Linf", task="shapes",
+             n=n, rows=[] if rows is None else rows)
+    return {**v, **{f"lambda_{i}": lam for i, lam in enumerate(lambdas)}, **changes}
 
 
 def test_preview_then_refine(ctx) -> None:
     h = FrontierHandlers(ctx)
-    fig, summary, row = h.preview(*controls(alpha=0.3), [])
+    fig, summary, row = h.preview(controls(alpha=0.3))
     assert row["preview"] and row["alpha"] == 0.3 and row["attack"].startswith("pgd-5")
     assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary and "n = 16" in summary
     assert any(t.name.startswith("current (preview)") for t in fig.data)
-    fig, summary, table, rows, row = h.refine(*controls(alpha=0.3), [])
+    fig, summary, table, rows, row = h.refine(controls(alpha=0.3))
     assert "Refined" in summary and row["attack"] == "pgd-2 Linf eps=4/255" and row["n"] == 16
     assert len(rows) == 1 and table.loc[0, "attack"] == "pgd-2 Linf eps=4/255"
     assert 0 <= row["robust_acc"] <= row["clean_acc"] <= 1
@@ -47,7 +49,7 @@ def test_preview_then_refine(ctx) -> None:
 
 def test_advanced_mode_lambdas(ctx) -> None:
     h = FrontierHandlers(ctx)
-    *_, row = h.refine(*controls(advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)), [])
+    *_, row = h.refine(controls(advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)))
     assert row["lambdas"] == [0.8, -0.2] and row["alpha"] is None
     ups = h.lambda_sliders(["natural"], ["robust"], True, 0.25)
     assert ups[0]["visible"] is False and ups[1]["visible"] and ups[1]["value"] == 0.75
@@ -57,26 +59,26 @@ def test_advanced_mode_lambdas(ctx) -> None:
 def test_sweep_streams_and_stores_then_resumes(ctx) -> None:
     h = FrontierHandlers(ctx)
     before = len(ctx.store)
-    outs = list(h.sweep(*controls(), ["task_arithmetic"], "0,0.5,1", []))
+    outs = list(h.sweep(controls(methods=["task_arithmetic"], alphas="0,0.5,1")))
     assert len(outs) == 4  # pretrained + 3 alphas, one yield per point
     fig, table, rows, status = outs[-1]
     assert status.startswith("Sweep 4/4") and "pgd-2 Linf eps=4/255, n = 16" in status
     assert len(table) >= 4 and len(ctx.store) >= before + 3  # plus points stored earlier
     kinds = {t.name for t in fig.data}
     assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= kinds
-    again = list(h.sweep(*controls(), ["task_arithmetic"], "0,0.5,1", []))
+    again = list(h.sweep(controls(methods=["task_arithmetic"], alphas="0,0.5,1")))
     assert "4 from the store" in again[-1][3]
 
 
 def test_stop_keeps_computed_points(ctx) -> None:
     h = FrontierHandlers(ctx)
-    gen = h.sweep(*controls(attack="fgsm"), ["task_arithmetic", "ties"], "0:1:5", [])
+    gen = h.sweep(controls(attack="fgsm", methods=["task_arithmetic", "ties"], alphas="0:1:5"))
     first = next(gen)
     assert "1/11" in first[3]
     assert "Stopping" in h.stop()
     rest = list(gen)
     assert "Stopped after" in rest[-1][3] and len(rest) <= 2
-    stored = h.show_stored(*controls(attack="fgsm"), [])
+    stored = h.show_stored(controls(attack="fgsm"))
     assert "stored points" in stored[2] and len(stored[1]) >= 1
 
 
@@ -85,14 +87,13 @@ def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
     import time
 
     h = FrontierHandlers(ctx)
-    slow = controls(alpha=0.7, attack="pgd-3000", n=16)
-    slow[9] = "0.0001"                 # nothing is fooled, so every one of 3000 steps runs
+    slow = controls(alpha=0.7, attack="pgd-3000", n=16, eps="0.0001")  # nothing is fooled: all 3000 steps run
     out = {}
-    worker = threading.Thread(target=lambda: out.setdefault("refine", h.refine(*slow, [])))
+    worker = threading.Thread(target=lambda: out.setdefault("refine", h.refine(slow)))
     t0 = time.perf_counter()
     worker.start()
     time.sleep(1.0)
-    *_, row = h.preview(*controls(alpha=0.2), [])  # waits for the engine, which the refine frees
+    *_, row = h.preview(controls(alpha=0.2))  # waits for the engine, which the refine frees
     worker.join(timeout=60)
     assert not worker.is_alive() and row["alpha"] == 0.2
     assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out["refine"])
@@ -102,22 +103,22 @@ def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
 def test_bad_inputs_are_readable(ctx) -> None:
     h = FrontierHandlers(ctx)
     with pytest.raises(gr.Error, match="eps"):
-        h.preview(*controls()[:9], "four", *controls()[10:], [])
+        h.preview(controls(eps="four"))
     with pytest.raises(gr.Error, match="natural and one robust"):
-        h.refine("base", [], ["robust"], *controls()[3:], [])
+        h.refine(controls(natural=[]))
     with pytest.raises(gr.Error, match="pgd-K"):
-        h.refine(*controls(attack="pgd-x"), [])
+        h.refine(controls(attack="pgd-x"))
     with pytest.raises(gr.Error, match="nothing to export"):
         h.export([], None)
 
 
 def test_exports(ctx, tmp_path) -> None:
     h = FrontierHandlers(ctx)
-    *_, rows, row = h.refine(*controls(alpha=1.0), [])
+    *_, rows, row = h.refine(controls(alpha=1.0))
     files = h.export(rows, row)
     assert [Path(f).suffix for f in files[:3]] == [".csv", ".json", ".html"]
     assert "pgd-2 Linf eps=4/255" in Path(files[0]).read_text()
-    ckpt = h.checkpoint(*controls(alpha=1.0))
+    ckpt = h.checkpoint(controls(alpha=1.0))
     from safetensors.torch import load_file
     sd = load_file(ckpt)
     assert len(sd) == len(ctx.engine().layout.keys)
@@ -132,9 +133,14 @@ def example_png(tmp_path_factory) -> str:
     return str(path)
 
 
+def inspect_values(image: str, classes: str, kind: str = "pgd", eps: str = "4/255", steps: int = 2) -> dict:
+    """The inspect tab's values by name, with the frontier's current merge."""
+    return {**controls(), "image": image, "classes": classes, "kind": kind, "inspect_eps": eps, "steps": steps}
+
+
 def test_inspect_before_after(ctx, example_png) -> None:
     h = InspectHandlers(ctx)
-    out = h.inspect(example_png, "circle, square, triangle, star", "pgd", "8/255", 3, *controls())
+    out = h.inspect(inspect_values(example_png, "circle, square, triangle, star", eps="8/255", steps=3))
     clean, adv, delta, *figs, summary, png = out
     assert clean.shape == adv.shape == delta.shape and clean.dtype == np.uint8
     assert np.abs(adv.astype(int) - clean.astype(int)).max() <= 8 + 1  # eps ball, rounding
@@ -154,11 +160,11 @@ def test_inspect_errors(ctx, example_png, tmp_path) -> None:
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG not really")
     with pytest.raises(gr.Error, match="Could not read the image"):
-        h.inspect(str(bad), "a, b", "pgd", "4/255", 2, *controls())
+        h.inspect(inspect_values(str(bad), "a, b"))
     with pytest.raises(gr.Error, match="empty"):
-        h.inspect(example_png, " , ", "pgd", "4/255", 2, *controls())
+        h.inspect(inspect_values(example_png, " , "))
     with pytest.raises(gr.Error, match="at least two"):
-        h.inspect(example_png, "cat", "pgd", "4/255", 2, *controls())
+        h.inspect(inspect_values(example_png, "cat"))
     assert "circle" in h.task_classes("shapes")
 
 
@@ -204,9 +210,29 @@ def test_api_through_gradio_client(demo) -> None:
         client = Client(demo.local_url, verbose=False)
         endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert {"/preview_point", "/refine_point", "/sweep", "/inspect", "/add_checkpoint"} <= set(endpoints)
-        _, summary = client.predict(*controls(alpha=0.7), api_name="/preview_point")
+        form = demo.explorer_form
+        order = form.api_order(form.inputs("merge"))   # the API takes the controls positionally
+        assert order[:3] == ["base", "natural", "robust"] and order[-1] == "lambda_5"
+        _, summary = client.predict(*[controls(alpha=0.7)[k] for k in order], api_name="/preview_point")
         assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary
         with pytest.raises(Exception, match="eps"):
-            client.predict(*controls()[:9], "bad", *controls()[10:], api_name="/preview_point")
+            client.predict(*[controls(eps="bad")[k] for k in order], api_name="/preview_point")
     finally:
         demo.close()
+
+
+def test_form_names_every_value_and_handlers_read_gradio_dicts(demo, ctx) -> None:
+    """Handlers get what Gradio passes for set inputs ({component: value}) and read it by name."""
+    form = demo.explorer_form
+    merge = set(form.read({c: None for c in form.inputs("merge")}))
+    assert merge == {"base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced", "attack",
+                     "eps", "norm", "task", "n", *(f"lambda_{i}" for i in range(6))}
+    assert form.group("inspect") == ["image", "classes", "kind", "inspect_eps", "steps"]
+    h = FrontierHandlers(ctx, form)
+    values = {form[k]: v for k, v in controls(alpha=0.4).items()}
+    *_, row = h.preview(values)
+    assert row["alpha"] == 0.4 and row["preview"]
+    with pytest.raises(ValueError, match="already has a control"):
+        form.add(alpha=gr.Number())
+    with pytest.raises(KeyError, match="no control or group"):
+        form.inputs("nope")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..attacks import attack_help, attack_table, parse_attack
-from ..config import AttackSpec, EvalSpec
+from ..config import AttackSpec, EvalSpec, resolve_defaults
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -50,12 +50,10 @@ def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackS
     Raises:
         ValueError: an unknown attack, a bad radius or sample count.
     """
-    d = manifest.defaults
-    attack = parse_attack(args.attack or d.get("attack", "pgd-10"),
-                          args.eps if args.eps is not None else d.get("eps", "4/255"),
+    d = resolve_defaults(manifest.defaults, manifest.names("base"))
+    attack = parse_attack(args.attack or d.attack, d.eps if args.eps is None else args.eps,
                           norm=args.norm, seed=args.seed)
-    n = args.n if args.n is not None else int(d.get("n", 256))    # --n 0 is an error, not the default
-    ev = EvalSpec(task=args.task or d.get("task", "shapes"), n=n, seed=args.seed, split=args.split)
+    ev = d.eval_spec(args.task, args.n, args.seed, args.split)    # --n 0 is an error, not the default
     return attack, ev
 
 

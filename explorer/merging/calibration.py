@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from explorer.attacks import attack_context, pgd
-from explorer.config import MergeSpec, parse_eps
+from explorer.config import MergeSpec, parse_eps, resolve_defaults
 from explorer.data import get_task
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,10 @@ class CalibSettings:
     def from_spec(cls, engine: Any, spec: MergeSpec) -> "CalibSettings":
         """Options ``calib_task, calib_n, calib_seed, calib_eps, attack_steps``; defaults from the
         manifest's ``[defaults]`` (task, eps), 64 images, seed 0, 5 PGD steps."""
-        d = engine.manifest.defaults
-        return cls(task=str(spec.option("calib_task", d.get("task", "shapes"))),
+        d = resolve_defaults(engine.manifest.defaults)
+        return cls(task=str(spec.option("calib_task", d.task)),
                    n=int(spec.option("calib_n", 64)), seed=int(spec.option("calib_seed", 0)),
-                   eps=float(parse_eps(spec.option("calib_eps", d.get("eps", "4/255")))),
+                   eps=float(parse_eps(spec.option("calib_eps", d.eps))),
                    attack_steps=int(spec.option("attack_steps", 5)))
 
 

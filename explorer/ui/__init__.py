@@ -2,7 +2,8 @@
 
 ``build_demo(manifest, device, store_path)`` lays out three tabs (Frontier, Inspect, Models);
 ``launch(args)`` serves it with one queue (engine jobs one at a time), local-only by default.
-Engines live in a module-level cache (``service``), never in ``gr.State``.
+Handlers call the application service (``explorer.service.Service``), which holds the engines;
+inputs are registered by name in one ``Form`` per page (``ui/form.py``).
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..config import MergeSpec
+from ..service import Service
+from .common import PREVIEW_ATTACK, PREVIEW_N
+from .form import Form
 from .frontier_tab import build_frontier_tab
 from .inspect_tab import EXAMPLES_DIR, build_inspect_tab
 from .models_tab import build_models_tab
-from ..config import AttackSpec, EvalSpec, MergeSpec, parse_eps
-from .common import PREVIEW_ATTACK, PREVIEW_N
-from ..service import AppContext, compute_point
 
 log = logging.getLogger(__name__)
 # Gradio 6's queue sets pandas options that pandas 3 deprecates, on every event (its code, not
@@ -35,37 +37,36 @@ INTRO = ("**Trade-off Explorer** — merge natural and robust task vectors of a 
 def build_demo(manifest: str | None = None, device: str | None = None,
                store_path: str | None = None) -> gr.Blocks:
     """The app's Blocks (cheap: reads the manifest; engines are built on first use)."""
-    ctx = AppContext(manifest, device, store_path)
+    service, form = Service(manifest, device, store_path), Form()
     with gr.Blocks(title="Trade-off Explorer") as demo:
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs():
             with gr.Tab("Frontier", id="frontier"):
-                fc = build_frontier_tab(ctx)
+                fn, inputs, outputs = build_frontier_tab(service, form)
             with gr.Tab("Inspect", id="inspect"):
-                build_inspect_tab(ctx, fc)
+                build_inspect_tab(service, form)
             with gr.Tab("Models", id="models"):
-                build_models_tab(ctx, fc)
-        fn, inputs, outputs = fc.on_load
+                build_models_tab(service, form)
         demo.load(fn, inputs, outputs, api_visibility="private")
     demo.queue(default_concurrency_limit=1)
-    demo.explorer_context = ctx  # for tests and warm-up
+    demo.explorer_service = service  # for tests and warm-up
+    demo.explorer_form = form
     return demo
 
 
 def warm_up(demo: gr.Blocks) -> threading.Thread:
     """Build the default engine and its preview-tier caches in the background (fast first move)."""
-    ctx: AppContext = demo.explorer_context
+    service: Service = demo.explorer_service
 
     def work() -> None:
         try:
-            m, d = ctx.manifest, ctx.defaults()
+            m, d = service.manifest, service.defaults
             nat, rob = m.names("natural")[:1], m.names("robust")[:1]
             if nat and rob:
-                attack = AttackSpec(PREVIEW_ATTACK, eps=parse_eps(d["eps"]))
-                compute_point(ctx, d["base"], nat, rob, MergeSpec.from_alpha(0.5), attack,
-                              EvalSpec(d["task"], n=min(d["n"], PREVIEW_N)))
+                service.point(service.default_base, nat, rob, MergeSpec.from_alpha(0.5),
+                              d.attack_spec(PREVIEW_ATTACK), d.eval_spec(n=min(d.n, PREVIEW_N)))
             else:
-                ctx.engine()
+                service.engine()
         except Exception:  # reported again, readably, on first use
             log.exception("warm-up failed")
 

@@ -6,8 +6,9 @@ import hashlib
 import inspect
 import logging
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
@@ -92,6 +93,11 @@ def check_vectors(natural: Sequence[str] | None, robust: Sequence[str] | None) -
     return natural, robust
 
 
+def lambda_values(values: Mapping[str, Any]) -> list[float]:
+    """The ``lambda_0 .. lambda_{MAX_VECTORS-1}`` slider values, in order (missing ones 0)."""
+    return [float(values.get(f"lambda_{i}") or 0.0) for i in range(MAX_VECTORS)]
+
+
 def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha: float, keep: float,
                scope: str, advanced: bool, lambdas: Sequence[float]) -> MergeSpec:
     """Alpha mode (one trade-off weight) or advanced mode (one lambda per vector)."""
@@ -103,6 +109,43 @@ def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha
                          scope=scope)
     return MergeSpec.from_alpha(float(alpha), len(natural), len(robust), method=method,
                                 keep=float(keep), scope=scope)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the frontier controls select: the vectors, their merge, the attack and the evaluation."""
+
+    base: str
+    natural: list[str]
+    robust: list[str]
+    merge: MergeSpec
+    attack: AttackSpec
+    eval: EvalSpec
+
+    @property
+    def vectors(self) -> list[str]:
+        return [*self.natural, *self.robust]
+
+    def ref(self) -> dict[str, Any]:
+        """The row fields that name this setting (``setting_of`` compares them)."""
+        return {"base": self.base, "natural": list(self.natural), "robust": list(self.robust),
+                "attack": self.attack.label, "n": self.eval.n, "task": self.eval.task,
+                "eval_seed": self.eval.seed}
+
+
+def selection(values: Mapping[str, Any], default_base: str) -> Selection:
+    """The frontier controls' values, by name, as config objects; ``ValueError`` naming a bad one.
+
+    Reads ``base, natural, robust, method, alpha, keep, scope, advanced, lambda_i, attack, eps,
+    norm, task, n``: a new control that changes the merge, attack or evaluation is read here.
+    """
+    v = values
+    natural, robust = check_vectors(v["natural"], v["robust"])
+    spec = merge_spec(natural, robust, v["method"], v["alpha"], v["keep"], v["scope"], bool(v["advanced"]),
+                      lambda_values(v))
+    return Selection(base=v["base"] or default_base, natural=natural, robust=robust, merge=spec,
+                     attack=attack_spec(v["attack"], v["eps"], v["norm"] or "Linf"),
+                     eval=eval_spec(v["task"], v["n"]))
 
 
 def rows_table(rows: Sequence[dict]) -> pd.DataFrame:

@@ -1,13 +1,14 @@
-"""Frontier tab handlers: UI values -> config -> one service call -> figure, table, text.
+"""Frontier tab handlers: named UI values -> config -> one service call -> figure, table, text.
 
-The first positional parameters of every handler are the frontier controls, in the order
-``FrontierHandlers.CONTROLS`` names them (``frontier_tab`` wires the components in that order).
+Every handler that reads the controls takes one mapping of values by control name (Gradio passes
+``{component: value}`` for set inputs; ``Form.read`` names them); ``common.selection`` turns them
+into config objects, so a new control is read in one place.
 """
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,9 +17,10 @@ import gradio as gr
 from .. import plots
 from ..attacks import AttackCancelled
 from ..config import SweepSpec, parse_alphas
-from .. import service
+from ..service import Service
 from . import common
-from .common import readable_errors
+from .common import Selection, readable_errors
+from .form import Form
 
 # Sessions whose sweep was asked to stop (session hash -> event).
 _STOP: dict[str, threading.Event] = {}
@@ -33,25 +35,22 @@ def setting_of(row: dict) -> tuple:
 
 
 class FrontierHandlers:
-    """Handlers of the frontier tab, bound to one app context."""
+    """Handlers of the frontier tab, bound to one service (and the page's form, to name values)."""
 
-    CONTROLS = ("base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced",
-                "attack", "eps", "norm", "task", "n")
-
-    def __init__(self, ctx: service.AppContext) -> None:
-        self.ctx = ctx
+    def __init__(self, service: Service, form: Form | None = None) -> None:
+        self.service = service
+        self.form = form or Form()
 
     # ------------------------------------------------------------------ parsing
-    def _specs(self, base, natural, robust, method, alpha, keep, scope, advanced, attack, eps, norm,
-               task, n, lambdas: Sequence[float]):
-        natural, robust = common.check_vectors(natural, robust)
-        spec = common.merge_spec(natural, robust, method, alpha, keep, scope, advanced, lambdas)
-        return (base or self.ctx.default_base, natural, robust, spec,
-                common.attack_spec(attack, eps, norm), common.eval_spec(task, n))
+    def read(self, values: Mapping[Any, Any]) -> tuple[dict[str, Any], Selection]:
+        """Values by name, and the selection they make (``ValueError`` naming a bad value)."""
+        v = self.form.read(values)
+        return v, common.selection(v, self.service.default_base)
 
     def curve_rows(self, rows: Sequence[dict], ref: dict) -> list[dict]:
         """Rows of ``ref``'s setting from this session and from the store, one per config."""
-        pool = list(rows) + (self.ctx.store.rows() if self.ctx.store is not None else [])
+        store = self.service.store
+        pool = list(rows) + (store.rows() if store is not None else [])
         want, seen, out = setting_of(ref), set(), []
         for r in pool:
             if setting_of(r) == want and not r.get("preview") and r.get("key") not in seen:
@@ -64,69 +63,60 @@ class FrontierHandlers:
         curve = self.curve_rows(rows, ref)
         return plots.frontier_figure(curve, current=current), curve
 
-    @staticmethod
-    def _ref(base: str, nat: Sequence[str], rob: Sequence[str], attack, ev) -> dict:
-        return {"base": base, "natural": list(nat), "robust": list(rob), "attack": attack.label,
-                "n": ev.n, "task": ev.task, "eval_seed": ev.seed}
-
     # ------------------------------------------------------------------ live point
     @readable_errors
-    def preview(self, *values: Any, request: gr.Request = None):
+    def preview(self, values: Mapping[Any, Any], request: gr.Request = None):
         """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview."""
-        rows = values[-1]
-        lambdas = values[len(self.CONTROLS):-1]
-        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        v, sel = self.read(values)
         session = _session(request)
         _LIVE[session] = _LIVE.get(session, 0) + 1     # abandons this session's running refine
-        quick = replace(attack, name=common.PREVIEW_ATTACK) if attack.name != "none" else attack
-        row = service.compute_point(self.ctx, base, nat, rob, spec, quick,
-                                    replace(ev, n=min(ev.n, common.PREVIEW_N)))
+        quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
+        row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick,
+                                 replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)))
         row = {**row, "preview": True}
-        fig, _ = self._figure(rows or [], self._ref(base, nat, rob, attack, ev), row)
+        fig, _ = self._figure(v["rows"] or [], sel.ref(), row)
         return fig, common.point_summary(row, "Preview (refining…)"), row
 
     @readable_errors
-    def refine(self, *values: Any, request: gr.Request = None):
+    def refine(self, values: Mapping[Any, Any], request: gr.Request = None):
         """Full tier: the same merge under the chosen attack and n; added to the curve rows.
 
         A newer preview in the same session abandons it mid-attack (outputs left as they are).
         """
-        rows = list(values[-1] or [])
-        lambdas = values[len(self.CONTROLS):-1]
-        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
+        v, sel = self.read(values)
         session = _session(request)
         generation = _LIVE.get(session, 0)
         try:
-            row = service.compute_point(self.ctx, base, nat, rob, spec, attack, ev,
-                                        should_stop=lambda: _LIVE.get(session, 0) != generation)
+            row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval,
+                                     should_stop=lambda: _LIVE.get(session, 0) != generation)
         except AttackCancelled:
             return (gr.skip(),) * 5
-        rows = [r for r in rows if r.get("key") != row["key"]] + [row]
+        rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
         fig, curve = self._figure(rows, row, row)
         return fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row
 
     # ------------------------------------------------------------------ sweep
     @readable_errors
-    def sweep(self, *values: Any, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+    def sweep(self, values: Mapping[Any, Any], request: gr.Request = None,
+              progress=gr.Progress(track_tqdm=True)):
         """Stream the curve of each chosen method: figure, table and status after every point."""
-        methods, alphas_text, rows = values[-3], values[-2], list(values[-1] or [])
-        lambdas = values[len(self.CONTROLS):-3]
-        base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)], lambdas)
-        methods = list(methods or []) or [spec.method]
-        sw = SweepSpec(manifest=self.ctx.manifest_path, base=base, natural=tuple(nat), robust=tuple(rob),
-                       methods=tuple(methods), alphas=parse_alphas(alphas_text or "0:1:11"),
-                       keeps=(spec.keep,), scope=spec.scope, attack=attack, eval=ev)
+        v, sel = self.read(values)
+        rows = list(v["rows"] or [])
+        sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
+                       robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.merge.method]),
+                       alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.merge.keep,),
+                       scope=sel.merge.scope, attack=sel.attack, eval=sel.eval)
         stop = _STOP.setdefault(_session(request), threading.Event())
         stop.clear()
         total = 1 + len(sw.methods) * len(sw.alphas)
         done, fresh = 0, 0
-        for row in service.sweep_points(self.ctx, sw, should_stop=stop.is_set):
+        for row in self.service.sweep(sw, should_stop=stop.is_set):
             done += 1
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
             fig, curve = self._figure(rows, row, row)
             status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh} from the store) — "
-                      f"{attack.label}, n = {ev.n}, task {ev.task}")
+                      f"{sel.attack.label}, n = {sel.eval.n}, task {sel.eval.task}")
             yield fig, common.rows_table(curve), rows, status
             if stop.is_set():
                 break
@@ -141,18 +131,17 @@ class FrontierHandlers:
 
     # ------------------------------------------------------------------ page state
     @readable_errors
-    def show_stored(self, *values: Any):
+    def show_stored(self, values: Mapping[Any, Any]):
         """The stored points of the chosen setting (shown on page load and setting changes)."""
-        rows = list(values[-1] or [])
         try:
-            base, nat, rob, spec, attack, ev = self._specs(*values[:len(self.CONTROLS)],
-                                                           values[len(self.CONTROLS):-1])
+            v, sel = self.read(values)
         except ValueError as exc:
             return plots.frontier_figure([]), common.rows_table([]), str(exc)
-        curve = self.curve_rows(rows, self._ref(base, nat, rob, attack, ev))
-        fig = plots.frontier_figure(curve, title=f"Clean vs robust accuracy — {attack.label}, n={ev.n}, "
-                                                 f"task {ev.task}", attack=attack.label)
-        msg = f"{len(curve)} stored points for this setting ({attack.label}, n = {ev.n})."
+        curve = self.curve_rows(v["rows"] or [], sel.ref())
+        label = sel.attack.label
+        fig = plots.frontier_figure(curve, title=f"Clean vs robust accuracy — {label}, n={sel.eval.n}, "
+                                                 f"task {sel.eval.task}", attack=label)
+        msg = f"{len(curve)} stored points for this setting ({label}, n = {sel.eval.n})."
         return fig, common.rows_table(curve), msg
 
     # ------------------------------------------------------------------ downloads
@@ -177,11 +166,13 @@ class FrontierHandlers:
         return files
 
     @readable_errors
-    def checkpoint(self, *values: Any):
+    def checkpoint(self, values: Mapping[Any, Any]):
         """The current merge as ``.safetensors`` (config in its metadata)."""
-        base, nat, rob, spec, _, _ = self._specs(*values[:len(self.CONTROLS)], values[len(self.CONTROLS):])
-        out = common.export_dir(repr((base, nat, rob, spec.to_json()))) / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors"
-        return str(service.merged_checkpoint(self.ctx, base, [*nat, *rob], spec, out))
+        _, sel = self.read(values)
+        spec = sel.merge
+        out = (common.export_dir(repr((sel.base, sel.natural, sel.robust, spec.to_json())))
+               / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors")
+        return str(self.service.merged_checkpoint(sel.base, sel.vectors, spec, out))
 
     @staticmethod
     def lambda_sliders(natural, robust, advanced: bool, alpha: float):

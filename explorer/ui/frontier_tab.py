@@ -1,48 +1,30 @@
-"""Frontier tab layout and wiring: controls on the left, the clean vs robust plane on the right."""
-from __future__ import annotations
+"""Frontier tab layout and wiring: controls on the left, the clean vs robust plane on the right.
 
-from dataclasses import dataclass
+Every input is registered in the page's ``Form`` by name; the merge, attack and evaluation
+controls form the group ``"merge"``, which every event that computes a point reads (handlers
+read values by name, ``common.selection`` turns them into config objects). A new control is a
+component added to one of the dicts below and read in ``common.selection``.
+"""
+from __future__ import annotations
 
 import gradio as gr
 
 from .. import plots
 from ..data import task_names
 from ..merging import METHODS
+from ..service import Service
 from . import common
+from .form import Form
 from .frontier_handlers import FrontierHandlers
-from ..service import AppContext
+
+MERGE = "merge"   # the form group of the controls that define the current merge and its evaluation
 
 
-@dataclass
-class FrontierControls:
-    """The components other tabs read (the current merge is defined here)."""
-
-    base: gr.Dropdown
-    natural: gr.Dropdown
-    robust: gr.Dropdown
-    method: gr.Dropdown
-    alpha: gr.Slider
-    keep: gr.Slider
-    scope: gr.Radio
-    advanced: gr.Checkbox
-    attack: gr.Dropdown
-    eps: gr.Textbox
-    norm: gr.Radio
-    task: gr.Dropdown
-    n: gr.Number
-    lambdas: list[gr.Slider]
-    on_load: tuple = ()   # (fn, inputs, outputs) that build_demo wires to ``demo.load``
-
-    def merge_inputs(self) -> list[gr.components.Component]:
-        """Controls in ``FrontierHandlers.CONTROLS`` order, then the lambda sliders."""
-        return [getattr(self, name) for name in FrontierHandlers.CONTROLS] + self.lambdas
-
-
-def _model_controls(ctx: AppContext) -> dict:
-    m, d = ctx.manifest, ctx.defaults()
+def _model_controls(service: Service) -> dict:
+    m, d = service.manifest, service.defaults
     nat, rob = m.names("natural"), m.names("robust")
     return dict(
-        base=gr.Dropdown(m.names("base"), value=d["base"], label="Pretrained base"),
+        base=gr.Dropdown(m.names("base"), value=d.base, label="Pretrained base"),
         natural=gr.Dropdown(nat, value=nat[:1], multiselect=True, label="Natural task vectors"),
         robust=gr.Dropdown(rob, value=rob[:1], multiselect=True, label="Robust task vectors"),
     )
@@ -61,34 +43,38 @@ def _merge_controls() -> dict:
     )
 
 
-def _eval_controls(ctx: AppContext) -> dict:
-    d = ctx.defaults()
-    attacks = list(dict.fromkeys(common.ATTACK_CHOICES + [d["attack"]]))
+def _eval_controls(service: Service) -> dict:
+    d = service.defaults
+    attacks = list(dict.fromkeys(common.ATTACK_CHOICES + [d.attack]))
     return dict(  # rendered by the caller, in rows
-        attack=gr.Dropdown(attacks, value=d["attack"], allow_custom_value=True,
+        attack=gr.Dropdown(attacks, value=d.attack, allow_custom_value=True,
                            label="Attack", render=False, info="pgd-K for any K; live preview uses "
                            f"{common.PREVIEW_ATTACK} on ≤{common.PREVIEW_N} images"),
-        eps=gr.Textbox(d["eps"], label="eps (e.g. 4/255)", render=False),
+        eps=gr.Textbox(d.eps, label="eps (e.g. 4/255)", render=False),
         norm=gr.Radio(["Linf", "L2"], value="Linf", label="Norm", render=False),
-        task=gr.Dropdown(task_names(), value=d["task"], allow_custom_value=True, label="Evaluation task",
+        task=gr.Dropdown(task_names(), value=d.task, allow_custom_value=True, label="Evaluation task",
                          render=False),
-        n=gr.Number(d["n"], precision=0, minimum=1, label="Samples n", render=False),
+        n=gr.Number(d.n, precision=0, minimum=1, label="Samples n", render=False),
     )
 
 
-def build_frontier_tab(ctx: AppContext) -> FrontierControls:
-    """Lay out the tab inside the current ``gr.Tab`` and wire its events."""
-    h = FrontierHandlers(ctx)
-    rows = gr.State([])
-    current = gr.State(None)
+def build_frontier_tab(service: Service, form: Form) -> tuple:
+    """Lay out the tab inside the current ``gr.Tab``, register its inputs in ``form``, wire its events.
+
+    Afterwards ``form`` holds the group ``"merge"`` (the current merge, read by other tabs), the
+    ``rows`` and ``current`` states and the sweep's ``methods`` and ``alphas``.
+
+    Returns: the ``(fn, inputs, outputs)`` that ``build_demo`` wires to ``demo.load``.
+    """
+    h = FrontierHandlers(service, form)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            c = {**_model_controls(ctx), **_merge_controls()}
+            form.add(MERGE, **_model_controls(service), **_merge_controls())
+            ev = _eval_controls(service)   # created (not rendered) before the λ sliders: API order
             with gr.Group(visible=False) as lambda_box:
                 lambdas = [gr.Slider(-1.5, 1.5, value=0.0, step=0.05, visible=False, label=f"λ {i}")
                            for i in range(common.MAX_VECTORS)]
             with gr.Accordion("Evaluation (refined tier)", open=True):
-                ev = _eval_controls(ctx)
                 ev["attack"].render()
                 with gr.Row():
                     ev["eps"].render()
@@ -96,10 +82,10 @@ def build_frontier_tab(ctx: AppContext) -> FrontierControls:
                 with gr.Row():
                     ev["task"].render()
                     ev["n"].render()
-                c.update(ev)
+                form.add(MERGE, **ev, **{f"lambda_{i}": s for i, s in enumerate(lambdas)})
             with gr.Accordion("Sweep: the whole curve", open=True):
-                methods = gr.CheckboxGroup(sorted(METHODS), value=["task_arithmetic"], label="Methods")
-                alphas = gr.Textbox("0:1:11", label="α values (start:stop:count or a list)")
+                form.add(methods=gr.CheckboxGroup(sorted(METHODS), value=["task_arithmetic"], label="Methods"),
+                         alphas=gr.Textbox("0:1:11", label="α values (start:stop:count or a list)"))
                 with gr.Row():
                     sweep_btn = gr.Button("Sweep", variant="primary", elem_id="sweep-btn")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -115,34 +101,33 @@ def build_frontier_tab(ctx: AppContext) -> FrontierControls:
                 export_btn = gr.Button("Export points (CSV, JSON, HTML figure)", size="sm")
                 ckpt_btn = gr.Button("Merged checkpoint (.safetensors)", size="sm")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False)
-    fc = FrontierControls(**c, lambdas=lambdas)
-    inputs = fc.merge_inputs()
+    form.add(rows=gr.State([]), current=gr.State(None))
+    f = form
+    point_inputs = f.inputs(MERGE, "rows")
 
     # Live point: preview tier at once, then the chosen attack and n in a chained event.
-    triggers = [fc.alpha.release, fc.keep.release, *[s.release for s in lambdas],
-                fc.method.input, fc.scope.input]
-    live = gr.on(triggers, h.preview, inputs + [rows], [plot, summary, current],
+    triggers = [f.alpha.release, f.keep.release, *[s.release for s in lambdas], f.method.input, f.scope.input]
+    live = gr.on(triggers, h.preview, point_inputs, [plot, summary, f.current],
                  api_name="preview_point", trigger_mode="always_last", concurrency_id="engine")
-    refine = live.success(h.refine, inputs + [rows], [plot, summary, table, rows, current],
+    refine = live.success(h.refine, point_inputs, [plot, summary, table, f.rows, f.current],
                           api_name="refine_point", trigger_mode="always_last", concurrency_id="engine")
     gr.on(triggers, None, cancels=[refine])
 
-    sweep = sweep_btn.click(h.sweep, inputs + [methods, alphas, rows], [plot, table, rows, status],
-                            api_name="sweep", concurrency_id="engine")
+    sweep = sweep_btn.click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas"),
+                            [plot, table, f.rows, status], api_name="sweep", concurrency_id="engine")
     stop_btn.click(h.stop, None, status, cancels=[sweep], queue=False, api_name="stop")
 
     # Settings that change what is plotted: show the stored points of the new setting.
-    setting_events = [fc.base.input, fc.natural.input, fc.robust.input, fc.attack.input,
-                      fc.eps.submit, fc.norm.input, fc.task.input, fc.n.submit]
-    gr.on(setting_events, h.show_stored, inputs + [rows], [plot, table, status],
-          api_name="show_stored")
-    gr.on([fc.natural.input, fc.robust.input, fc.advanced.input], h.lambda_sliders,
-          [fc.natural, fc.robust, fc.advanced, fc.alpha], [fc.alpha, *lambdas], queue=False,
+    setting_events = [f.base.input, f.natural.input, f.robust.input, f.attack.input,
+                      f.eps.submit, f.norm.input, f.task.input, f.n.submit]
+    gr.on(setting_events, h.show_stored, point_inputs, [plot, table, status], api_name="show_stored")
+    gr.on([f.natural.input, f.robust.input, f.advanced.input], h.lambda_sliders,
+          [f.natural, f.robust, f.advanced, f.alpha], [f.alpha, *lambdas], queue=False,
           api_visibility="private")
-    fc.advanced.input(lambda a: gr.update(visible=a), fc.advanced, lambda_box, queue=False,
-                      api_visibility="private")
+    f.advanced.input(lambda a: gr.update(visible=a), f.advanced, lambda_box, queue=False,
+                     api_visibility="private")
     show = dict(fn=lambda: gr.update(visible=True), outputs=files, queue=False, api_visibility="private")
-    export_btn.click(h.export, [rows, current], files, api_name="export").success(**show)
-    ckpt_btn.click(h.checkpoint, inputs, files, api_name="checkpoint", concurrency_id="engine").success(**show)
-    fc.on_load = (h.show_stored, inputs + [rows], [plot, table, status])
-    return fc
+    export_btn.click(h.export, [f.rows, f.current], files, api_name="export").success(**show)
+    ckpt_btn.click(h.checkpoint, f.inputs(MERGE), files, api_name="checkpoint",
+                   concurrency_id="engine").success(**show)
+    return h.show_stored, point_inputs, [plot, table, status]

@@ -1,21 +1,24 @@
-"""Inspect tab handler: one image, its zero-shot predictions before and after an attack."""
+"""Inspect tab handler: one image, its zero-shot predictions before and after an attack.
+
+The handler takes the page's values by name: the tab's own (``image, classes, kind, inspect_eps,
+steps``) and the frontier's group ``"merge"`` (the current merge; its ``norm`` is the attack's).
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .. import plots
 from ..config import MergeSpec
 from ..data import get_task
 from ..merging import canonical_spec
-from .. import service
+from ..service import Service, decode_image, encode_png
 from . import common
 from .common import readable_errors
-from .frontier_handlers import FrontierHandlers
+from .form import Form
 
 TOP_K = 5
 DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
@@ -30,18 +33,6 @@ def parse_classes(text: str | None) -> list[str]:
     if len(names) == 1:
         raise gr.Error(f"Only one class ({names[0]!r}): zero-shot classification needs at least two.")
     return names
-
-
-def read_image(path: str | None) -> np.ndarray:
-    """HxWx3 uint8 from an uploaded file; a readable error for a missing or corrupt one."""
-    if not path:
-        raise gr.Error("Upload an image (or click one of the examples) first.")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise gr.Error(f"Could not read the image ({Path(path).name}): is it a PNG/JPEG file? "
-                       f"({type(exc).__name__})") from None
 
 
 def display_image(image: np.ndarray, min_side: int = DISPLAY_SIDE) -> tuple[np.ndarray, int]:
@@ -62,9 +53,9 @@ def attack_name(kind: str, steps: float | int | None) -> str:
 
 
 class InspectHandlers:
-    def __init__(self, ctx: service.AppContext) -> None:
-        self.ctx = ctx
-        self.frontier = FrontierHandlers(ctx)
+    def __init__(self, service: Service, form: Form | None = None) -> None:
+        self.service = service
+        self.form = form or Form()
 
     @staticmethod
     def task_classes(task: str) -> str:
@@ -74,29 +65,27 @@ class InspectHandlers:
         return ", ".join(get_task(task).classnames)
 
     @readable_errors
-    def inspect(self, image_path: str | None, classes: str, kind: str, eps: str, steps: float,
-                *merge_values: Any, progress=gr.Progress(track_tqdm=True)):
+    def inspect(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
         """Attack the image on the current merge and both endpoints; plots, images, a PNG."""
-        image, names = read_image(image_path), parse_classes(classes)
-        n_ctl = len(FrontierHandlers.CONTROLS)
-        base, nat, rob, spec, _, _ = self.frontier._specs(*merge_values[:n_ctl], merge_values[n_ctl:])
-        attack = common.attack_spec(attack_name(kind, steps), eps, merge_values[n_ctl - 3])
-        vecs = [*nat, *rob]
-        spec = canonical_spec(spec)   # labelled with what is merged (task arithmetic: keep 1)
+        v = self.form.read(values)
+        image, names = decode_image(v["image"]), parse_classes(v["classes"])
+        sel = common.selection(v, self.service.default_base)
+        attack = common.attack_spec(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
+        nat, rob = sel.natural, sel.robust
+        spec = canonical_spec(sel.merge)   # labelled with what is merged (task arithmetic: keep 1)
         models = {
-            "current merge": (vecs, spec),
-            "natural (α = 0)": (vecs, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
-            "robust (α = 1)": (vecs, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
+            "current merge": (sel.vectors, spec),
+            "natural (α = 0)": (sel.vectors, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
+            "robust (α = 1)": (sel.vectors, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
         }
-        res = service.inspect_image(self.ctx, base, models, image, names, attack)
+        res = self.service.inspect(sel.base, models, image, names, attack)
         figs = []
         for label, (clean, adv) in res["probs"].items():
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)
             title = f"{label}: {top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ robust")
             figs.append(plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
                                           attack=attack.label))
-        out = common.export_dir(res["adv"].tobytes()) / "adversarial.png"
-        Image.fromarray(res["adv"]).save(out)
+        out = encode_png(res["adv"], common.export_dir(res["adv"].tobytes()) / "adversarial.png")
         where = spec.alpha if spec.alpha is not None else list(spec.lambdas)
         (clean, k), (adv, _), (delta, _) = (display_image(res[n]) for n in ("clean", "adv", "delta"))
         shown = f" Images enlarged ×{k} (nearest neighbour); the PNG is native size." if k > 1 else ""

@@ -6,9 +6,10 @@ from pathlib import Path
 import gradio as gr
 
 from ..data import task_names
-from .frontier_tab import FrontierControls
+from ..service import Service
+from .form import Form
+from .frontier_tab import MERGE
 from .inspect_handlers import InspectHandlers
-from ..service import AppContext
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 ATTACK_KINDS = ["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack-fast", "none"]
@@ -18,11 +19,12 @@ def example_images() -> list[str]:
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))][:12]
 
 
-def build_inspect_tab(ctx: AppContext, fc: FrontierControls) -> None:
-    """Lay out the tab inside the current ``gr.Tab``; the merged model is the frontier's."""
-    h = InspectHandlers(ctx)
-    d = ctx.defaults()
-    default_classes = h.task_classes(d["task"]) if d["task"] in task_names() else "cat, dog"
+def build_inspect_tab(service: Service, form: Form) -> None:
+    """Lay out the tab inside the current ``gr.Tab``; the merged model is the frontier's (``form``
+    already holds its group ``"merge"``); this tab's inputs join ``form`` as group ``"inspect"``."""
+    h = InspectHandlers(service, form)
+    d = service.defaults
+    default_classes = h.task_classes(d.task) if d.task in task_names() else "cat, dog"
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
@@ -30,12 +32,12 @@ def build_inspect_tab(ctx: AppContext, fc: FrontierControls) -> None:
             examples = example_images()
             if examples:
                 gr.Examples(examples, inputs=image, label="Examples (demo tasks)", examples_per_page=12)
-            source = gr.Dropdown(["custom", *task_names()], value=d["task"], allow_custom_value=True,
+            source = gr.Dropdown(["custom", *task_names()], value=d.task, allow_custom_value=True,
                                  label="Class names from")
             classes = gr.Textbox(default_classes, lines=2, label="Class names (comma separated)")
             with gr.Row():
                 kind = gr.Dropdown(ATTACK_KINDS, value="pgd", label="Attack")
-                eps = gr.Textbox(d["eps"], label="eps")
+                eps = gr.Textbox(d.eps, label="eps")
                 steps = gr.Number(10, precision=0, minimum=1, label="PGD steps")
             run = gr.Button("Attack and classify", variant="primary", elem_id="inspect-btn")
             gr.Markdown("The *current merge* is the one set on the Frontier tab (vectors, method, α or λ, "
@@ -51,5 +53,6 @@ def build_inspect_tab(ctx: AppContext, fc: FrontierControls) -> None:
                         for i, name in enumerate(["current merge", "natural endpoint", "robust endpoint"])]
             download = gr.DownloadButton("Download adversarial PNG", size="sm")
     source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
-    run.click(h.inspect, [image, classes, kind, eps, steps, *fc.merge_inputs()],
+    form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps)
+    run.click(h.inspect, form.inputs("inspect", MERGE),
               [clean, adv, delta, *bars, summary, download], api_name="inspect", concurrency_id="engine")

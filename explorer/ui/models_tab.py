@@ -8,25 +8,25 @@ import gradio as gr
 import pandas as pd
 
 from .. import plots
-from .. import service
+from ..service import Service
 from .common import readable_errors
-from .frontier_tab import FrontierControls
+from .form import Form
 
 MODEL_COLUMNS = ["name", "role", "arch", "towers", "normalize", "weights", "provenance"]
 
 
-def manifest_table(ctx: service.AppContext) -> pd.DataFrame:
+def manifest_table(service: Service) -> pd.DataFrame:
     recs = [{"name": e.name, "role": e.role, "arch": e.arch, "towers": "+".join(e.towers),
              "normalize": e.normalize,
              "weights": Path(e.weights).name if e.is_local() else e.weights,
              "provenance": json.dumps(e.provenance, default=str) if e.provenance else ""}
-            for e in ctx.manifest.models.values()]
+            for e in service.manifest.models.values()]
     return pd.DataFrame(recs, columns=MODEL_COLUMNS)
 
 
 class ModelsHandlers:
-    def __init__(self, ctx: service.AppContext) -> None:
-        self.ctx = ctx
+    def __init__(self, service: Service) -> None:
+        self.service = service
 
     @readable_errors
     def stats(self, base: str, names: list[str] | None, progress=gr.Progress(track_tqdm=True)):
@@ -35,7 +35,7 @@ class ModelsHandlers:
         if not names:
             raise gr.Error("choose at least one task vector")
         progress(0, desc="loading task vectors")
-        s = service.vector_stats(self.ctx, base or self.ctx.default_base, names)
+        s = self.service.vector_stats(base or self.service.default_base, names)
         table = pd.DataFrame(s["table"]).round(5)
         return table, plots.cosine_heatmap(names, s["cos"]), plots.layer_magnitude_figure(s["layers"],
                                                                                            s["layer_norms"])
@@ -46,21 +46,22 @@ class ModelsHandlers:
         if not (path or "").strip():
             raise gr.Error("type the path of a .safetensors / .pt / .bin checkpoint")
         try:
-            added = service.add_checkpoint(self.ctx, base or self.ctx.default_base, path.strip(),
-                                           (name or "").strip() or None, role)
+            added = self.service.add_checkpoint(base or self.service.default_base, path.strip(),
+                                                (name or "").strip() or None, role)
         except (ValueError, FileNotFoundError) as exc:   # CheckpointError is a ValueError
             raise gr.Error(f"Checkpoint rejected: {exc}") from None
-        m = self.ctx.manifest
-        return (manifest_table(self.ctx), f"Added **{added}** as a {role} vector.",
+        m = self.service.manifest
+        return (manifest_table(self.service), f"Added **{added}** as a {role} vector.",
                 gr.update(choices=m.names("natural")), gr.update(choices=m.names("robust")),
                 gr.update(choices=m.names("natural") + m.names("robust")))
 
 
-def build_models_tab(ctx: service.AppContext, fc: FrontierControls) -> None:
-    h = ModelsHandlers(ctx)
-    m = ctx.manifest
+def build_models_tab(service: Service, form: Form) -> None:
+    """Lay out the tab inside the current ``gr.Tab``; the base and vector lists are the frontier's."""
+    h = ModelsHandlers(service)
+    m = service.manifest
     vec_names = m.names("natural") + m.names("robust")
-    table = gr.Dataframe(manifest_table(ctx), label="Manifest (with provenance)", interactive=False,
+    table = gr.Dataframe(manifest_table(service), label="Manifest (with provenance)", interactive=False,
                          wrap=True, elem_id="manifest-table")
     with gr.Row():
         pick = gr.Dropdown(vec_names, value=vec_names, multiselect=True, label="Task vectors", scale=4)
@@ -70,7 +71,7 @@ def build_models_tab(ctx: service.AppContext, fc: FrontierControls) -> None:
         heat = gr.Plot(label="Cosine similarity")
         layers = gr.Plot(label="Per-layer magnitude")
     with gr.Accordion("Add a local checkpoint", open=False):
-        gr.Markdown(f"Checked against the base architecture ({m.get(ctx.default_base).arch}): keys, "
+        gr.Markdown(f"Checked against the base architecture ({m.get(service.default_base).arch}): keys, "
                     "shapes and finite weights. Loaded safely (safetensors or weights-only torch).")
         with gr.Row():
             path = gr.Textbox(label="Path", placeholder="/path/to/checkpoint.safetensors", scale=3)
@@ -78,6 +79,7 @@ def build_models_tab(ctx: service.AppContext, fc: FrontierControls) -> None:
             role = gr.Radio(["robust", "natural"], value="robust", label="Role", scale=1)
         add_btn = gr.Button("Validate and add", elem_id="add-btn")
         added = gr.Markdown("")
+    fc = form
     stats_btn.click(h.stats, [fc.base, pick], [norms, heat, layers], api_name="vector_stats",
                     concurrency_id="engine")
     add_btn.click(h.add, [fc.base, path, name, role], [table, added, fc.natural, fc.robust, pick],

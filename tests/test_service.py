@@ -1,0 +1,80 @@
+"""The application service: one engine per base behind its lock, defaults, image IO (tiny zoo, CPU)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer.config import MergeSpec
+from explorer.service import EngineCache, Service, decode_image, encode_png, image_to_tensor, tensor_to_image
+
+
+@pytest.fixture(scope="module")
+def service(tiny_zoo: Path) -> Service:
+    return Service(str(tiny_zoo), device="cpu", store_path="none")
+
+
+def test_engine_cache_builds_each_base_once_across_threads() -> None:
+    built: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def build(base: str) -> object:
+        built.append(base)
+        return object()
+
+    cache = EngineCache(build)
+    got: list[object] = []
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(cache.get("a"))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == ["a"] and all(g is got[0] for g in got) and "a" in cache and "b" not in cache
+    assert cache.lock("a") is cache.lock("a") and cache.lock("b") is not cache.lock("a")
+    assert built == ["a", "b"]
+
+
+def test_service_defaults_engine_and_point(service: Service) -> None:
+    d = service.defaults
+    assert d.base == service.default_base == "base" and service.store is None
+    eng = service.engine()
+    assert eng is service.engine("base") and eng.base == "base"
+    row = service.point("base", ["natural"], ["robust"], MergeSpec.from_alpha(0.5), d.attack_spec("none"),
+                        d.eval_spec(n=8))
+    assert row["robust_acc"] == row["clean_acc"] and 0 <= row["clean_acc"] <= 1 and row["n"] == 8
+
+
+def test_vector_stats_of_a_vector_with_itself(service: Service) -> None:
+    s = service.vector_stats("base", ["natural", "robust"])
+    assert [r["vector"] for r in s["table"]] == ["natural", "robust"]
+    assert s["cos"][0][0] == 1.0 and s["cos"][0][1] == s["cos"][1][0] and -1 <= s["cos"][0][1] <= 1
+    for r in s["table"]:
+        per_layer = s["layer_norms"][r["vector"]]
+        assert len(per_layer) == len(s["layers"])
+        assert sum(v * v for v in per_layer) == pytest.approx(r["L2 norm"] ** 2, rel=1e-12)
+        assert 0 < r["Linf norm"] <= r["L2 norm"] and 0 < r["nonzero fraction"] <= 1
+
+
+def test_image_io_round_trip_and_readable_errors(tmp_path: Path) -> None:
+    img = (np.arange(5 * 7 * 3) % 256).astype(np.uint8).reshape(5, 7, 3)
+    path = encode_png(img, tmp_path / "x.png")
+    back = decode_image(path)
+    assert back.dtype == np.uint8 and np.array_equal(back, img)
+    x = image_to_tensor(back)
+    assert tuple(x.shape) == (1, 3, 5, 7) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert np.array_equal(tensor_to_image(x), img)
+    Image.new("RGBA", (3, 2), (10, 20, 30, 255)).save(tmp_path / "rgba.png")
+    assert decode_image(tmp_path / "rgba.png").shape == (2, 3, 3)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"Could not read the image \(bad.png\)"):
+        decode_image(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="Upload an image"):
+        decode_image(None)
