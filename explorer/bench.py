@@ -109,10 +109,11 @@ def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec,
     for ``pgd-K``, the ones it cannot skip: K for every image robust at a point.
     """
     engine_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = resolve_defaults(manifest.defaults, manifest.names("base")).base
     plain_rows, t0 = [], time.perf_counter()
     for a in alphas:
-        plain_rows.append(plain_point(manifest, resolve_defaults(manifest.defaults, manifest.names("base")).base, [natural],
-                                      [robust], MergeSpec.from_alpha(a), attack, ev, engine_device))
+        plain_rows.append(plain_point(manifest, base, [natural], [robust], MergeSpec.from_alpha(a), attack, ev,
+                                      engine_device))
     plain_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     engine = Engine(manifest, device=engine_device, store=None)
