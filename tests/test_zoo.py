@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from explorer.zoo import (CheckpointError, convert, create_model, entry_from_path, load_manifest,
                           load_weights, read_checkpoint)
+from explorer.zoo.layouts import LAYOUTS, keys_of
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,53 @@ def test_custom_config_under_another_name(manifest, tmp_path):
     cfg.write_text(json.dumps(json.loads(Path(manifest.get("base").arch_config).read_text())))
     model, tok = create_model(replace(manifest.get("base"), arch="renamed-tiny", arch_config=str(cfg)))
     assert model.visual.image_size == (32, 32) or model.visual.image_size == 32
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: f"{layout.kind}:{layout.key}")
+def test_every_key_layout_loads_to_the_same_tensors(manifest, reference, tmp_path, layout):
+    """A checkpoint written in each layout of the list loads key for key onto the model's names."""
+    visual = {k: v + 1.0 for k, v in reference.items() if k.startswith("visual.")}
+    if layout.kind == "wrapper":
+        obj = {layout.key: visual, "epoch": 3}
+    elif layout.kind == "strip":
+        obj = {f"{layout.key}{k}": v for k, v in visual.items()}
+    else:
+        obj = {k[len(layout.key):]: v for k, v in visual.items()}
+    torch.save(obj, tmp_path / "ckpt.pt")
+    entry = entry_from_path(tmp_path / "ckpt.pt", like=manifest.get("robust"), role="robust")
+    sd = load_weights(entry, reference)
+    assert set(sd) == set(visual) and all(torch.equal(sd[k], visual[k]) for k in sd)
+
+
+def test_layouts_are_one_list():
+    assert keys_of("wrapper") == ("state_dict", "model", "model_state_dict", "vision_encoder_state_dict",
+                                  "module")
+    assert keys_of("strip") == ("module.", "model.") and keys_of("tower") == ("visual.",)
+    assert all(layout.seen_in for layout in LAYOUTS)
+
+
+def test_custom_arch_registered_through_the_public_api(manifest, tmp_path, monkeypatch):
+    """``add_model_config`` with a renamed copy; open_clip's private dict is never written."""
+    import open_clip
+    from dataclasses import replace
+    seen = []
+    real = open_clip.add_model_config
+    monkeypatch.setattr(open_clip, "add_model_config", lambda p: (seen.append(Path(p)), real(p))[1])
+    cfg = tmp_path / "some-file.json"
+    cfg.write_text(Path(manifest.get("base").arch_config).read_text())
+    create_model(replace(manifest.get("base"), arch="public-api-tiny", arch_config=str(cfg)))
+    assert "public-api-tiny" in open_clip.list_models()
+    assert [p.name for p in seen] == ["public-api-tiny.json"] and not seen[0].exists()   # temp copy gone
+    create_model(replace(manifest.get("base"), arch="public-api-tiny", arch_config=str(cfg)))
+    assert len(seen) == 1                                         # known arch: registered once
+    src = Path(__file__).parents[1] / "explorer"
+    assert not [p for p in src.rglob("*.py") if "_MODEL_CONFIGS" in p.read_text()]
+
+
+def test_create_model_does_not_warn_of_random_init(manifest, caplog):
+    import logging
+    filters = list(logging.getLogger().filters)
+    with caplog.at_level(logging.WARNING):
+        create_model(manifest.get("base"))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert logging.getLogger().filters == filters

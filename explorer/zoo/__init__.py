@@ -1,7 +1,8 @@
 """Model zoo: the manifest of named checkpoints and safe checkpoint reading.
 
 ``manifest`` holds the TOML manifest (entries, defaults); ``checkpoints`` reads weights
-(local files, hf-hub, open_clip tags) in the layouts real releases use and validates them.
+(local files, hf-hub, open_clip tags) and validates them; ``layouts`` lists, as data, the key
+layouts real releases use (wrappers, prefixes to strip, a tower prefix to add).
 """
 from __future__ import annotations
 

@@ -6,53 +6,79 @@ checkpoints, and refuses checkpoints of the wrong architecture or with non-finit
 """
 from __future__ import annotations
 
-import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .layouts import keys_of
 from .manifest import ModelEntry
 
 log = logging.getLogger(__name__)
-
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "vision_encoder_state_dict", "module")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: wrong architecture, missing keys, non-finite weights."""
 
 
-
-
 def register_arch(entry: ModelEntry) -> None:
-    """Make a custom architecture config known to open_clip under ``entry.arch``."""
+    """Make a custom architecture config known to open_clip under ``entry.arch``.
+
+    Through open_clip's public ``add_model_config``, which names a config after its file: a
+    file whose stem differs from the arch name is registered from a renamed copy (in a
+    temporary folder, removed afterwards; open_clip keeps the config it read). An arch already
+    known is left as it is.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+    """
     if not entry.arch_config:
         return
     import open_clip
-    from open_clip.factory import _MODEL_CONFIGS
 
     cfg_path = Path(entry.arch_config)
     if not cfg_path.exists():
         raise FileNotFoundError(f"architecture config {cfg_path} of {entry.name!r} does not exist")
-    if entry.arch not in _MODEL_CONFIGS:
-        # open_clip names a config after its file; copy under the entry's arch name if needed.
-        if cfg_path.stem == entry.arch:
-            open_clip.add_model_config(cfg_path)
-        else:
-            _MODEL_CONFIGS[entry.arch] = json.loads(cfg_path.read_text())
+    if entry.arch in open_clip.list_models():
+        return
+    if cfg_path.stem == entry.arch:
+        open_clip.add_model_config(cfg_path)
+        return
+    with tempfile.TemporaryDirectory(prefix="explorer-arch-") as tmp:
+        copy = Path(tmp) / f"{entry.arch}.json"
+        shutil.copyfile(cfg_path, copy)
+        open_clip.add_model_config(copy)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip's ``create_model(pretrained=None)`` warns "No pretrained weights loaded ...
+    Model initialized randomly." on the root logger; ours always loads weights right after."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
 
 
 def create_model(entry: ModelEntry, device: str | torch.device = "cpu"):
-    """An open_clip model of the entry's architecture with random weights, and its tokenizer."""
+    """An open_clip model of the entry's architecture with random weights, and its tokenizer.
+
+    Raises:
+        CheckpointError: open_clip knows no such architecture.
+    """
     import open_clip
 
     register_arch(entry)
     if entry.arch not in open_clip.list_models():
         raise CheckpointError(f"unknown open_clip architecture {entry.arch!r} for {entry.name!r}")
-    model = open_clip.create_model(entry.arch, pretrained=None, device=device)
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(entry.arch, pretrained=None, device=device)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model.eval()
     return model, open_clip.get_tokenizer(entry.arch)
 
@@ -103,10 +129,14 @@ def _safe_list(fn, repo: str) -> list[str] | str:
 
 
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Peel the wrappers real checkpoints use (``state_dict``, ``vision_encoder_state_dict``, ...)."""
+    """Peel the ``wrapper`` layouts of ``layouts.LAYOUTS`` (``state_dict``, ``module``, ...).
+
+    Raises:
+        CheckpointError: no state dict or no tensors inside.
+    """
     for _ in range(4):
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            key = next((k for k in _WRAPPER_KEYS if k in obj), None)
+            key = next((k for k in keys_of("wrapper") if k in obj), None)
             if key is None:
                 break
             obj = obj[key]
@@ -119,19 +149,19 @@ def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Te
 
 
 def normalize_keys(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a checkpoint's keys onto the model's: strip ``module.``, add ``visual.`` to tower-only dicts."""
+    """Map a checkpoint's keys onto the model's (``reference``): strip the ``strip`` prefixes the
+    model does not know (``module.``), then add a ``tower`` prefix to a one-tower dict (``visual.``)."""
     out = {}
     for k, v in sd.items():
-        for prefix in ("module.", "model."):
+        for prefix in keys_of("strip"):
             if k.startswith(prefix) and k not in reference:
                 k = k[len(prefix):]
         out[k] = v
-    # A vision-tower-only dict (FARE/TeCoA releases): its keys fit under ``visual.`` better
-    # than at the top level (a few names, e.g. ``positional_embedding``, exist in both towers).
-    direct = sum(k in reference for k in out)
-    prefixed = sum(f"visual.{k}" in reference for k in out)
-    if prefixed > direct:
-        out = {f"visual.{k}": v for k, v in out.items()}
+    # A tower-only dict: its keys fit under the tower's prefix better than at the top level
+    # (a few names, e.g. ``positional_embedding``, exist in both towers).
+    for prefix in keys_of("tower"):
+        if sum(f"{prefix}{k}" in reference for k in out) > sum(k in reference for k in out):
+            return {f"{prefix}{k}": v for k, v in out.items()}
     return out
 
 
@@ -189,7 +219,7 @@ def convert(src: str | Path, dst: str | Path) -> Path:
     if dst.suffix != ".safetensors":
         raise ValueError(f"output must end in .safetensors, got {dst}")
     sd = read_checkpoint(str(src))
-    for prefix in ("module.",):
+    for prefix in keys_of("strip"):     # save the plain names when every key carries a prefix
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     save_file({k: v.contiguous() for k, v in sd.items()}, str(dst),
