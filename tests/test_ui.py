@@ -236,3 +236,16 @@ def test_form_names_every_value_and_handlers_read_gradio_dicts(demo, ctx) -> Non
         form.add(alpha=gr.Number())
     with pytest.raises(KeyError, match="no control or group"):
         form.inputs("nope")
+
+
+def test_selection_reads_the_controls_by_name() -> None:
+    from explorer.config import EvalSpec
+    from explorer.ui import common
+
+    sel = common.selection(controls(norm="L2", eps="2", advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)), "x")
+    assert (sel.attack.name, sel.attack.norm, sel.attack.eps) == ("pgd-2", "L2", 2.0)  # L2 radii may exceed 1
+    assert sel.merge.lambdas == (0.8, -0.2) and sel.merge.alpha is None and sel.vectors == ["natural", "robust"]
+    assert sel.eval == EvalSpec("shapes", 16) and sel.base == "base"
+    assert common.selection(controls(base=None), "x").base == "x"
+    with pytest.raises(ValueError, match="eps must lie in"):
+        common.selection(controls(eps="2"), "x")              # Linf: at most 1

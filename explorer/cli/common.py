@@ -16,7 +16,7 @@ from ..attacks import attack_help, attack_table, parse_attack
 from ..config import AttackSpec, EvalSpec, resolve_defaults
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ..service import Service
     from ..zoo import Manifest
 
 log = logging.getLogger("explorer.cli")
@@ -57,10 +57,11 @@ def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackS
     return attack, ev
 
 
-def open_store(args: argparse.Namespace) -> Store | None:
-    """The results store named by ``--store`` (default location), or None under ``--no-store``."""
-    from ..store import Store
-    return None if args.no_store else Store(args.store)
+def open_service(args: argparse.Namespace) -> Service:
+    """The application service of the flags: ``--manifest``, ``--device``, ``--store``/``--no-store``
+    (engines are built on first use)."""
+    from ..service import Service
+    return Service(args.manifest, args.device, "none" if args.no_store else args.store)
 
 
 def point_line(p: dict) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_eval_flags, open_store, resolve_specs, write_json
+from .common import add_eval_flags, open_service, resolve_specs, write_json
 
 HELP = "all merge methods on one setting: frontiers + hypervolume"
 
@@ -26,16 +26,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison, write figure + tables (+ JSON with ``--out``), print one row per method."""
     from .. import compare
     from ..config import parse_alphas
-    from ..engine import Engine
-    from ..zoo import load_manifest
-
-    manifest = load_manifest(args.manifest)
+    service = open_service(args)
+    manifest = service.manifest
     attack, ev = resolve_specs(args, manifest)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(compare.ALL_METHODS)
     alphas = parse_alphas(args.alphas)
     natural = compare.pick_model(manifest, args.natural, "natural")
     robust = compare.pick_model(manifest, args.robust, "robust")
-    engine = Engine(manifest, device=args.device, store=open_store(args))
+    engine = service.engine()
     results = compare.compare_methods(engine, natural, robust, methods, alphas, args.keep, attack, ev,
                                       seed=args.seed, reuse=args.reuse)
     table = compare.summarize(results)

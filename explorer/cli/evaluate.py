@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_eval_flags, open_store, resolve_specs, write_points
+from .common import add_eval_flags, open_service, resolve_specs, write_points
 
 HELP = "clean and robust accuracy of one model"
 
@@ -14,13 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import Engine
-    from ..zoo import load_manifest
-
-    manifest = load_manifest(args.manifest)
-    attack, ev = resolve_specs(args, manifest)
-    engine = Engine(manifest, device=args.device, store=open_store(args))
-    row = engine.model_point(args.model, attack, ev)
+    service = open_service(args)
+    attack, ev = resolve_specs(args, service.manifest)
+    row = service.engine().model_point(args.model, attack, ev)
     row.pop("alpha", None)
     row["model"] = args.model
     write_points([row], args.out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import SweepSpec, parse_alphas
-from .common import add_eval_flags, open_store, resolve_specs, write_points
+from .common import add_eval_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"
 
@@ -24,13 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import Engine
-    from ..zoo import load_manifest
-
-    manifest = load_manifest(args.manifest)
-    attack, ev = resolve_specs(args, manifest)
-    engine = Engine(manifest, base=args.base, device=args.device, store=open_store(args))
-    spec = SweepSpec(manifest=str(manifest.path), base=engine.base, natural=tuple(args.natural),
+    service = open_service(args)
+    attack, ev = resolve_specs(args, service.manifest)
+    engine = service.engine(args.base)
+    spec = SweepSpec(manifest=service.manifest_path, base=engine.base, natural=tuple(args.natural),
                      robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
                      scope=args.scope, scale=args.scale, attack=attack, eval=ev)

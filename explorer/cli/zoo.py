@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_eval_flags, open_store, resolve_specs
+from .common import add_eval_flags, open_service, resolve_specs
 
 HELP = "build, list or measure the demo zoo"
 
@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
         for name, e in m.models.items():
             print(f"{name:16s} {e.role:8s} {e.arch:14s} {e.weights}  {e.provenance}")
         return 0
-    from ..engine import Engine
     from ..report import zoo_report
 
-    attack, ev = resolve_specs(args, m)
-    engine = Engine(m, device=args.device, store=open_store(args))
+    service = open_service(args)
+    attack, ev = resolve_specs(args, service.manifest)
+    engine = service.engine()
     blocks = zoo_report(engine, attack, ev, also=args.also or (), sweeps=args.sweep or (), alphas=args.alphas)
     for i, block in enumerate(blocks):    # printed as each is measured
         print(f"\n{block}" if i else block)

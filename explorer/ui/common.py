@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from ..attacks import ATTACK_NAMES, parse_attack
-from ..config import AttackSpec, EvalSpec, MergeSpec, parse_eps
+from ..config import AttackSpec, EvalSpec, MergeSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,6 @@ def readable_errors(fn: Callable) -> Callable:
         except Exception as exc:
             raise to_error(exc) from None
     return wrapper
-
-
-def attack_spec(name: str, eps: str | float, norm: str = "Linf", seed: int = 0) -> AttackSpec:
-    """The attack of the UI values; a readable ``ValueError`` for a bad name or eps."""
-    return parse_attack(name, parse_eps(eps), norm, seed)
 
 
 def eval_spec(task: str, n: float | int | None) -> EvalSpec:
@@ -144,7 +139,7 @@ def selection(values: Mapping[str, Any], default_base: str) -> Selection:
     spec = merge_spec(natural, robust, v["method"], v["alpha"], v["keep"], v["scope"], bool(v["advanced"]),
                       lambda_values(v))
     return Selection(base=v["base"] or default_base, natural=natural, robust=robust, merge=spec,
-                     attack=attack_spec(v["attack"], v["eps"], v["norm"] or "Linf"),
+                     attack=parse_attack(v["attack"], v["eps"], v["norm"] or "Linf"),
                      eval=eval_spec(v["task"], v["n"]))
 
 

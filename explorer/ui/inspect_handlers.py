@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import plots
 from ..config import MergeSpec
+from ..attacks import parse_attack
 from ..data import get_task
 from ..merging import canonical_spec
 from ..service import Service, decode_image, encode_png
@@ -70,7 +71,7 @@ class InspectHandlers:
         v = self.form.read(values)
         image, names = decode_image(v["image"]), parse_classes(v["classes"])
         sel = common.selection(v, self.service.default_base)
-        attack = common.attack_spec(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
+        attack = parse_attack(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
         nat, rob = sel.natural, sel.robust
         spec = canonical_spec(sel.merge)   # labelled with what is merged (task arithmetic: keep 1)
         models = {
