@@ -7,49 +7,9 @@ when the user passes ``download=True``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from .task import _FACTORIES, Task, register_task
 
-import torch
-
-
-@dataclass(frozen=True)
-class Task:
-    """A zero-shot classification task.
-
-    Attributes:
-        name: registry name.
-        classnames: class names in label order.
-        templates: prompt templates, each with one ``{}``.
-        loader: ``loader(split, n, seed) -> (images [n,3,H,W] in [0,1], labels [n] int64)``;
-            the same (split, n, seed) always gives the same images.
-        splits: the split names the loader accepts.
-        description: one line for the UI and docs.
-    """
-
-    name: str
-    classnames: tuple[str, ...]
-    templates: tuple[str, ...]
-    loader: Callable[[str, int, int], tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
-    splits: tuple[str, ...] = ("test",)
-    description: str = ""
-
-    def load(self, split: str = "test", n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fixed, seeded subset of ``n`` images of ``split``. Shape: [n,3,H,W] in [0,1], [n]."""
-        if split not in self.splits:
-            raise ValueError(f"task {self.name!r} has no split {split!r}; it has {list(self.splits)}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        x, y = self.loader(split, n, seed)
-        return x.float().clamp_(0, 1), y.long()
-
-
-_FACTORIES: dict[str, Callable[[], Task]] = {}
-
-
-def register_task(name: str, factory: Callable[[], Task]) -> None:
-    """Register a task factory under ``name`` (called lazily by ``get_task``)."""
-    _FACTORIES[name] = factory
+__all__ = ["Task", "get_task", "register_task", "task_names"]
 
 
 def task_names() -> list[str]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import Task, register_task
+from .task import Task, register_task
 
 SIZE = 32          # image side in pixels
 _SS = 2            # supersampling factor

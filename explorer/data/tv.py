@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import Task
+from .task import Task
 from .templates import GENERIC_TEMPLATES
 
 SUPPORTED = {"CIFAR10": "classes", "CIFAR100": "classes", "STL10": "classes", "MNIST": "classes"}
