@@ -22,12 +22,6 @@ from . import common
 from .common import Selection, readable_errors
 from .form import Form
 
-# Sessions whose sweep was asked to stop (session hash -> event).
-_STOP: dict[str, threading.Event] = {}
-# Live-point generation per session: a new preview supersedes the refine still running.
-_LIVE: dict[str, int] = {}
-
-
 def setting_of(row: dict) -> tuple:
     """Rows are comparable (one plot) when base, vectors, attack, n, task and subset agree."""
     return (row.get("base"), tuple(row.get("natural", ())), tuple(row.get("robust", ())),
@@ -40,6 +34,8 @@ class FrontierHandlers:
     def __init__(self, service: Service, form: Form | None = None) -> None:
         self.service = service
         self.form = form or Form()
+        self._stop: dict[str, threading.Event] = {}   # session -> its sweep was asked to stop
+        self._live: dict[str, int] = {}               # session -> live-point generation (newest wins)
 
     # ------------------------------------------------------------------ parsing
     def read(self, values: Mapping[Any, Any]) -> tuple[dict[str, Any], Selection]:
@@ -69,7 +65,7 @@ class FrontierHandlers:
         """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview."""
         v, sel = self.read(values)
         session = _session(request)
-        _LIVE[session] = _LIVE.get(session, 0) + 1     # abandons this session's running refine
+        self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick,
                                  replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)))
@@ -85,10 +81,10 @@ class FrontierHandlers:
         """
         v, sel = self.read(values)
         session = _session(request)
-        generation = _LIVE.get(session, 0)
+        generation = self._live.get(session, 0)
         try:
             row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval,
-                                     should_stop=lambda: _LIVE.get(session, 0) != generation)
+                                     should_stop=lambda: self._live.get(session, 0) != generation)
         except AttackCancelled:
             return (gr.skip(),) * 5
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
@@ -106,7 +102,7 @@ class FrontierHandlers:
                        robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.merge.method]),
                        alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.merge.keep,),
                        scope=sel.merge.scope, attack=sel.attack, eval=sel.eval)
-        stop = _STOP.setdefault(_session(request), threading.Event())
+        stop = self._stop.setdefault(_session(request), threading.Event())
         stop.clear()
         total = 1 + len(sw.methods) * len(sw.alphas)
         done, fresh = 0, 0
@@ -126,7 +122,7 @@ class FrontierHandlers:
 
     def stop(self, request: gr.Request = None) -> str:
         """Ask this session's sweep to stop (the point being attacked is abandoned, not stored)."""
-        _STOP.setdefault(_session(request), threading.Event()).set()
+        self._stop.setdefault(_session(request), threading.Event()).set()
         return "Stopping…"
 
     # ------------------------------------------------------------------ page state
