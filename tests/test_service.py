@@ -78,3 +78,21 @@ def test_image_io_round_trip_and_readable_errors(tmp_path: Path) -> None:
         decode_image(tmp_path / "bad.png")
     with pytest.raises(ValueError, match="Upload an image"):
         decode_image(None)
+
+
+def test_service_is_core_and_handlers_never_touch_tensors() -> None:
+    """The service (and the CLI on it) imports no gradio; no ui/ module imports torch."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, explorer.service, explorer.cli.sweep, explorer.cli.evaluate; "
+            "print('gradio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    ui = Path(__file__).resolve().parents[1] / "explorer" / "ui"
+    for path in ui.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "torch" or n.startswith("torch.") for n in names), path.name
