@@ -19,11 +19,11 @@ from typing import Any
 
 from .config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
 from .hypervolume import hypervolume, pareto_front
+from .merging import METHODS
 
 log = logging.getLogger(__name__)
 
-ALL_METHODS = ("task_arithmetic", "ties", "dare", "magnitude", "stability", "variational")
-CALIBRATED = ("stability", "variational")
+ALL_METHODS = tuple(METHODS)  # registry order
 COLUMNS = ("method", "keep", "points", "clean_at_0", "robust_at_1", "best_clean", "best_robust",
            "front_size", "hypervolume")
 
@@ -56,7 +56,7 @@ def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[st
         for alpha in alphas:
             # The engine drops what a method ignores (task arithmetic's keep) from the point.
             spec = MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
-                                        options=opts if method in CALIBRATED else ())
+                                        options=[(k, v) for k, v in opts if k in METHODS[method].options])
             rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=f"compare-{method}",
                                      use_bank=reuse))
             log.info("%s alpha=%.2f clean=%.3f robust=%.3f", method, alpha, rows[-1]["clean_acc"],

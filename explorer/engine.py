@@ -24,8 +24,9 @@ from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, re
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .attack_twin import AttackTwin, make_twin
-from .merging import MergeInputs, apply_coefficients, canonical_spec, merge_coefficients, method_version
-from .merging.context import PREPARERS
+from .calibrate import CalibrationCache, prepare_context
+from .merging import (MergeInputs, apply_coefficients, canonical_spec, merge_coefficients, method_version,
+                      validate_spec)
 from .store import Store
 from .taskvec import FlatLayout, bind_flat
 from .zeroshot import ZeroShotClassifier
@@ -99,7 +100,7 @@ class Engine:
         self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._banks: dict[tuple, AdversarialBank] = {}
         self._text_key: Any = None
-        self._contexts: dict[str, dict] = {}
+        self.calibration = CalibrationCache()  # scores/posteriors of data-aware methods (explorer.calibrate)
 
     # ------------------------------------------------------------------ models
     def vector(self, name: str) -> Vector:
@@ -128,6 +129,7 @@ class Engine:
 
     def merge(self, names: Sequence[str], spec: MergeSpec) -> None:
         """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model."""
+        validate_spec(spec)
         vecs = self.vectors(names)
         if len(spec.lambdas) != len(vecs):
             raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
@@ -158,11 +160,9 @@ class Engine:
                 clf.refresh_text_head(key=repr(text_key))
 
     def context(self, names: Sequence[str], spec: MergeSpec) -> dict:
-        """Extras a method needs (e.g. stability scores), computed once per setting and cached."""
-        prepare = PREPARERS.get(spec.method)
-        if prepare is None:
-            return {}
-        return prepare(self, list(names), spec)
+        """Extras a method needs (e.g. stability scores): its record's preparer, run against this
+        engine (a ``CalibrationHost``) and ``self.calibration``, so computed once per setting."""
+        return prepare_context(self, names, spec, self.calibration)
 
     def merged_state_dict(self, names: Sequence[str], spec: MergeSpec) -> dict[str, torch.Tensor]:
         """The merged weights as a complete CPU state dict (for download / the plain path).

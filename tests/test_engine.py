@@ -118,13 +118,15 @@ def test_no_vectors_is_the_pretrained_model(engine, tiny_zoo):
 
 
 def test_a_method_version_keys_its_own_points_only(engine, monkeypatch):
+    import dataclasses
+
     from explorer import merging
 
     names, attack = ["natural", "robust"], AttackSpec("pgd-2", eps=4 / 255)
     ta = MergeSpec.from_alpha(0.5)
     stab = MergeSpec.from_alpha(0.5, method="stability", keep=0.2)
     before = engine.point_key(names, ta, attack, EV), engine.point_key(names, stab, attack, EV)
-    monkeypatch.setitem(merging.METHOD_VERSIONS, "stability", 99)
+    monkeypatch.setitem(merging.METHODS, "stability", dataclasses.replace(merging.METHODS["stability"], version=99))
     after = engine.point_key(names, ta, attack, EV), engine.point_key(names, stab, attack, EV)
     assert after[0] == before[0] and after[1] != before[1]
 

@@ -1,12 +1,15 @@
-"""Invariants of the PISTOLE-style ``stability`` method (explorer/merging/stability.py)."""
+"""Invariants of the PISTOLE-style ``stability`` method (explorer/merging/stability.py) and its
+scores (explorer/calibrate/stability.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from explorer.config import MergeSpec
+from explorer.calibrate import batch as calib_batch
+from explorer.calibrate import stability as scores
 from explorer.merging import MergeInputs, merge_coefficients, merge_weights
-from explorer.merging import calibration, stability as st
+from explorer.merging import stability as st
 from explorer.merging.sparsify import kept_count
 
 SEGMENTS = [(0, 7), (7, 107), (107, 110), (110, 400), (400, 1000)]
@@ -111,45 +114,47 @@ def test_missing_scores_is_a_clear_error():
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
     from explorer.engine import Engine
-    st.CACHE.memory.clear()
     return Engine(tiny_zoo, device="cpu")
 
 
-def test_scores_cached_reused_deterministic_and_train_split_only(engine, monkeypatch):
+def test_scores_cached_reused_deterministic_and_train_split_only(engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))  # no score file from another test
     splits = []
-    real = calibration.get_task
+    real = calib_batch.get_task
+    cache = engine.calibration.kind("stability")
+    cache.memory.clear()
 
     def spy(name):
         task = real(name)
         return type("T", (), {"load": lambda self, split, n, seed: (splits.append(split), task.load(split, n, seed))[1]})()
-    monkeypatch.setattr(calibration, "get_task", spy)
+    monkeypatch.setattr(calib_batch, "get_task", spy)
     names = ["natural", "robust"]
-    before = st.CACHE.computed
+    before = cache.computed
     spec = MergeSpec.from_alpha(0.5, method="stability", keep=0.2, options=FAST)
     engine.merge(names, spec)
-    assert st.CACHE.computed == before + 1 and splits == ["train"]
+    assert cache.computed == before + 1 and splits == ["train"]
     key = engine.context(names, spec)["stability_key"]
-    path = st.CACHE.path(key)
+    path = cache.path(key)
     assert path.exists()
     first = [s.clone() for s in engine.context(names, spec)["stability_scores"]]
     # Other alphas and keeps: same scores, no recomputation.
     for alpha, keep in [(0.2, 0.2), (0.8, 0.5), (1.0, 1.0)]:
         engine.merge(names, MergeSpec.from_alpha(alpha, method="stability", keep=keep, options=FAST))
-    assert st.CACHE.computed == before + 1
+    assert cache.computed == before + 1
     # A fresh process (empty memory) reads the file: still no recomputation.
-    st.CACHE.memory.clear()
+    cache.memory.clear()
     mtime = path.stat().st_mtime_ns
     engine.merge(names, spec)
-    assert st.CACHE.computed == before + 1 and path.stat().st_mtime_ns == mtime
+    assert cache.computed == before + 1 and path.stat().st_mtime_ns == mtime
     # Recomputed from scratch (file gone): identical scores.
-    st.CACHE.memory.clear()
+    cache.memory.clear()
     path.unlink()
     again = engine.context(names, spec)["stability_scores"]
-    assert st.CACHE.computed == before + 2
+    assert cache.computed == before + 2
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     # A calibration setting is part of the key.
     other = MergeSpec.from_alpha(0.5, method="stability", options=FAST + (("beta", 2.0),))
-    assert st.score_settings(engine, other) != st.score_settings(engine, spec)
+    assert scores.score_settings(engine, other) != scores.score_settings(engine, spec)
 
 
 def test_engine_endpoints_exact_and_masks_on_real_model(engine):

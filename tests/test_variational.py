@@ -1,4 +1,5 @@
-"""Invariants of the VTVC-style ``variational`` method (explorer/merging/variational.py)."""
+"""Invariants of the VTVC-style ``variational`` method (explorer/merging/variational.py) and its
+posterior (explorer/calibrate/variational.py)."""
 from __future__ import annotations
 
 
@@ -34,7 +35,6 @@ def test_block_index_modes():
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
     from explorer.engine import Engine
-    vt.CACHE.memory.clear()
     return Engine(tiny_zoo, device="cpu")
 
 
@@ -65,25 +65,28 @@ def test_endpoints(engine):
         assert bool((c_nat[a:e] == mult[b]).all())
 
 
-def test_cached_reused_and_seeded(engine):
-    before = vt.CACHE.computed
+def test_cached_reused_and_seeded(engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))  # no posterior file from another test
+    cache = engine.calibration.kind("variational")
+    cache.memory.clear()
+    before = cache.computed
     spec = MergeSpec.from_alpha(0.5, method="variational", keep=0.5, options=FAST)
     c = _coeffs(engine, spec)
-    assert vt.CACHE.computed <= before + 1
+    assert cache.computed == before + 1
     assert all(int((ci != 0).sum()) <= kept_count(engine.layout.numel, 0.5) for ci in c)
     # Other alpha/keep: no recomputation; an empty memory cache reads the file.
-    computed = vt.CACHE.computed
+    computed = cache.computed
     for alpha, keep in [(0.2, 0.3), (0.9, 1.0)]:
         engine.merge(NAMES, MergeSpec.from_alpha(alpha, method="variational", keep=keep, options=FAST))
-    vt.CACHE.memory.clear()
+    cache.memory.clear()
     first = engine.context(NAMES, spec)["variational_posterior"]
-    assert vt.CACHE.computed == computed
+    assert cache.computed == computed
     # Same seed recomputed from scratch -> identical posterior; another seed -> another one.
     key = engine.context(NAMES, spec)["variational_key"]
-    vt.CACHE.memory.clear()
-    vt.CACHE.path(key).unlink()
+    cache.memory.clear()
+    cache.path(key).unlink()
     again = engine.context(NAMES, spec)["variational_posterior"]
-    assert vt.CACHE.computed == computed + 1
+    assert cache.computed == computed + 1
     assert all(torch.equal(first[k], again[k]) for k in ("mu", "sigma", "gate"))
     other = engine.context(NAMES, MergeSpec.from_alpha(0.5, method="variational", seed=1, options=FAST))
     assert not torch.equal(other["variational_posterior"]["mu"], first["mu"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..merging import METHODS
 from .common import add_eval_flags, open_service, resolve_specs, write_json
 
 HELP = "all merge methods on one setting: frontiers + hypervolume"
@@ -11,7 +12,7 @@ HELP = "all merge methods on one setting: frontiers + hypervolume"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_flags(p)
-    p.add_argument("--methods", default=None, help="comma list (default: all)")
+    p.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)} (default: all)")
     p.add_argument("--alphas", default="0:1:11")
     p.add_argument("--keep", type=float, default=0.2)
     p.add_argument("--natural", default=None, help="natural vector (default: the manifest's first)")

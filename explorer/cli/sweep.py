@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import SweepSpec, parse_alphas
+from ..merging import METHODS
 from .common import add_eval_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"
@@ -14,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None)
     p.add_argument("--natural", action="append", required=True, help="natural vector (repeatable)")
     p.add_argument("--robust", action="append", required=True, help="robust vector (repeatable)")
-    p.add_argument("--method", action="append", default=None, help="merge method (repeatable)")
+    p.add_argument("--method", action="append", default=None, help=f"merge method (repeatable): {' | '.join(METHODS)}")
     p.add_argument("--alphas", default="0:1:11", help="start:stop:count (inclusive) or a comma list")
     p.add_argument("--keep", action="append", type=float, default=None, help="fraction kept (repeatable)")
     p.add_argument("--scope", default="global", choices=["global", "per_tensor"])

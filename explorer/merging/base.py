@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -26,7 +26,6 @@ from explorer.config import MergeSpec
 logger = logging.getLogger(__name__)
 
 Coefficient = Union[Tensor, float]
-MergeFn = Callable[["MergeInputs", MergeSpec], "list[Coefficient]"]
 
 
 @dataclass
@@ -40,7 +39,7 @@ class MergeInputs:
     taus: list[Tensor]                 # flat task vectors tau_i = ft_i - pre, natural ones first
     segments: list[tuple[int, int]]    # (start, end) of each original tensor; tiles [0, N) in order
     names: list[str] = field(default_factory=list)       # tensor keys, parallel to segments
-    context: dict[str, Any] = field(default_factory=dict)  # extras computed elsewhere (cached scores)
+    context: dict[str, Any] = field(default_factory=dict)  # prepared extras (explorer.calibrate)
 
     def __post_init__(self) -> None:
         self.taus = list(self.taus)
@@ -98,14 +97,14 @@ def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient
 
     Raises:
         KeyError: unknown method (the message lists the valid ones).
-        ValueError: ``len(spec.lambdas) != len(inputs.taus)``.
+        ValueError: an option the method does not declare, or ``len(spec.lambdas) != len(inputs.taus)``.
     """
-    from explorer.merging import get_method  # the registry lives in the package; avoid a cycle
+    from explorer.merging.registry import validate_spec  # the registry imports the methods, which import us
 
-    method = get_method(spec.method)
+    record = validate_spec(spec)
     if len(spec.lambdas) != len(inputs.taus):
         raise ValueError(f"merge spec has {len(spec.lambdas)} lambdas for {len(inputs.taus)} task vectors")
-    coeffs = list(method(inputs, spec))
+    coeffs = list(record.fn(inputs, spec))
     if len(coeffs) != len(inputs.taus):
         raise RuntimeError(f"method {spec.method!r} returned {len(coeffs)} coefficients "
                            f"for {len(inputs.taus)} task vectors")

@@ -9,9 +9,8 @@ import torch
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
+from explorer.merging.record import MethodRecord
 from explorer.merging.sparsify import bernoulli_mask, vector_seed
-
-PAPER = "https://arxiv.org/abs/2311.03099"
 
 
 @torch.no_grad()
@@ -33,3 +32,7 @@ def dare(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
         mask = bernoulli_mask(tau.numel(), spec.keep, vector_seed(spec.seed, i), tau.device)
         coeffs.append(masked_coefficient(lam, mask, 1.0 / spec.keep))
     return coeffs
+
+
+RECORD = MethodRecord("dare", dare, "https://arxiv.org/abs/2311.03099", fields=("keep", "seed"),
+                      dense_at_full_keep=True, keep_count="expected")

@@ -9,9 +9,8 @@ import torch
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
+from explorer.merging.record import MethodRecord
 from explorer.merging.sparsify import trim_mask
-
-PAPER = "https://arxiv.org/abs/2306.01708"
 
 
 @torch.no_grad()
@@ -28,3 +27,7 @@ def magnitude(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
         masked_coefficient(lam, trim_mask(tau, spec.keep, inputs.segments, spec.scope)) if lam else 0.0
         for tau, lam in zip(inputs.taus, spec.lambdas)
     ]
+
+
+RECORD = MethodRecord("magnitude", magnitude, "https://arxiv.org/abs/2306.01708", fields=("keep", "scope"),
+                      dense_at_full_keep=True, keep_count="exact")

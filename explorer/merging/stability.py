@@ -3,7 +3,8 @@
 PISTOLE, "prediction stability-aware merging of naturally and robustly fine-tuned VLMs" (abstract
 only; see docs/DESIGN.md). Everything below is *our* concrete reading; each choice is an option.
 
-Scores (computed once per base/vector digests + calibration settings, cached; alpha-independent):
+Scores (computed once per base/vector digests + calibration settings, cached; alpha-independent;
+computed by :mod:`explorer.calibrate.stability`, its preparer):
 
 1. Anchor ``theta_0 = pre + sum_i lambda_i^0 tau_i`` with the alpha=``anchor`` (default 0.5)
    lambdas: the middle of the trade-off, where the masks matter most.
@@ -45,102 +46,33 @@ No randomness (``seed`` unused): PGD starts are seeded by ``calib_seed``.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.calibration import (CalibSettings, FlatModel, ScoreCache, adversarial_batch,
-                                          calibration_batch, content_key, loss_and_grad, vector_identity)
-from explorer.merging.context import PREPARERS
+from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
 from explorer.merging.sparsify import kept_count
 
-log = logging.getLogger(__name__)
-
-PAPER = "PISTOLE (prediction stability-aware task-vector merging; abstract in shared/seeds)"
-SCORE_VERSION = 1
-CACHE = ScoreCache("stability")
-_MASKS: dict[tuple, list[Tensor]] = {}
-# Rankings and their sort orders per (scores, rank): reused by every alpha and keep. Orders are
-# kept only up to this many coordinates (int64 each, per vector); beyond, each merge sorts.
-_RANKED: dict[tuple, tuple[list[Tensor], list[Tensor] | None, list[Tensor]]] = {}
+# Sort orders of the rankings are memoised only up to this many coordinates (int64 each, per
+# vector); beyond, each merge sorts.
 ORDER_CACHE_MAX = 50_000_000
+MASKS_MEMO_MAX = 8  # masks memoised per scores (keep x scope x lambdas settings)
+RANKS = ("magnitude", "impact", "score", "tilt")
 
+OPTIONS: dict[str, Option] = {
+    **CALIBRATION_OPTIONS,
+    "traj_steps": Option(3, "steps of the adversarial parameter trajectory (scores)"),
+    "traj_radius": Option(0.05, "trajectory step, as a fraction of ||theta_anchor - pre|| (scores)"),
+    "beta": Option(1.0, "weight of the interference term in s = b - beta phi(r) (scores)"),
+    "interference": Option("signed", "phi of the interference: signed | relu | abs (scores)"),
+    "rank": Option("magnitude", f"what each vector claims first: {' | '.join(RANKS)}"),
+    "contest_by": Option("impact", f"what decides a coordinate two vectors claim: {' | '.join(RANKS)}"),
+    "contest": Option("lambda", "contest weights: lambda (|lambda_i|) | equal"),
+}
 
-def score_settings(engine: Any, spec: MergeSpec) -> dict[str, Any]:
-    """Every setting the scores depend on (and nothing that changes with alpha or keep)."""
-    calib = CalibSettings.from_spec(engine, spec)
-    return {"calib": calib.__dict__, "traj_steps": int(spec.option("traj_steps", 3)),
-            "traj_radius": float(spec.option("traj_radius", 0.05)), "beta": float(spec.option("beta", 1.0)),
-            "interference": str(spec.option("interference", "signed")),
-            "anchor": float(spec.option("anchor", 0.5)), "version": SCORE_VERSION}
-
-
-def stability_score(tau: Tensor, own: Tensor, other: Tensor, beta: float, interference: str) -> Tensor:
-    """``s = -own ⊙ tau - beta * phi(other ⊙ tau)``. Shape: all ``(N,)``; returns ``(N,)``."""
-    inter = other * tau
-    phi = {"signed": lambda r: r, "relu": torch.relu, "abs": torch.abs}[interference](inter)
-    return (-own * tau).sub_(phi, alpha=beta)
-
-
-def _kl(logp0: Tensor, logits: Tensor) -> float:
-    """Mean over samples of KL(p0 || p). Shape: both ``[B, C]``."""
-    return float(F.kl_div(F.log_softmax(logits, -1), logp0, log_target=True, reduction="batchmean"))
-
-
-@torch.no_grad()
-def compute_scores(engine: Any, names: Sequence[str], settings: dict[str, Any]) -> dict[str, Tensor]:
-    """Trajectory-averaged stability scores ``S_i`` of the named vectors (module docstring).
-
-    Shape:
-        returns ``{"score_i": (N,) float32}`` for each vector i, on the engine's device.
-    """
-    calib = CalibSettings(**settings["calib"])
-    vecs = engine.vectors(names)
-    robust = [v.role == "robust" for v in vecs]
-    n_rob = sum(robust)
-    n_nat = len(vecs) - n_rob
-    a = settings["anchor"]
-    lams = [a / max(n_rob, 1) if r else (1 - a) / max(n_nat, 1) for r in robust]
-    theta = engine.pre.clone()
-    for lam, v in zip(lams, vecs):
-        theta.add_(v.tau, alpha=lam)
-    rho = settings["traj_radius"] * float((theta - engine.pre).norm())
-    fm = FlatModel(engine, calib.task)
-    x, y = calibration_batch(engine, calib)
-    steps, logp0 = [], None
-    for t in range(settings["traj_steps"] + 1):
-        x_adv = adversarial_batch(fm, theta, x, y, calib, seed=calib.seed + t)
-        _, g_nat, logits = loss_and_grad(fm, theta, x, y)
-        _, g_rob, _ = loss_and_grad(fm, theta, x_adv, y)
-        if t == 0:
-            logp0 = F.log_softmax(logits, -1)
-        kappa = 0.0 if t == 0 else _kl(logp0, logits)
-        scores = [stability_score(v.tau, g_rob if r else g_nat, g_nat if r else g_rob,
-                                  settings["beta"], settings["interference"]) for v, r in zip(vecs, robust)]
-        steps.append((kappa, scores))
-        theta = theta + rho * g_rob / g_rob.norm().clamp_min(1e-12)
-    kappas = torch.tensor([k for k, _ in steps[1:]], dtype=torch.float64)
-    w = [1.0] + ((kappas / kappas.mean()).tolist() if len(kappas) and kappas.mean() > 0
-                 else [1.0] * len(kappas))
-    log.info("stability trajectory: kappa=%s weights=%s", kappas.tolist(), w)
-    out = {}
-    for i in range(len(vecs)):
-        total = sum(wt * s[i] for wt, (_, s) in zip(w, steps))
-        out[f"score_{i}"] = (total / sum(w)).to(torch.float32)
-    return out
-
-
-def prepare(engine: Any, names: list[str], spec: MergeSpec) -> dict[str, Any]:
-    """Preparer: cached scores of ``names`` for ``spec``'s calibration settings (PREPARERS entry)."""
-    settings = score_settings(engine, spec)
-    key = content_key("stability", {"vectors": vector_identity(engine, names), **settings})
-    tensors = CACHE.get_or_compute(key, lambda: compute_scores(engine, names, settings), engine.device)
-    return {"stability_scores": [tensors[f"score_{i}"] for i in range(len(names))], "stability_key": key}
 
 
 def _claim(order: Tensor, free: Tensor, ptr: int, need: int) -> tuple[Tensor, int]:
@@ -266,22 +198,19 @@ def stability_masks(scores: Sequence[Tensor], keep: float, segments: Sequence[tu
     return masks
 
 
-RANKS = ("magnitude", "impact", "score", "tilt")
-
-
-def _rankings(key: Any, scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str,
+def _rankings(memo: dict | None, scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str,
               contest_by: str) -> tuple[list[Tensor], list[Tensor] | None, list[Tensor]]:
-    """(claim ranking, its sort orders or None, contest ranking), kept in ``_RANKED`` per
-    (scores key, rank, contest_by) when the scores have a key (hand-given ones have none)."""
-    if key is not None and (key, rank, contest_by) in _RANKED:
-        return _RANKED[(key, rank, contest_by)]
+    """(claim ranking, its sort orders or None, contest ranking); the last one asked for is kept
+    in ``memo`` (the prepared scores' memo; hand-given scores come without one)."""
+    held = None if memo is None else memo.get("ranked")
+    if held is not None and held[0] == (rank, contest_by):
+        return held[1]
     ranked = ranking(scores, taus, rank)
-    cache = key is not None and ranked[0].numel() <= ORDER_CACHE_MAX  # else each merge sorts
+    cache = memo is not None and ranked[0].numel() <= ORDER_CACHE_MAX  # else each merge sorts
     orders = [descending_order(r) for r in ranked] if cache else None
     out = (ranked, orders, ranking(scores, taus, contest_by))
-    if key is not None:
-        _RANKED.clear()
-        _RANKED[(key, rank, contest_by)] = out
+    if memo is not None:
+        memo["ranked"] = ((rank, contest_by), out)
     return out
 
 
@@ -330,40 +259,47 @@ def ranking(scores: Sequence[Tensor], taus: Sequence[Tensor], rank: str) -> list
 def stability(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     """``c_i = lambda_i * m_i``, ``m_i`` complementary stability masks (PISTOLE reading; module doc).
 
-    Reads ``inputs.context["stability_scores"]`` (set by the ``stability`` preparer when merged
-    through the Engine; pass it yourself otherwise). Masks are cached per (scores, keep, scope).
+    Reads ``inputs.context["stability_scores"]`` (set by the ``stability`` preparer,
+    ``explorer.calibrate.stability``, when merged through the Engine; pass it yourself otherwise).
+    Masks are memoised per (keep, scope, weights) in ``context["memo"]`` when the context has one.
     """
     scores = inputs.context.get("stability_scores")
     if scores is None or len(scores) != len(inputs.taus):
         raise ValueError("stability needs one calibration score per task vector in "
                          "context['stability_scores']: merge through Engine.merge (which runs the "
                          "'stability' preparer) or pass them in MergeInputs.context")
-    rank = str(spec.option("rank", "magnitude"))
-    contest_by = str(spec.option("contest_by", "impact"))
-    contest = str(spec.option("contest", "lambda"))
+    rank = str(read_option(spec, OPTIONS, "rank"))
+    contest_by = str(read_option(spec, OPTIONS, "contest_by"))
+    contest = str(read_option(spec, OPTIONS, "contest"))
     if contest not in ("equal", "lambda"):
         raise ValueError(f"stability option contest must be 'equal' or 'lambda', got {contest!r}")
     weights = [abs(float(lam)) for lam in spec.lambdas] if contest == "lambda" else None
-    key = inputs.context.get("stability_key")
+    memo = inputs.context.get("memo")
 
     def build() -> list[Tensor]:
-        ranked, orders, contest_scores = _rankings(key, scores, inputs.taus, rank, contest_by)
+        ranked, orders, contest_scores = _rankings(memo, scores, inputs.taus, rank, contest_by)
         return stability_masks(ranked, spec.keep, inputs.segments, spec.scope, weights,
                                orders if spec.scope == "global" else None, contest_scores)
 
-    if key is None:  # scores given by hand: nothing to key a cache on
+    if memo is None:  # scores given by hand: nothing owns a cache for them
         masks = build()
     else:
-        mask_key = (key, rank, contest_by, spec.keep, spec.scope,
+        held: dict[tuple, list[Tensor]] = memo.setdefault("masks", {})
+        mask_key = (rank, contest_by, spec.keep, spec.scope,
                     tuple(inputs.segments) if spec.scope == "per_tensor" else None,
                     None if weights is None else tuple(weights))
-        if mask_key not in _MASKS:
-            if len(_MASKS) >= 8:
-                _MASKS.pop(next(iter(_MASKS)))
-            _MASKS[mask_key] = build()
-        masks = _MASKS[mask_key]
+        if mask_key not in held:
+            if len(held) >= MASKS_MEMO_MAX:
+                held.pop(next(iter(held)))
+            held[mask_key] = build()
+        masks = held[mask_key]
     return [masked_coefficient(float(lam), None if spec.keep >= 1.0 else m)
             for lam, m in zip(spec.lambdas, masks)]
 
 
-PREPARERS["stability"] = prepare
+
+RECORD = MethodRecord("stability", stability,
+                      "PISTOLE (prediction stability-aware task-vector merging; abstract in shared/seeds)",
+                      fields=("keep", "scope"), options=OPTIONS, preparer="stability",
+                      version=2,  # 2: magnitude claims, |lambda| * |S| contests (was: signed-score ranking)
+                      dense_at_full_keep=True, keep_count="exact")

@@ -8,8 +8,7 @@ import torch
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs
-
-PAPER = "https://arxiv.org/abs/2212.04089"
+from explorer.merging.record import MethodRecord
 
 
 @torch.no_grad()
@@ -20,3 +19,6 @@ def task_arithmetic(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     ``keep``, ``scope`` and ``seed`` are ignored.
     """
     return [float(lam) for lam in spec.lambdas]
+
+
+RECORD = MethodRecord("task_arithmetic", task_arithmetic, "https://arxiv.org/abs/2212.04089")

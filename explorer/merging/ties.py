@@ -30,9 +30,8 @@ from torch import Tensor
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs
+from explorer.merging.record import MethodRecord
 from explorer.merging.sparsify import trim_mask
-
-PAPER = "https://arxiv.org/abs/2306.01708"
 
 
 def _fp32_sum(values: Sequence[float]) -> float:
@@ -112,3 +111,7 @@ def ties(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     agree = [agreement_mask(tau, lam, elected, m) if lam != 0.0 else None
              for tau, lam, m in zip(taus, lambdas, masks)]
     return disjoint_mean(lambdas, agree)
+
+
+RECORD = MethodRecord("ties", ties, "https://arxiv.org/abs/2306.01708", fields=("keep", "scope"),
+                      dense_at_full_keep=True)

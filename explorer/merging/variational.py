@@ -3,7 +3,8 @@
 Zhang, Du, Zhen, Shao, "Variational Task Vector Composition", NeurIPS 2025,
 https://arxiv.org/abs/2509.18208. Our reading, adapted to the clean/robust trade-off:
 
-Latents (cached per base/vector digests + calibration settings + ``seed``; alpha-independent).
+Latents (inferred by :mod:`explorer.calibrate.variational`, its preparer; cached per base/vector
+digests + calibration settings + ``seed``; alpha-independent).
 Per vector i and block b (``blocks="tensor"``: one block per tensor, default; ``"layer"``: one per
 transformer block ``...resblocks.N.``, other tensors alone) a multiplier ``m_ib = z_ib w_ib`` with a
 spike-and-slab prior ``z ~ Bernoulli(prior_gate=0.5)``, ``w ~ N(1, prior_std=0.25^2)`` (slab centred
@@ -39,27 +40,28 @@ Merge (cheap, per keep/alpha). With ``p_ib = sigmoid(phi_ib)`` the gate posterio
 """
 from __future__ import annotations
 
-import logging
-import math
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from explorer.config import MergeSpec
 from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.calibration import (CalibSettings, FlatModel, ScoreCache, adversarial_batch,
-                                          calibration_batch, content_key, vector_identity)
-from explorer.merging.context import PREPARERS
+from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
 from explorer.merging.sparsify import trim_mask
 
-log = logging.getLogger(__name__)
-
-PAPER = "https://arxiv.org/abs/2509.18208"
-POSTERIOR_VERSION = 1
-CACHE = ScoreCache("variational")
+OPTIONS: dict[str, Option] = {
+    **CALIBRATION_OPTIONS,
+    "blocks": Option("tensor", "posterior blocks: tensor (one per tensor) | layer (one per resblock)"),
+    "vi_steps": Option(30, "Adam steps of the variational inference (posterior)"),
+    "vi_lr": Option(0.05, "Adam learning rate of the variational inference (posterior)"),
+    "kl_weight": Option(0.05, "weight of mean_b KL(q || p) in the objective (posterior)"),
+    "prior_gate": Option(0.5, "prior probability that a block is on (posterior)"),
+    "prior_std": Option(0.25, "prior std of a block multiplier around 1 (posterior)"),
+    "endpoint_blend": Option("quadratic", "quadratic (posterior fully at alpha 1/2, not at 0/1) | none"),
+    "gate_band": Option(0.1, "|p - 1/2| below this is an uncertain gate: multiplier 1"),
+}
 _LAYER = re.compile(r"^(.*?resblocks\.\d+)\.")
 
 
@@ -86,86 +88,6 @@ def expand(values: Tensor, blocks: Sequence[int], segments: Sequence[tuple[int, 
     return values[..., idx]
 
 
-def posterior_settings(engine: Any, spec: MergeSpec) -> dict[str, Any]:
-    """Every setting the posterior depends on (not alpha, keep or the gating band)."""
-    calib = CalibSettings.from_spec(engine, spec)
-    return {"calib": calib.__dict__, "blocks": str(spec.option("blocks", "tensor")),
-            "vi_steps": int(spec.option("vi_steps", 30)), "vi_lr": float(spec.option("vi_lr", 0.05)),
-            "kl_weight": float(spec.option("kl_weight", 0.05)),
-            "prior_gate": float(spec.option("prior_gate", 0.5)),
-            "prior_std": float(spec.option("prior_std", 0.25)), "anchor": float(spec.option("anchor", 0.5)),
-            "seed": int(spec.seed), "version": POSTERIOR_VERSION}
-
-
-def _entropy(logits: Tensor) -> Tensor:
-    logp = F.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1).mean()
-
-
-def spike_slab_kl(phi: Tensor, mu: Tensor, sigma: Tensor, prior_gate: float, prior_std: float) -> Tensor:
-    """``KL(q(z)||p(z)) + q(z=1) KL(N(mu, sigma^2)||N(1, prior_std^2))``, elementwise."""
-    p = torch.sigmoid(phi)
-    kl_z = p * (torch.log(p.clamp_min(1e-8)) - math.log(prior_gate)) \
-        + (1 - p) * (torch.log((1 - p).clamp_min(1e-8)) - math.log(1 - prior_gate))
-    kl_w = torch.log(prior_std / sigma) + (sigma ** 2 + (mu - 1) ** 2) / (2 * prior_std ** 2) - 0.5
-    return kl_z + p * kl_w
-
-
-def infer_posterior(engine: Any, names: Sequence[str], settings: dict[str, Any]) -> dict[str, Tensor]:
-    """Fit ``q`` (module docstring). Returns ``{"mu", "sigma", "gate"}``, each ``(V, B)`` float32."""
-    calib = CalibSettings(**settings["calib"])
-    vecs = engine.vectors(names)
-    robust = [v.role == "robust" for v in vecs]
-    n_rob, n_nat = sum(robust), len(vecs) - sum(robust)
-    a = settings["anchor"]
-    lams = torch.tensor([a / max(n_rob, 1) if r else (1 - a) / max(n_nat, 1) for r in robust],
-                        device=engine.device)
-    blocks = block_index(engine.layout.keys, settings["blocks"])
-    V, B = len(vecs), max(blocks) + 1
-    taus = torch.stack([v.tau for v in vecs])
-    fm = FlatModel(engine, calib.task)
-    x, _ = calibration_batch(engine, calib)
-    anchor = engine.pre + (lams[:, None] * taus).sum(0)
-    with torch.no_grad():
-        pseudo = fm(anchor, x).argmax(-1)
-    x_adv = adversarial_batch(fm, anchor, x, pseudo, calib, seed=calib.seed)
-    xs = torch.cat([x, x_adv])
-    gen = torch.Generator(device="cpu").manual_seed(settings["seed"])
-    mu = torch.ones(V, B, device=engine.device, requires_grad=True)
-    # sigma starts at the prior's: blocks the entropy never sees stay exactly at the prior (KL 0)
-    rho = torch.full((V, B), math.log(math.expm1(settings["prior_std"])), device=engine.device,
-                     requires_grad=True)
-    phi = torch.full((V, B), math.log(settings["prior_gate"] / (1 - settings["prior_gate"])),
-                     device=engine.device, requires_grad=True)
-    opt = torch.optim.Adam([mu, rho, phi], lr=settings["vi_lr"])
-    with torch.enable_grad():
-        for _ in range(settings["vi_steps"]):
-            eps = torch.randn(V, B, generator=gen).to(engine.device)
-            u = torch.rand(V, B, generator=gen).clamp(1e-6, 1 - 1e-6).to(engine.device)
-            sigma = F.softplus(rho)
-            z = torch.sigmoid((phi + torch.log(u) - torch.log1p(-u)) / 0.5)
-            m = z * (mu + sigma * eps)
-            theta = engine.pre + (lams[:, None] * expand(m, blocks, engine.layout.segments) * taus).sum(0)
-            logits = fm(theta, xs)
-            ent = (_entropy(logits[: len(x)]) + _entropy(logits[len(x):])) / 2
-            kl = spike_slab_kl(phi, mu, sigma, settings["prior_gate"], settings["prior_std"]).mean()
-            loss = ent + settings["kl_weight"] * kl
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        log.info("variational posterior: final loss %.4f (entropy %.4f)", loss.item(), ent.item())
-    return {"mu": mu.detach().float(), "sigma": F.softplus(rho).detach().float(),
-            "gate": torch.sigmoid(phi).detach().float()}
-
-
-def prepare(engine: Any, names: list[str], spec: MergeSpec) -> dict[str, Any]:
-    """Preparer: the cached posterior of ``names`` for ``spec`` (PREPARERS entry)."""
-    settings = posterior_settings(engine, spec)
-    key = content_key("variational", {"vectors": vector_identity(engine, names), **settings})
-    post = CACHE.get_or_compute(key, lambda: infer_posterior(engine, names, settings), engine.device)
-    return {"variational_posterior": post, "variational_key": key,
-            "variational_blocks": block_index(engine.layout.keys, settings["blocks"])}
-
 
 def block_multipliers(gate: Tensor, mu: Tensor, band: float) -> Tensor:
     """Gated multipliers ``m_ib``: gate on -> mu, uncertain -> 1, off -> 0.
@@ -183,16 +105,17 @@ def variational(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
 
     ``m_ij`` is ``magnitude``'s mask (all ones at keep = 1). Reads
     ``inputs.context["variational_posterior"]`` (``gate``, ``mu``: ``(V, B)``) and
-    ``["variational_blocks"]`` (block id per segment), set by the ``variational`` preparer.
+    ``["variational_blocks"]`` (block id per segment), set by the ``variational`` preparer
+    (``explorer.calibrate.variational``).
     """
     post, blocks = inputs.context.get("variational_posterior"), inputs.context.get("variational_blocks")
     if post is None or blocks is None or post["gate"].shape[0] != len(inputs.taus):
         raise ValueError("variational needs context['variational_posterior'] and ['variational_blocks']: "
                          "merge through Engine.merge (which runs the 'variational' preparer)")
-    blend = str(spec.option("endpoint_blend", "quadratic"))
+    blend = str(read_option(spec, OPTIONS, "endpoint_blend"))
     if blend not in ("quadratic", "none"):
         raise ValueError(f"endpoint_blend must be 'quadratic' or 'none', got {blend!r}")
-    mult = block_multipliers(post["gate"], post["mu"], float(spec.option("gate_band", 0.1)))
+    mult = block_multipliers(post["gate"], post["mu"], float(read_option(spec, OPTIONS, "gate_band")))
     if blend == "quadratic" and spec.alpha is not None:
         mult = 1.0 + 4.0 * spec.alpha * (1.0 - spec.alpha) * (mult - 1.0)
     out: list[Coefficient] = []
@@ -209,4 +132,7 @@ def variational(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     return out
 
 
-PREPARERS["variational"] = prepare
+
+RECORD = MethodRecord("variational", variational, "https://arxiv.org/abs/2509.18208",
+                      fields=("keep", "scope", "seed"), options=OPTIONS, preparer="variational",
+                      version=2)  # 2: keep = magnitude mask under the block multipliers (was: a block fraction)

@@ -1,38 +1,30 @@
-"""Calibration for data-aware merge methods: a batch, a differentiable model, a score cache.
-
-Shared by ``stability`` (PISTOLE-style) and ``variational`` (VTVC-style):
+"""Calibration data and a differentiable model: what the data-aware preparers share.
 
 - :func:`calibration_batch`: a fixed, seeded subset of the task's ``train`` split. The
   held-out ``test`` split that results are reported on is never read here (enforced).
 - :class:`FlatModel`: ``logits = f(theta_flat, x)`` with ``torch.func.functional_call``, so
   gradients w.r.t. the *flat* parameter vector come out directly and any parameter point can be
-  evaluated without touching the engine's resident weights. The class head is recomputed from
+  evaluated without touching the host's resident weights. The class head is recomputed from
   the text tower inside the graph (the engine's cached text head is not differentiable), with
   the same formula as ``ZeroShotClassifier`` (``logit_scale * cos``).
 - :func:`adversarial_batch`: PGD (``explorer.attacks.pgd``) against a parameter point.
-- :class:`ScoreCache`: tensors keyed by a content hash, in memory and as safetensors under
-  ``$EXPLORER_HOME/scores`` (default ``~/.cache/trade-off-explorer/scores``); ``computed``
-  counts fresh computations (tests assert reuse with it).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.func import functional_call
 
 from explorer.attacks import attack_context, pgd
+from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec, parse_eps, resolve_defaults
 from explorer.data import get_task
+from explorer.merging.record import CALIBRATION_OPTIONS, read_option
 
 log = logging.getLogger(__name__)
 
@@ -50,46 +42,49 @@ class CalibSettings:
     attack_steps: int    # PGD steps of the calibration attack
 
     @classmethod
-    def from_spec(cls, engine: Any, spec: MergeSpec) -> "CalibSettings":
-        """Options ``calib_task, calib_n, calib_seed, calib_eps, attack_steps``; defaults from the
-        manifest's ``[defaults]`` (task, eps), 64 images, seed 0, 5 PGD steps."""
-        d = resolve_defaults(engine.manifest.defaults)
-        return cls(task=str(spec.option("calib_task", d.task)),
-                   n=int(spec.option("calib_n", 64)), seed=int(spec.option("calib_seed", 0)),
-                   eps=float(parse_eps(spec.option("calib_eps", d.eps))),
-                   attack_steps=int(spec.option("attack_steps", 5)))
+    def from_spec(cls, host: CalibrationHost, spec: MergeSpec) -> "CalibSettings":
+        """Options ``calib_task, calib_n, calib_seed, calib_eps, attack_steps`` (defaults in
+        ``CALIBRATION_OPTIONS``: 64 images, seed 0, 5 PGD steps); task and eps default to the
+        manifest's ``[defaults]``."""
+        d = resolve_defaults(host.manifest.defaults)
+        opt = lambda key: read_option(spec, CALIBRATION_OPTIONS, key)  # noqa: E731
+        task, eps = opt("calib_task"), opt("calib_eps")
+        return cls(task=str(d.task if task is None else task),
+                   n=int(opt("calib_n")), seed=int(opt("calib_seed")),
+                   eps=float(parse_eps(d.eps if eps is None else eps)),
+                   attack_steps=int(opt("attack_steps")))
 
 
-def calibration_batch(engine: Any, settings: CalibSettings) -> tuple[Tensor, Tensor]:
+def calibration_batch(host: CalibrationHost, settings: CalibSettings) -> tuple[Tensor, Tensor]:
     """The calibration images and labels, from the ``train`` split only.
 
     Shape:
-        returns x ``[n, 3, H, W]`` in [0, 1] and y ``[n]`` int64, on the engine's device.
+        returns x ``[n, 3, H, W]`` in [0, 1] and y ``[n]`` int64, on the host's device.
     """
     x, y = get_task(settings.task).load(CALIBRATION_SPLIT, settings.n, settings.seed)
-    return x.to(engine.device), y.to(engine.device)
+    return x.to(host.device), y.to(host.device)
 
 
 class FlatModel:
-    """Zero-shot classifier of ``engine.model`` as a function of a flat parameter vector.
+    """Zero-shot classifier of ``host.model`` as a function of a flat parameter vector.
 
     Shape:
         ``self(flat, x)``: flat ``(N,)`` float32 (may require grad), x ``[B,3,H,W]`` in [0,1]
         -> logits ``[B, n_classes]``.
     """
 
-    def __init__(self, engine: Any, task: str) -> None:
-        clf = engine.classifier(task)
-        self.engine, self.clf = engine, clf
+    def __init__(self, host: CalibrationHost, task: str) -> None:
+        clf = host.classifier(task)
+        self.host, self.clf = host, clf
         self.n_classes, self.n_templates = len(clf.classnames), len(clf.templates)
         prompts = [t.format(c) for c in clf.classnames for t in clf.templates]
-        self.tokens = engine.tokenizer(prompts).to(engine.device)
+        self.tokens = host.tokenizer(prompts).to(host.device)
         # Float buffers (BatchNorm running statistics) are merged like weights but are not
         # differentiable inputs: their coordinates get zero gradient.
-        self.buffers = {name for name, _ in engine.model.named_buffers()}
+        self.buffers = {name for name, _ in host.model.named_buffers()}
 
     def __call__(self, flat: Tensor, x: Tensor) -> Tensor:
-        model, layout = self.engine.model, self.engine.layout
+        model, layout = self.host.model, self.host.layout
         params = {k: v.detach() if k in self.buffers else v for k, v in layout.unflatten(flat).items()}
         out = functional_call(model, params, args=(self.clf.preprocess(x), self.tokens), strict=False)
         if isinstance(out, dict):
@@ -140,53 +135,3 @@ def loss_and_grad(fm: FlatModel, flat: Tensor, x: Tensor, y: Tensor) -> tuple[fl
         loss = F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, theta)
     return float(loss), grad, logits.detach()
-
-
-def content_key(kind: str, payload: dict[str, Any]) -> str:
-    """Stable content hash of a score setting (kind + JSON payload, sorted keys)."""
-    text = json.dumps({"kind": kind, **payload}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def scores_dir() -> Path:
-    """``$EXPLORER_HOME/scores`` (default ``~/.cache/trade-off-explorer/scores``)."""
-    home = Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "trade-off-explorer"))
-    return home / "scores"
-
-
-class ScoreCache:
-    """Named tensors per content key: memory first, then ``<scores_dir>/<kind>-<key>.safetensors``."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.memory: dict[str, dict[str, Tensor]] = {}
-        self.computed = 0  # fresh computations (neither memory nor disk hit)
-
-    def path(self, key: str) -> Path:
-        return scores_dir() / f"{self.kind}-{key}.safetensors"
-
-    def get_or_compute(self, key: str, compute: Callable[[], dict[str, Tensor]],
-                       device: torch.device) -> dict[str, Tensor]:
-        """The cached tensors for ``key`` on ``device``; ``compute()`` only on a full miss."""
-        if key in self.memory:
-            return self.memory[key]
-        path = self.path(key)
-        if path.exists():
-            tensors = {k: v.to(device) for k, v in load_file(str(path)).items()}
-            log.info("%s scores %s read from %s", self.kind, key, path)
-        else:
-            tensors = compute()
-            self.computed += 1
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, path)
-            tensors = {k: v.to(device) for k, v in tensors.items()}
-        self.memory[key] = tensors
-        return tensors
-
-
-def vector_identity(engine: Any, names: list[str]) -> list[dict[str, str]]:
-    """Digest and role of each named vector (what a score depends on), plus the base's digest."""
-    return [{"base": engine.base_digest}] + [{"digest": engine.vector(n).digest,
-                                              "role": engine.vector(n).role} for n in names]

@@ -1,0 +1,81 @@
+"""The registry of merge methods: one :class:`MethodRecord` per method, and what derives from it.
+
+Adding a method: a module ``explorer/merging/<name>.py`` with the function and its ``RECORD``,
+and one entry in ``_RECORDS`` below. The UI choices, the CLI help, ``canonical_spec``, option
+validation, the store key's method version and the parametrised tests read the records.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from explorer.config import MergeSpec
+from explorer.merging import dare, magnitude, stability, task_arithmetic, ties, variational
+from explorer.merging.record import SPEC_FIELDS, MethodRecord
+
+_RECORDS: tuple[MethodRecord, ...] = (
+    task_arithmetic.RECORD,
+    ties.RECORD,
+    dare.RECORD,
+    magnitude.RECORD,
+    stability.RECORD,
+    variational.RECORD,
+)
+METHODS: dict[str, MethodRecord] = {r.name: r for r in _RECORDS}
+
+# Views kept for readers of the old tables; the records are the source.
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {r.name: r.fields for r in _RECORDS}
+METHOD_VERSIONS: dict[str, int] = {r.name: r.version for r in _RECORDS}
+_SPEC_DEFAULTS = {"keep": 1.0, "scope": "global", "seed": 0}
+
+
+def get_method(name: str) -> MethodRecord:
+    """The record of method ``name``.
+
+    Raises:
+        KeyError: unknown name; the message lists the valid ones.
+    """
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown merge method {name!r}; valid: {', '.join(sorted(METHODS))}") from None
+
+
+def method_version(name: str) -> int:
+    """The method's version (part of its points' store key when > 1)."""
+    return get_method(name).version
+
+
+def describe_method(name: str) -> str:
+    """First line of the method's docstring (its formula and paper link), for UIs and logs."""
+    return get_method(name).describe()
+
+
+def validate_spec(spec: MergeSpec) -> MethodRecord:
+    """Check ``spec`` against its method's record and return the record.
+
+    Raises:
+        KeyError: unknown method (the message lists the valid ones).
+        ValueError: an option the method does not declare (the message lists the valid ones).
+    """
+    record = get_method(spec.method)
+    unknown = [k for k, _ in spec.options if k not in record.options]
+    if unknown:
+        valid = ", ".join(sorted(record.options)) or "none"
+        raise ValueError(f"merge method {spec.method!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"valid: {valid}")
+    return record
+
+
+def canonical_spec(spec: MergeSpec) -> MergeSpec:
+    """``spec`` (validated) with the fields its method ignores set to their defaults (keep 1, global,
+    seed 0), so a setting a method ignores (task arithmetic at keep 0.2, DARE's scope) neither
+    mislabels its points nor stores the same model under several keys."""
+    record = validate_spec(spec)
+    used = record.fields
+    if record.dense_at_full_keep and spec.keep >= 1.0:
+        used = ("keep",)
+    changes = {k: v for k, v in _SPEC_DEFAULTS.items() if k not in used and getattr(spec, k) != v}
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+assert set(_SPEC_DEFAULTS) == set(SPEC_FIELDS)

@@ -1,0 +1,105 @@
+"""The layers hold: the core never imports gradio, and merge methods stay pure.
+
+DESIGN.md's arrows: never core -> ui; never merging -> engine, attacks, data (nor calibrate,
+which prepares data for it). The import graph is read from the source (AST, every import
+statement, lazy ones inside functions included), so a violation is caught even on a path no
+test executes.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import explorer
+
+PACKAGE = Path(explorer.__file__).parent
+ROOT = PACKAGE.parent
+
+
+def module_names() -> list[str]:
+    """Every module of the package (``explorer.x.y``), packages as their ``__init__``'s name."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def _path_of(module: str) -> Path:
+    base = ROOT.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def imports_of(module: str) -> set[str]:
+    """The ``explorer`` modules ``module`` imports anywhere in its source (relative ones resolved;
+    ``from pkg import name`` counts as ``pkg.name`` when that is a module, else as ``pkg``)."""
+    path = _path_of(module)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    known = set(module_names())
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return {m for m in found if m == "explorer" or m.startswith("explorer.")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> explorer modules it imports`` for the whole package (room for more checks)."""
+    return {m: imports_of(m) for m in module_names()}
+
+
+def reachable(graph: dict[str, set[str]], starts: list[str]) -> set[str]:
+    """Modules reachable from ``starts`` along import edges (the starts included)."""
+    seen, todo = set(), list(starts)
+    while todo:
+        m = todo.pop()
+        if m not in seen and m in graph:
+            seen.add(m)
+            todo.extend(graph[m])
+    return seen
+
+
+def test_the_core_imports_without_gradio():
+    core = [m for m in module_names() if not (m == "explorer.ui" or m.startswith("explorer.ui."))
+            and not m.endswith("__main__")]
+    code = ("import importlib, sys\n"
+            f"for m in {core!r}:\n    importlib.import_module(m)\n"
+            "bad = sorted(m for m in sys.modules if m == 'gradio' or m.startswith('gradio.'))\n"
+            "print('GRADIO', bad[:3])\n"
+            "sys.exit(1 if bad else 0)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(core) > 20  # the walk really found the package
+
+
+def test_merging_reaches_neither_engine_attacks_data_nor_calibrate():
+    graph = import_graph()
+    merging = [m for m in graph if m == "explorer.merging" or m.startswith("explorer.merging.")]
+    assert "explorer.merging.registry" in merging and "explorer.merging.stability" in merging
+    reached = reachable(graph, merging)
+    forbidden = ("explorer.engine", "explorer.attacks", "explorer.data", "explorer.calibrate", "explorer.ui",
+                 "explorer.cli", "explorer.service")
+    bad = sorted(m for m in reached if any(m == f or m.startswith(f + ".") for f in forbidden))
+    assert not bad, f"explorer.merging reaches {bad}"
+    # The graph reader sees real edges (guards the check itself).
+    assert "explorer.merging.registry" in graph["explorer.merging"]
+    assert "explorer.merging" in graph["explorer.calibrate"]
+    assert "explorer.calibrate" in graph["explorer.engine"]
+
+
+def test_calibrate_does_not_reach_the_engine_or_the_ui():
+    graph = import_graph()
+    reached = reachable(graph, [m for m in graph if m.startswith("explorer.calibrate")])
+    assert not [m for m in reached if m in ("explorer.engine", "explorer.service")
+                or m.startswith(("explorer.ui", "explorer.cli"))]

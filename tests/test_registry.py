@@ -1,0 +1,159 @@
+"""Invariants every registered merge method holds, parametrised over the registry.
+
+A new method (a module with its ``RECORD``, one line in ``explorer/merging/registry.py``) is
+covered here without editing this file: alpha=0/1 at keep=1 reproduce the fine-tunes bit for
+bit, keep leaves the number of coordinates its record declares, all-zero lambdas give theta_pre
+bit for bit, the spec fields it declares unread do not change its coefficients, its declared
+option defaults are its real defaults, and an undeclared option is refused. Methods whose
+record names a preparer get their context from the real preparer on the tiny open_clip zoo.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from explorer.calibrate import PREPARERS
+from explorer.config import MergeSpec
+from explorer.merging import (METHOD_FIELDS, METHOD_VERSIONS, METHODS, MergeInputs, apply_coefficients,
+                              canonical_spec, merge_coefficients, validate_spec)
+from explorer.merging.sparsify import kept_count
+
+SEGMENTS = [(0, 7), (7, 107), (107, 110), (110, 400), (400, 1000)]
+NAMES = ["natural", "robust"]
+# Cheap calibration for the prepared contexts, where a method declares these options and the
+# spec leaves them unset (so the explicit-defaults test still runs the declared defaults).
+FAST = {"calib_n": 8, "attack_steps": 1, "traj_steps": 1, "vi_steps": 3}
+
+
+class Case:
+    """pre, two fine-tunes and ``inputs(spec)``: synthetic tensors, or the tiny zoo + preparer."""
+
+    def __init__(self, pre, fts, segments, context_of=None) -> None:
+        self.pre, self.fts, self.segments = pre, fts, segments
+        self.taus = [ft - pre for ft in fts]
+        self.context_of = context_of
+
+    def inputs(self, spec: MergeSpec) -> MergeInputs:
+        context = {} if self.context_of is None else self.context_of(spec)
+        return MergeInputs(self.taus, self.segments, context=context)
+
+    def coeffs(self, spec: MergeSpec) -> list:
+        return merge_coefficients(self.inputs(spec), spec)
+
+    def theta(self, spec: MergeSpec) -> torch.Tensor:
+        return apply_coefficients(self.pre, self.fts, self.coeffs(spec))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo):
+    from explorer.engine import Engine
+    return Engine(tiny_zoo, device="cpu")
+
+
+@pytest.fixture(params=list(METHODS))
+def case(request) -> tuple[str, Case]:
+    method = request.param
+    if METHODS[method].preparer is None:
+        g = torch.Generator().manual_seed(0)
+        pre = torch.randn(1000, generator=g)
+        # fine-tunes of another magnitude, so fp32 pre + (ft - pre) != ft often
+        return method, Case(pre, [3 * torch.randn(1000, generator=g) for _ in range(2)], SEGMENTS)
+    eng = request.getfixturevalue("engine")
+    fast = {k: v for k, v in FAST.items() if k in METHODS[method].options}
+
+    def context_of(spec: MergeSpec) -> dict:
+        return eng.context(NAMES, dataclasses.replace(spec, options={**fast, **dict(spec.options)}.items()))
+
+    return method, Case(eng.pre, [eng.vector(n).ft for n in NAMES], eng.layout.segments, context_of)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b
+    n = (a if isinstance(a, torch.Tensor) else b).numel()
+    return torch.equal(*[x if isinstance(x, torch.Tensor) else torch.full((n,), x) for x in (a, b)])
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_alpha_endpoints_are_the_fine_tunes_bit_for_bit(case, scope):
+    method, c = case
+    for alpha in (0.0, 1.0):
+        spec = MergeSpec.from_alpha(alpha, method=method, keep=1.0, scope=scope, seed=3)
+        assert torch.equal(c.theta(spec), c.fts[int(alpha)])
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.6])
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_keep_leaves_the_declared_count(case, keep, scope):
+    method, c = case
+    record = METHODS[method]
+    spec = MergeSpec.from_alpha(0.4, method=method, keep=keep, scope=scope)
+    got = c.coeffs(spec)
+    if "keep" not in record.fields:  # keep is not read: the dense merge
+        assert all(_same(a, b) for a, b in zip(got, c.coeffs(dataclasses.replace(spec, keep=1.0))))
+        return
+    parts = c.segments if scope == "per_tensor" and "scope" in record.fields else [(0, c.pre.numel())]
+    for coeff in got:
+        for a, b in parts:
+            n, k, count = b - a, kept_count(b - a, keep), int((coeff[a:b] != 0).sum())
+            if record.keep_count == "exact":
+                assert count == k
+            elif record.keep_count == "at_most":
+                assert count <= k
+            else:  # random masks: the count is Binomial(n, keep); 6 standard deviations
+                assert abs(count - keep * n) <= 6 * math.sqrt(n * keep * (1 - keep)) + 1
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.3])
+def test_zero_lambdas_give_theta_pre_bit_for_bit(case, keep):
+    method, c = case
+    spec = MergeSpec(method=method, lambdas=(0.0, 0.0), keep=keep, scope="per_tensor", seed=2)
+    assert torch.equal(c.theta(spec), c.pre)
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.3])
+def test_fields_a_method_does_not_declare_do_not_change_it(case, keep):
+    """canonical_spec drops them from the store key, so they must really be ignored."""
+    method, c = case
+    spec = MergeSpec.from_alpha(0.3, method=method, keep=keep, scope="per_tensor", seed=7)
+    canon = canonical_spec(spec)
+    assert all(_same(a, b) for a, b in zip(c.coeffs(spec), c.coeffs(canon)))
+
+
+def test_declared_option_defaults_are_the_defaults(case):
+    method, c = case
+    record = METHODS[method]
+    fast = {k: v for k, v in FAST.items() if k in record.options}  # both sides calibrate alike
+    spec = MergeSpec.from_alpha(0.3, method=method, keep=0.5, options=fast.items())
+    explicit = dataclasses.replace(spec, options={**record.options_at_default(), **fast}.items())
+    assert len(explicit.options) == len(record.options_at_default())
+    assert all(_same(a, b) for a, b in zip(c.coeffs(spec), c.coeffs(explicit)))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_an_undeclared_option_is_refused_with_the_valid_ones(method):
+    record = METHODS[method]
+    spec = MergeSpec.from_alpha(0.5, method=method, options={"no_such_option": 1}.items())
+    inputs = MergeInputs([torch.ones(10)] * 2, [(0, 10)])
+    for call in (lambda: validate_spec(spec), lambda: canonical_spec(spec),
+                 lambda: merge_coefficients(inputs, spec)):
+        with pytest.raises(ValueError, match="no_such_option") as err:
+            call()
+        assert all(name in str(err.value) for name in record.options)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_record_is_complete_and_the_views_agree(method):
+    record = METHODS[method]
+    assert record.name == method and record.paper and record.fn.__doc__
+    assert all(opt.help for opt in record.options.values())
+    assert record.preparer is None or record.preparer in PREPARERS
+    assert METHOD_FIELDS[method] == record.fields and METHOD_VERSIONS[method] == record.version
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="task_arithmetic"):
+        validate_spec(MergeSpec(method="nope"))
