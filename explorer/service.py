@@ -1,8 +1,9 @@
 """The application service shared by the web UI and the CLI: the one layer that touches engines.
 
-A ``Service`` serves one manifest on one device with one results store. Callers hand it plain
-values (manifest names, config objects, uint8 images, file paths) and get plain values back
-(result rows, uint8 images, probability dicts, statistics); no tensor crosses this boundary.
+A ``Service`` serves one manifest on one device with one results store. Its operations take
+plain values (manifest names, config objects, uint8 images, file paths) and return plain values
+(result rows, uint8 images, probability dicts, statistics), so the UI's handlers never see a
+tensor; ``engine()`` hands the resident engine itself to core callers (CLI commands, reports).
 Engines are built on first use, one per base, each behind its own lock (``EngineCache``), and
 shared by every session of the app; they never live in ``gr.State``.
 """
