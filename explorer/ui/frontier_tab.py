@@ -58,6 +58,46 @@ def _eval_controls(service: Service) -> dict:
     )
 
 
+def _controls_column(service: Service, form: Form) -> dict:
+    """The left column: every input joins ``form``; returns the λ sliders, their box and the buttons."""
+    form.add(MERGE, **_model_controls(service), **_merge_controls())
+    ev = _eval_controls(service)   # created (not rendered) before the λ sliders: API order
+    with gr.Group(visible=False) as lambda_box:
+        lambdas = [gr.Slider(-1.5, 1.5, value=0.0, step=0.05, visible=False, label=f"λ {i}")
+                   for i in range(common.MAX_VECTORS)]
+    with gr.Accordion("Evaluation (refined tier)", open=True):
+        ev["attack"].render()
+        with gr.Row():
+            ev["eps"].render()
+            ev["norm"].render()
+        with gr.Row():
+            ev["task"].render()
+            ev["n"].render()
+        form.add(MERGE, **ev, **{f"lambda_{i}": s for i, s in enumerate(lambdas)})
+    with gr.Accordion("Sweep: the whole curve", open=True):
+        form.add(methods=gr.CheckboxGroup(sorted(METHODS), value=["task_arithmetic"], label="Methods"),
+                 alphas=gr.Textbox("0:1:11", label="α values (start:stop:count or a list)"))
+        with gr.Row():
+            sweep_btn = gr.Button("Sweep", variant="primary", elem_id="sweep-btn")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+    return dict(lambdas=lambdas, lambda_box=lambda_box, sweep_btn=sweep_btn, stop_btn=stop_btn)
+
+
+def _results_column() -> dict:
+    """The right column: the current point's summary, the plane, the sweep status, the points, downloads."""
+    summary = gr.Markdown("Move α (or any control) to compute the current merge.", elem_id="point-summary")
+    plot = gr.Plot(plots.frontier_figure([]), label="Clean vs robust accuracy", elem_id="frontier-plot")
+    status = gr.Markdown("", elem_id="sweep-status")
+    table = gr.Dataframe(common.rows_table([]), label="Points (every number with its attack and n)",
+                         interactive=False, max_height=320, elem_id="points-table")
+    with gr.Row():
+        export_btn = gr.Button("Export points (CSV, JSON, HTML figure)", size="sm")
+        ckpt_btn = gr.Button("Merged checkpoint (.safetensors)", size="sm")
+    files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False)
+    return dict(summary=summary, plot=plot, status=status, table=table, export_btn=export_btn,
+                ckpt_btn=ckpt_btn, files=files)
+
+
 def build_frontier_tab(service: Service, form: Form) -> tuple:
     """Lay out the tab inside the current ``gr.Tab``, register its inputs in ``form``, wire its events.
 
@@ -66,44 +106,19 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
 
     Returns: the ``(fn, inputs, outputs)`` that ``build_demo`` wires to ``demo.load``.
     """
-    h = FrontierHandlers(service, form)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            form.add(MERGE, **_model_controls(service), **_merge_controls())
-            ev = _eval_controls(service)   # created (not rendered) before the λ sliders: API order
-            with gr.Group(visible=False) as lambda_box:
-                lambdas = [gr.Slider(-1.5, 1.5, value=0.0, step=0.05, visible=False, label=f"λ {i}")
-                           for i in range(common.MAX_VECTORS)]
-            with gr.Accordion("Evaluation (refined tier)", open=True):
-                ev["attack"].render()
-                with gr.Row():
-                    ev["eps"].render()
-                    ev["norm"].render()
-                with gr.Row():
-                    ev["task"].render()
-                    ev["n"].render()
-                form.add(MERGE, **ev, **{f"lambda_{i}": s for i, s in enumerate(lambdas)})
-            with gr.Accordion("Sweep: the whole curve", open=True):
-                form.add(methods=gr.CheckboxGroup(sorted(METHODS), value=["task_arithmetic"], label="Methods"),
-                         alphas=gr.Textbox("0:1:11", label="α values (start:stop:count or a list)"))
-                with gr.Row():
-                    sweep_btn = gr.Button("Sweep", variant="primary", elem_id="sweep-btn")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            c = _controls_column(service, form)
         with gr.Column(scale=2):
-            summary = gr.Markdown("Move α (or any control) to compute the current merge.",
-                                  elem_id="point-summary")
-            plot = gr.Plot(plots.frontier_figure([]), label="Clean vs robust accuracy",
-                           elem_id="frontier-plot")
-            status = gr.Markdown("", elem_id="sweep-status")
-            table = gr.Dataframe(common.rows_table([]), label="Points (every number with its attack and n)",
-                                 interactive=False, max_height=320, elem_id="points-table")
-            with gr.Row():
-                export_btn = gr.Button("Export points (CSV, JSON, HTML figure)", size="sm")
-                ckpt_btn = gr.Button("Merged checkpoint (.safetensors)", size="sm")
-            files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False)
+            r = _results_column()
     form.add(rows=gr.State([]), current=gr.State(None))
-    f = form
-    point_inputs = f.inputs(MERGE, "rows")
+    return _wire(FrontierHandlers(service, form), form, c, r)
+
+
+def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
+    """The tab's events; the page-load event's ``(fn, inputs, outputs)``."""
+    plot, summary, status, table, files = r["plot"], r["summary"], r["status"], r["table"], r["files"]
+    lambdas, point_inputs = c["lambdas"], f.inputs(MERGE, "rows")
 
     # Live point: preview tier at once, then the chosen attack and n in a chained event.
     triggers = [f.alpha.release, f.keep.release, *[s.release for s in lambdas], f.method.input, f.scope.input]
@@ -113,9 +128,9 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
                           api_name="refine_point", trigger_mode="always_last", concurrency_id="engine")
     gr.on(triggers, None, cancels=[refine])
 
-    sweep = sweep_btn.click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas"),
-                            [plot, table, f.rows, status], api_name="sweep", concurrency_id="engine")
-    stop_btn.click(h.stop, None, status, cancels=[sweep], queue=False, api_name="stop")
+    sweep = c["sweep_btn"].click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas"),
+                                 [plot, table, f.rows, status], api_name="sweep", concurrency_id="engine")
+    c["stop_btn"].click(h.stop, None, status, cancels=[sweep], queue=False, api_name="stop")
 
     # Settings that change what is plotted: show the stored points of the new setting.
     setting_events = [f.base.input, f.natural.input, f.robust.input, f.attack.input,
@@ -124,10 +139,10 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
     gr.on([f.natural.input, f.robust.input, f.advanced.input], h.lambda_sliders,
           [f.natural, f.robust, f.advanced, f.alpha], [f.alpha, *lambdas], queue=False,
           api_visibility="private")
-    f.advanced.input(lambda a: gr.update(visible=a), f.advanced, lambda_box, queue=False,
+    f.advanced.input(lambda a: gr.update(visible=a), f.advanced, c["lambda_box"], queue=False,
                      api_visibility="private")
     show = dict(fn=lambda: gr.update(visible=True), outputs=files, queue=False, api_visibility="private")
-    export_btn.click(h.export, [f.rows, f.current], files, api_name="export").success(**show)
-    ckpt_btn.click(h.checkpoint, f.inputs(MERGE), files, api_name="checkpoint",
-                   concurrency_id="engine").success(**show)
+    r["export_btn"].click(h.export, [f.rows, f.current], files, api_name="export").success(**show)
+    r["ckpt_btn"].click(h.checkpoint, f.inputs(MERGE), files, api_name="checkpoint",
+                        concurrency_id="engine").success(**show)
     return h.show_stored, point_inputs, [plot, table, status]
