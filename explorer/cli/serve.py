@@ -14,9 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the manifest before gradio starts (a bad path is one line), then serve until stopped."""
+    from ..serve_args import serve
     from ..zoo import load_manifest
 
     load_manifest(args.manifest)
-    from ..serve_args import serve
-
     return serve(args)
