@@ -266,19 +266,8 @@ class Engine:
         the settings its method ignores are dropped (task arithmetic at every keep) is yielded
         once.
         """
-        n_nat, n_rob = len(spec.natural), len(spec.robust)
-        grid: list[MergeSpec] = []
-        seen: set[MergeSpec] = set()
-        for m in spec.methods:
-            for k in spec.keeps:
-                for a in spec.alphas:
-                    ms = canonical_spec(MergeSpec.from_alpha(a, n_nat, n_rob, spec.scale, method=m, keep=k,
-                                                             scope=spec.scope, seed=spec.merge_seed))
-                    if ms not in seen:
-                        seen.add(ms)
-                        grid.append(ms)
         sweep_id = spec.digest()[:16]
-        for ms in tqdm(grid, desc="sweep", disable=not progress):
+        for ms in tqdm(sweep_grid(spec), desc="sweep", disable=not progress):
             if should_stop is not None and should_stop():
                 log.info("sweep stopped by the caller; computed points are in the store")
                 return
@@ -291,6 +280,26 @@ class Engine:
             if on_point is not None:
                 on_point(row)
             yield row
+
+
+def sweep_grid(spec: SweepSpec) -> list[MergeSpec]:
+    """The merges of a sweep, alpha x keep x method in that nesting, each canonical and once.
+
+    Shared by ``Engine.sweep`` and the executors (``explorer.executors``), so every executor
+    runs the same points under the same store keys.
+    """
+    n_nat, n_rob = len(spec.natural), len(spec.robust)
+    grid: list[MergeSpec] = []
+    seen: set[MergeSpec] = set()
+    for m in spec.methods:
+        for k in spec.keeps:
+            for a in spec.alphas:
+                ms = canonical_spec(MergeSpec.from_alpha(a, n_nat, n_rob, spec.scale, method=m, keep=k,
+                                                         scope=spec.scope, seed=spec.merge_seed))
+                if ms not in seen:
+                    seen.add(ms)
+                    grid.append(ms)
+    return grid
 
 
 def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,

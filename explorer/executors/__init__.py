@@ -1,0 +1,50 @@
+"""Where points run: ``local`` (the in-process engine, the default) or ``ray`` (Ray actors).
+
+Both take the same ``PointJob`` list and yield the engine's rows; points are history-free by
+default (``use_bank=False``), so a Ray sweep's points equal the local sweep's exactly. The
+driver alone writes the store. ``make_executor`` is the one entry the CLI and the app use.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .base import Executor, ExecutorError, Outbox, PointJob, run_in_order, run_sweep, sweep_jobs
+from .local import LocalExecutor
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..zoo import Manifest
+
+EXECUTORS = ("local", "ray")
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "PointJob", "make_executor",
+           "run_in_order", "run_sweep", "sweep_jobs"]
+
+
+def make_executor(kind: str = "local", *, manifest: Manifest | str | Path | None = None, base: str | None = None,
+                  device: str | None = None, store: Store | None = None, address: str | None = None,
+                  workers: int | None = None, **engine_kwargs: Any) -> Executor:
+    """An executor of ``kind`` for one manifest and base.
+
+    Args:
+        kind: ``"local"`` (an ``Engine`` in this process) or ``"ray"``.
+        manifest, base, device, store: as for ``Engine``; ``store`` is written by this process only.
+        address: Ray cluster address (``ray`` only; None starts a local Ray).
+        workers: number of Ray actors (``ray`` only; default one per GPU or per CPU).
+        engine_kwargs: ``batch_size``, ``fast_attack``.
+
+    Raises:
+        ExecutorError: unknown kind, Ray options given to the local executor, Ray missing or
+            unreachable.
+    """
+    if kind == "local":
+        if address is not None:
+            raise ExecutorError("--ray-address needs --executor ray")
+        from ..engine import Engine
+        return LocalExecutor(Engine(manifest, base=base, device=device, store=store, **engine_kwargs))
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+        return RayExecutor(manifest, base=base, store=store, address=address, workers=workers,
+                           device=device, **engine_kwargs)
+    raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,118 @@
+"""What every executor shares: the unit of work (``PointJob``), the protocol, the sweep's jobs.
+
+An executor decides *where* points run; what a point is (merge, evaluate, store key) stays
+the engine's. Every executor runs history-free points by default (``use_bank=False``: no
+adversarial examples carried between points), so a point's numbers do not depend on which
+worker ran it or what that worker ran before.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from ..engine import sweep_grid
+
+log = logging.getLogger(__name__)
+
+
+class ExecutorError(RuntimeError):
+    """An executor cannot start or keep running (missing package, unreachable cluster, ...).
+
+    The message is one readable line, meant to be shown as ``error: <message>``.
+    """
+
+
+@dataclass(frozen=True)
+class PointJob:
+    """One point to compute: the vectors, the merge, the attack and the eval set."""
+
+    natural: tuple[str, ...]       # manifest names of the natural vectors (first in the lambdas)
+    robust: tuple[str, ...]        # manifest names of the robust vectors
+    spec: MergeSpec                # the merge (canonicalised by the engine)
+    attack: AttackSpec             # the attack the robust accuracy is measured under
+    eval: EvalSpec                 # the eval set
+    sweep: str | None = None       # sweep id stored beside the row
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.natural, *self.robust)
+
+    def affinity(self) -> Hashable:
+        """What a worker keeps resident between points of this kind: vectors, eval set, and
+        the method's prepared context (e.g. stability scores, cached per method + options)."""
+        return (self.names, self.eval.task, self.eval.split, self.spec.method, self.spec.options)
+
+
+def sweep_jobs(spec: SweepSpec) -> list[PointJob]:
+    """The jobs of a sweep, in the engine's grid order (alpha x keep x method, each once)."""
+    sweep_id = spec.digest()[:16]
+    return [PointJob(tuple(spec.natural), tuple(spec.robust), ms, spec.attack, spec.eval, sweep_id)
+            for ms in sweep_grid(spec)]
+
+
+class Executor(Protocol):
+    """Where points run. ``run`` yields ``(job index, row)`` as points finish (any order).
+
+    Rows are the engine's (``Engine.point``); a point found in the store comes back with
+    ``cached=True`` and is not recomputed. When ``should_stop`` returns True, outstanding work
+    is cancelled within seconds and ``run`` returns; finished points are already stored.
+    """
+
+    name: str
+
+    def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
+            should_stop: Callable[[], bool] | None = None,
+            progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]: ...
+
+    def close(self) -> None: ...
+
+
+def run_sweep(executor: Executor, spec: SweepSpec, *, use_bank: bool = False,
+              on_point: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              progress: bool = False) -> Iterator[dict[str, Any]]:
+    """Stream the rows of ``spec`` from ``executor`` as they finish (completion order).
+
+    ``use_bank=False`` (default) attacks every point afresh. ``on_point`` sees each row first.
+    """
+    for _, row in executor.run(sweep_jobs(spec), use_bank=use_bank, should_stop=should_stop,
+                               progress=progress):
+        if on_point is not None:
+            on_point(row)
+        yield row
+
+
+def run_in_order(executor: Executor, jobs: Sequence[PointJob], **kwargs: Any) -> list[dict[str, Any]]:
+    """Run ``jobs`` to the end (or the stop) and return their rows in job order.
+
+    A stopped run returns the rows it has, still in job order. ``kwargs`` go to ``run``.
+    """
+    rows: dict[int, dict[str, Any]] = {}
+    for i, row in executor.run(jobs, **kwargs):
+        rows[i] = row
+    return [rows[i] for i in sorted(rows)]
+
+
+class Outbox:
+    """The store a remote worker's engine writes into: it finds nothing and keeps the last point.
+
+    A worker never opens the SQLite store; it hands ``take()`` (key, row, clean flags, robust
+    flags) to the driver, which alone writes the store. Lookups happen on the driver before a
+    point is sent out, so ``get`` always misses.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[str, dict[str, Any], Any, Any] | None = None
+
+    def get(self, key: str) -> None:
+        return None
+
+    def put(self, key: str, row: dict[str, Any], clean: Any = None, robust: Any = None,
+            sweep: str | None = None) -> None:
+        self._last = (key, row, clean, robust)
+
+    def take(self) -> tuple[str, dict[str, Any], Any, Any] | None:
+        out, self._last = self._last, None
+        return out

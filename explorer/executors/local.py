@@ -1,0 +1,49 @@
+"""The local executor: today's in-process engine, one point after another (the default)."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..attacks import AttackCancelled
+from ..engine import Engine
+from .base import PointJob
+
+log = logging.getLogger(__name__)
+
+
+class LocalExecutor:
+    """Runs every job on one resident ``Engine`` in this process, in job order.
+
+    The engine's own store (if any) serves known points and records new ones, exactly as
+    ``Engine.sweep`` does.
+
+    Args:
+        engine: the resident engine (its manifest, base, device and store are used as they are).
+    """
+
+    name = "local"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
+            should_stop: Callable[[], bool] | None = None,
+            progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Yield ``(index, row)`` per job in order; return early (nothing stored) on a stop."""
+        for i, job in enumerate(tqdm(jobs, desc="sweep", disable=not progress)):
+            if should_stop is not None and should_stop():
+                log.info("stopped by the caller; computed points are in the store")
+                return
+            try:
+                row = self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
+                                        sweep=job.sweep, use_bank=use_bank, should_stop=should_stop)
+            except AttackCancelled:
+                log.info("stopped inside a point; the points before it are in the store")
+                return
+            yield i, row
+
+    def close(self) -> None:
+        """Nothing to release: the engine belongs to the caller."""
