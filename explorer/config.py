@@ -161,13 +161,14 @@ class EvalSpec(_Config):
 
 @dataclass(frozen=True)
 class MergeSpec(_Config):
-    method: str = "task_arithmetic"    # registry name in explorer.merging.METHODS
+    method: str = "task_arithmetic"    # registry name in explorer.merging.METHODS (one MethodRecord each)
     lambdas: tuple[float, ...] = ()    # one coefficient per task vector (natural ones first)
     keep: float = 1.0                  # fraction of coordinates kept, in (0, 1]
     scope: Scope = "global"            # sparsity over all merged tensors or per tensor
     seed: int = 0                      # randomness of the method (DARE drops, ...)
     alpha: float | None = None         # trade-off weight when built by ``from_alpha``
-    options: tuple[tuple[str, Any], ...] = ()  # method-specific settings, sorted (key, value) pairs
+    options: tuple[tuple[str, Any], ...] = ()  # method-specific settings, sorted (key, value) pairs;
+    # the method's record declares them (explorer.merging.validate_spec refuses any other)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))

@@ -157,3 +157,14 @@ def test_record_is_complete_and_the_views_agree(method):
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(KeyError, match="task_arithmetic"):
         validate_spec(MergeSpec(method="nope"))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_an_option_value_outside_its_choices_is_refused(method):
+    for key, opt in METHODS[method].options.items():
+        if opt.choices is None:
+            continue
+        assert opt.default in opt.choices
+        with pytest.raises(ValueError, match=key) as err:
+            canonical_spec(MergeSpec.from_alpha(0.5, method=method, options=((key, "bogus"),)))
+        assert all(c in str(err.value) for c in opt.choices)

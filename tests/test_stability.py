@@ -172,3 +172,12 @@ def test_engine_endpoints_exact_and_masks_on_real_model(engine):
         assert [int((ci[a:b] != 0).sum()) for ci in c] == [k, k]
         if 2 * k <= b - a:
             assert not bool(((c[0][a:b] != 0) & (c[1][a:b] != 0)).any())
+
+
+def test_the_engine_is_a_calibration_host(engine):
+    """calibrate/ is typed against CalibrationHost; the Engine must offer every member of it."""
+    from explorer.calibrate.host import CalibrationHost
+    members = [*CalibrationHost.__annotations__, "classifier", "vector", "vectors"]
+    assert all(hasattr(engine, m) for m in members), [m for m in members if not hasattr(engine, m)]
+    assert engine.pre.dtype == torch.float32 and engine.pre.numel() == engine.layout.numel
+    assert isinstance(engine.manifest.defaults, dict)

@@ -26,10 +26,12 @@ class Option:
     """One method option (``MergeSpec.options`` entry): its default and a one-line help.
 
     ``default=None`` means "resolved elsewhere" (e.g. the manifest's default task), stated in ``help``.
+    ``choices``: the values it takes, when they are names (checked by ``validate_spec``).
     """
 
     default: Any
     help: str
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

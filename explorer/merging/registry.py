@@ -55,7 +55,8 @@ def validate_spec(spec: MergeSpec) -> MethodRecord:
 
     Raises:
         KeyError: unknown method (the message lists the valid ones).
-        ValueError: an option the method does not declare (the message lists the valid ones).
+        ValueError: an option the method does not declare, or a value outside an option's
+            choices (the message lists the valid ones).
     """
     record = get_method(spec.method)
     unknown = [k for k, _ in spec.options if k not in record.options]
@@ -63,6 +64,10 @@ def validate_spec(spec: MergeSpec) -> MethodRecord:
         valid = ", ".join(sorted(record.options)) or "none"
         raise ValueError(f"merge method {spec.method!r} has no option {', '.join(map(repr, unknown))}; "
                          f"valid: {valid}")
+    for key, value in spec.options:
+        choices = record.options[key].choices
+        if choices is not None and value not in choices:
+            raise ValueError(f"{spec.method} option {key} takes one of {', '.join(choices)}; got {value!r}")
     return record
 
 

@@ -67,10 +67,10 @@ OPTIONS: dict[str, Option] = {
     "traj_steps": Option(3, "steps of the adversarial parameter trajectory (scores)"),
     "traj_radius": Option(0.05, "trajectory step, as a fraction of ||theta_anchor - pre|| (scores)"),
     "beta": Option(1.0, "weight of the interference term in s = b - beta phi(r) (scores)"),
-    "interference": Option("signed", "phi of the interference: signed | relu | abs (scores)"),
-    "rank": Option("magnitude", f"what each vector claims first: {' | '.join(RANKS)}"),
-    "contest_by": Option("impact", f"what decides a coordinate two vectors claim: {' | '.join(RANKS)}"),
-    "contest": Option("lambda", "contest weights: lambda (|lambda_i|) | equal"),
+    "interference": Option("signed", "phi of the interference term (scores)", ("signed", "relu", "abs")),
+    "rank": Option("magnitude", "what each vector claims first", RANKS),
+    "contest_by": Option("impact", "what decides a coordinate two vectors claim", RANKS),
+    "contest": Option("lambda", "contest weights: |lambda_i| or equal", ("lambda", "equal")),
 }
 
 

@@ -53,13 +53,14 @@ from explorer.merging.sparsify import trim_mask
 
 OPTIONS: dict[str, Option] = {
     **CALIBRATION_OPTIONS,
-    "blocks": Option("tensor", "posterior blocks: tensor (one per tensor) | layer (one per resblock)"),
+    "blocks": Option("tensor", "posterior blocks: one per tensor or one per resblock", ("tensor", "layer")),
     "vi_steps": Option(30, "Adam steps of the variational inference (posterior)"),
     "vi_lr": Option(0.05, "Adam learning rate of the variational inference (posterior)"),
     "kl_weight": Option(0.05, "weight of mean_b KL(q || p) in the objective (posterior)"),
     "prior_gate": Option(0.5, "prior probability that a block is on (posterior)"),
     "prior_std": Option(0.25, "prior std of a block multiplier around 1 (posterior)"),
-    "endpoint_blend": Option("quadratic", "quadratic (posterior fully at alpha 1/2, not at 0/1) | none"),
+    "endpoint_blend": Option("quadratic", "quadratic: posterior fully at alpha 1/2, not at 0/1; none: everywhere",
+                             ("quadratic", "none")),
     "gate_band": Option(0.1, "|p - 1/2| below this is an uncertain gate: multiplier 1"),
 }
 _LAYER = re.compile(r"^(.*?resblocks\.\d+)\.")
