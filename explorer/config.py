@@ -36,8 +36,12 @@ def parse_eps(value: str | float | int, limit: float = 1.0) -> float:
     return eps
 
 
-def eps_label(eps: float) -> str:
-    """Human label: ``4/255`` when eps is a multiple of 1/255, else the float."""
+def eps_label(eps: float, norm: str = "Linf") -> str:
+    """Human label of a radius: for Linf, ``4/255`` when eps is a multiple of 1/255, else the
+    float; L2 radii always as plain floats (``8``, ``0.5``: an L2 radius is not counted in
+    grey levels, so 8 is not ``2040/255``)."""
+    if norm != "Linf":
+        return f"{eps:g}"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
@@ -144,7 +148,7 @@ class AttackSpec(_Config):
         """E.g. ``pgd-10 Linf eps=4/255``: what every number on screen names."""
         if self.name == "none" or self.eps == 0:
             return "none (clean)"
-        return f"{self.name} {self.norm} eps={eps_label(self.eps)}"
+        return f"{self.name} {self.norm} eps={eps_label(self.eps, self.norm)}"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,15 @@ def test_eps_label():
     assert AttackSpec("pgd-10", eps=0).label == "none (clean)"
 
 
+def test_l2_radii_print_as_plain_floats():
+    """An L2 radius is not counted in grey levels: 8 is ``8``, never ``2040/255`` (issue 11.8)."""
+    assert AttackSpec("pgd-10", eps=8, norm="L2").label == "pgd-10 L2 eps=8"
+    assert AttackSpec("apgd-ce", eps=0.5, norm="L2").label == "apgd-ce L2 eps=0.5"
+    assert AttackSpec("pgd-10", eps=1.0, norm="L2").label == "pgd-10 L2 eps=1"
+    assert eps_label(8, "L2") == "8" and eps_label(4 / 255, "L2") == f"{4 / 255:g}"
+    assert AttackSpec("pgd-10", eps=1.0).label == "pgd-10 Linf eps=255/255"
+
+
 def test_parse_alphas():
     assert parse_alphas("0:1:11")[3] == pytest.approx(0.3)
     assert len(parse_alphas("0:1:11")) == 11

@@ -96,3 +96,15 @@ def test_service_is_core_and_handlers_never_touch_tensors() -> None:
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "torch" or n.startswith("torch.") for n in names), path.name
+
+
+def test_adversarial_png_is_the_attacked_image_size_as_the_readme_says(tmp_path: Path) -> None:
+    """Small uploads come back native size; large ones at the attacked size, longest side 224
+    (issue 11.8: the README promised native size for every upload)."""
+    small = np.zeros((30, 50, 3), np.uint8)
+    assert Image.open(encode_png(tensor_to_image(image_to_tensor(small)), tmp_path / "s.png")).size == (50, 30)
+    big = np.zeros((900, 1200, 3), np.uint8)
+    out = encode_png(tensor_to_image(image_to_tensor(big)), tmp_path / "b.png")
+    assert Image.open(out).size == (224, 168)
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "native size up to 224 px on the longest side" in readme and "comes back at 224x168" in readme

@@ -188,3 +188,26 @@ def test_create_model_does_not_warn_of_random_init(manifest, caplog):
         create_model(manifest.get("base"))
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     assert logging.getLogger().filters == filters
+
+
+def test_stray_scalar_beside_state_dict_is_peeled_and_logged(manifest, reference, tmp_path, caplog):
+    """``{"state_dict": ..., "best_acc": tensor(0.91), "epoch": 7}`` loads the state dict and logs
+    what it ignored (issue 11.8: it used to be refused as unknown keys)."""
+    sd = {k: v.clone() for k, v in reference.items()}
+    torch.save({"state_dict": sd, "best_acc": torch.tensor(0.91), "epoch": 7}, tmp_path / "m.pt")
+    with caplog.at_level("WARNING", logger="explorer.zoo.checkpoints"):
+        got = load_weights(_entry_for(manifest, tmp_path / "m.pt"), reference)
+    assert set(got) == set(reference)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "best_acc (scalar tensor 0.91)" in msg and "epoch (int)" in msg
+    # nested wrappers with metadata at each level peel too
+    torch.save({"model": {"state_dict": sd, "best_acc1": torch.tensor(55.0)}, "step": torch.tensor(3)},
+               tmp_path / "n.pt")
+    assert set(read_checkpoint(str(tmp_path / "n.pt"))) == set(reference)
+
+
+def test_weights_beside_a_wrapper_are_refused(tmp_path):
+    torch.save({"state_dict": {"a": torch.zeros(2)}, "ema": torch.zeros(4)}, tmp_path / "amb.pt")
+    with pytest.raises(CheckpointError, match="ema.*ambiguous"):
+        read_checkpoint(str(tmp_path / "amb.pt"))

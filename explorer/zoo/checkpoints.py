@@ -131,21 +131,42 @@ def _safe_list(fn, repo: str) -> list[str] | str:
 def unwrap_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Peel the ``wrapper`` layouts of ``layouts.LAYOUTS`` (``state_dict``, ``module``, ...).
 
+    A wrapper dict may hold training metadata beside the state dict (an epoch, an optimizer
+    state, a best-accuracy metric saved as a scalar tensor): the wrapper is peeled and what it
+    held besides is logged as ignored. A wrapper that also holds a tensor of more than one
+    element beside the state dict is ambiguous (weights inside and outside) and refused.
+
     Raises:
-        CheckpointError: no state dict or no tensors inside.
+        CheckpointError: no state dict, no tensors inside, or weights beside a wrapper key.
     """
     for _ in range(4):
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            key = next((k for k in keys_of("wrapper") if k in obj), None)
-            if key is None:
-                break
-            obj = obj[key]
+        if not isinstance(obj, dict):
+            break
+        key = next((k for k in keys_of("wrapper") if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        others = {k: v for k, v in obj.items() if k != key}
+        big = sorted(str(k) for k, v in others.items() if isinstance(v, torch.Tensor) and v.numel() > 1)
+        if big:
+            raise CheckpointError(f"{where}: tensors {big[:5]} sit beside the {key!r} wrapper; which "
+                                  f"are the weights is ambiguous (save the state dict alone)")
+        if others:
+            log.warning("%s: using %r; ignored beside it: %s", where, key,
+                        ", ".join(f"{k} ({_describe(v)})" for k, v in others.items()))
+        obj = obj[key]
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{where} holds no state dict (found {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{where} holds no tensors")
     return tensors
+
+
+def _describe(v: Any) -> str:
+    """A short description of an ignored checkpoint item: a scalar's value, else its type."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return f"scalar tensor {v.item():g}"
+    return type(v).__name__
 
 
 def normalize_keys(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
