@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..config import AttackSpec
 from .gradient import check_stop, fgsm, pgd
 from .safety import AttackModel, model_device
-from .stages import STAGES, STANDARD, build_stage, run_stages
+from .stages import ROBUSTVLM, STAGES, STANDARD, build_stage, run_stages
 
 Tier = Literal["clean", "preview", "reported"]
 MAX_PGD_STEPS = 10_000
@@ -140,11 +140,11 @@ ATTACKS: dict[str, AttackRecord] = {r.name: r for r in [
                  "Madry et al. 2018, arXiv:1706.06083)",
                  _gradient_runner(lambda spec: pgd_steps(spec.name)), cost=lambda k: k,
                  examples=("pgd-2", "pgd-5", "pgd-10", "pgd-20"), example="pgd-10", plain=_plain_pgd),
-    _protocol("apgd-ce", ("apgd-ce",), "APGD on the CE loss, 100 iterations (Croce & Hein 2020, "
-              "arXiv:2003.01690)"),
+    _protocol("apgd-ce", ("apgd-ce",), "APGD on the CE loss, 100 iterations, 1 restart (standard "
+              "AutoAttack's first stage; Croce & Hein 2020, arXiv:2003.01690)"),
     _protocol("apgd-t", ("apgd-t",), "targeted APGD on the DLR loss, 9 targets x 100 iterations"),
-    _protocol("autoattack-fast", ("apgd-ce", "apgd-t"), "APGD-CE, then APGD-T on what survives "
-              "(the RobustVLM protocol)"),
+    _protocol("autoattack-fast", ROBUSTVLM, "APGD-CE (100 iterations, 5 restarts), then APGD-T "
+              "(9 targets x 100) on what survives: the RobustVLM protocol (Schlarmann et al. 2024)"),
     # The bench's plain path attacks every image with every stage: too slow to be a baseline.
     _protocol("autoattack", STANDARD, "standard AutoAttack: APGD-CE, APGD-T, FAB-T (9 targets), Square "
               "(5000 queries), each stage on what survives", plain=False),
