@@ -180,3 +180,29 @@ def test_project_ball():
     assert torch.equal(cal.project_ball(torch.tensor([0.1, 0.0, 0.0]), c, 1.0), torch.tensor([0.1, 0.0, 0.0]))
     out = cal.project_ball(torch.tensor([3.0, 4.0, 0.0]), c, 1.0)
     assert torch.allclose(out, torch.tensor([0.6, 0.8, 0.0]))
+
+
+def _inputs(context):
+    from explorer.merging import MergeInputs
+    names = ["visual.a", "visual.b", "visual.c", "text.d"]
+    taus = [t.clone() for t in _grads(seed=5)]
+    return MergeInputs(taus=taus, segments=SEGMENTS, names=names, context=context)
+
+
+def test_coefficients_are_lambda_times_mask_on_the_vision_tower_only():
+    from explorer.merging.base import apply_coefficients
+    grads = _grads(seed=6)
+    inp = _inputs({"pistole_grads": grads, "pistole_robust": [False, True]})
+    coeffs = ps.pistole_coefficients(inp, [0.2, 0.8], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer")
+    masks = ps.pistole_masks(grads, [False, True], SEGMENTS[:3], kappa=2.0, q=0.01)
+    assert torch.equal(coeffs[0], masks[0] * 0.2) and torch.equal(coeffs[1], masks[1] * 0.8)
+    assert all(bool((c[113:] == 0).all()) for c in coeffs)            # the text tower keeps theta_0
+    pre = torch.randn(400, generator=torch.Generator().manual_seed(7))
+    fts = [pre + t for t in inp.taus]
+    zero = ps.pistole_coefficients(inp, [0.0, 0.0], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer")
+    assert zero == [0.0, 0.0] and torch.equal(apply_coefficients(pre, fts, zero), pre)
+    # kappa = 0: plain weighted addition on the vision tower, no scores needed
+    plain = ps.pistole_coefficients(_inputs({}), [0.2, 0.8], kappa=0.0, q=0.01, gamma=1.0, q_scope="global")
+    assert bool((plain[0][:113] == torch.tensor(0.2)).all()) and bool((plain[0][113:] == 0).all())
+    with pytest.raises(ValueError, match="pistole_grads"):
+        ps.pistole_coefficients(_inputs({}), [0.2, 0.8], kappa=1.0, q=0.01, gamma=1.0, q_scope="global")

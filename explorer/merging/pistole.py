@@ -35,10 +35,13 @@ Our choices where the description is silent (each an option of the ``pistole`` m
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from explorer.merging.base import MergeInputs
 
 PAPER = "PISTOLE, 'Tug-of-War No More' (ICLR 2026; no official code): shared/seeds/000 + issue 16"
 VISION_PREFIX = "visual."
@@ -162,3 +165,30 @@ def pistole_masks(grads: Sequence[Tensor], robust: Sequence[bool], segments: Seq
         worst = torch.stack(other).amax(0) if other else torch.zeros_like(scores[0])
         masks.append(soft_mask(worst, kappa).mul_(region))
     return masks
+
+
+def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kappa: float, q: float,
+                         gamma: float, q_scope: str) -> list[Tensor | float]:
+    """``c_i = lambda_i * M_i`` on the vision tower, 0 elsewhere (module docstring).
+
+    Reads ``inputs.context``: ``pistole_grads`` (one ``(N,)`` per vector; may be None when
+    ``kappa = 0``) and ``pistole_robust`` (one bool per vector), as the preparer sets them.
+
+    Raises:
+        ValueError: missing scores for ``kappa > 0``, or no ``visual.`` tensor.
+    """
+    segments = vision_segments(inputs.names, inputs.segments)
+    grads = inputs.context.get("pistole_grads")
+    robust = inputs.context.get("pistole_robust")
+    if kappa == 0.0:
+        region = torch.zeros(inputs.numel, dtype=torch.float32, device=inputs.device)
+        for a, b in segments:
+            region[a:b] = 1.0
+        masks = [region] * len(inputs.taus)
+    else:
+        if grads is None or robust is None or len(grads) != len(inputs.taus):
+            raise ValueError("pistole needs one gradient score per task vector in context['pistole_grads'] "
+                             "and the roles in context['pistole_robust']: merge through the engine (which "
+                             "runs the 'pistole' preparer) or pass them in MergeInputs.context")
+        masks = pistole_masks(grads, robust, segments, kappa=kappa, q=q, gamma=gamma, q_scope=q_scope)
+    return [0.0 if float(lam) == 0.0 else m * float(lam) for lam, m in zip(lambdas, masks)]
