@@ -23,6 +23,7 @@ from typing import Any
 from .bootstrap import hypervolume_intervals
 from .compare import calibration_options
 from .config import AttackSpec, EvalSpec, MergeSpec
+from .merging import get_method
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,17 @@ ABLATION_ROWS: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (
     ("full PISTOLE", ()),
 )
 METHODS = ("task_arithmetic", "ties", "magnitude", "stability", "iso_c", "tsv_m", "pistole")
-CALIBRATED = ("stability", "variational", "pistole")
-MASKED = ("ties", "dare", "magnitude", "stability", "variational")  # read keep
 
 
 def frontier(engine: Any, natural: str, robust: str, method: str, alphas: Sequence[float],
              attack: AttackSpec, ev: EvalSpec, *, keep: float = 1.0, options: tuple = (),
              seed: int = 0, reuse: bool = False, sweep: str = "ablation") -> list[dict]:
-    """One ``Engine.point`` row per alpha for ``method`` with ``options``."""
+    """One ``Engine.point`` row per alpha for ``method`` with those of ``options`` it declares
+    (the engine drops the spec fields it does not read, e.g. task arithmetic's keep)."""
     rows = []
+    options = tuple((k, v) for k, v in options if k in get_method(method).options)
     for alpha in alphas:
-        spec = MergeSpec.from_alpha(alpha, method=method, keep=keep if method in MASKED else 1.0,
-                                    seed=seed, options=options)
+        spec = MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed, options=options)
         rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=sweep, use_bank=reuse))
         log.info("%s %s alpha=%.2f clean=%.3f robust=%.3f", method, dict(options), alpha,
                  rows[-1]["clean_acc"], rows[-1]["robust_acc"])
@@ -78,6 +78,10 @@ def run_ablation(engine: Any, natural: str, robust: str, alphas: Sequence[float]
     if ev.split == "train":
         raise ValueError("the ablation evaluates on held-out data; the train split is the calibration set")
     calib = calibration_options(engine.manifest.defaults, attack, ev)
+    unknown = sorted(k for k, _ in pistole_options if k not in get_method("pistole").options)
+    if unknown:
+        raise ValueError(f"pistole has no option {', '.join(unknown)}; valid: "
+                         f"{', '.join(sorted(get_method('pistole').options))}")
     popts = dict(calib) | dict(pistole_options)
     ablation = {label: frontier(engine, natural, robust, "pistole", alphas, attack, ev,
                                 options=tuple(sorted((popts | dict(opts)).items())), seed=seed,
@@ -85,7 +89,7 @@ def run_ablation(engine: Any, natural: str, robust: str, alphas: Sequence[float]
                 for label, opts in ABLATION_ROWS}
     panel = {}
     for m in methods:
-        opts = tuple(sorted(popts.items())) if m == "pistole" else calib if m in CALIBRATED else ()
+        opts = tuple(sorted(popts.items())) if m == "pistole" else calib
         panel[m] = frontier(engine, natural, robust, m, alphas, attack, ev, keep=keep, options=opts,
                             seed=seed, reuse=reuse, sweep=f"ablation-{m}")
     out = {}

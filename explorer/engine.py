@@ -25,8 +25,8 @@ from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
-from .merging import (MergeInputs, apply_coefficients, canonical_spec, merge_coefficients, method_version,
-                      validate_spec)
+from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, merge_coefficients,
+                      method_version, validate_spec)
 from .store import Store
 from .taskvec import FlatLayout, bind_flat
 from .zeroshot import ZeroShotClassifier
@@ -101,6 +101,7 @@ class Engine:
         self._banks: dict[tuple, AdversarialBank] = {}
         self._text_key: Any = None
         self.calibration = CalibrationCache()  # scores/posteriors of data-aware methods (explorer.calibrate)
+        self.last_prep_cost: dict | None = None  # the last merge's preparer cost (context["prep_cost"])
 
     # ------------------------------------------------------------------ models
     def vector(self, name: str) -> Vector:
@@ -133,16 +134,22 @@ class Engine:
         vecs = self.vectors(names)
         if len(spec.lambdas) != len(vecs):
             raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
+        self.last_prep_cost = None
         if not vecs:                      # the pretrained model itself
             self.theta.copy_(self.pre)
             self._refresh_twins()
             self._refresh_text(())
             return
+        context = self.context(names, spec)
+        self.last_prep_cost = context.get("prep_cost")   # what the method's scores cost to build
         inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
-                             names=list(self.layout.keys), context=self.context(names, spec))
+                             names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
         coeffs = merge_coefficients(inputs, spec)
         apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
         self._refresh_twins()
+        if isinstance(coeffs, MergedDelta):   # no per-vector coefficients: key the text by the spec
+            self._refresh_text(((spec.digest(),) if any(v.touches_text for v in vecs) else ()))
+            return
         self._refresh_text(tuple((v.name, c if isinstance(c, float) else spec.digest())
                                  for v, c in zip(vecs, coeffs)
                                  if v.touches_text and (not isinstance(c, float) or c != 0)))
@@ -244,6 +251,8 @@ class Engine:
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
+        if self.last_prep_cost is not None:
+            row["prep_cost"] = self.last_prep_cost   # forward/backward passes and seconds of the scores
         if self.store is not None:
             self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
         return row

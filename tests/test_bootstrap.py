@@ -44,3 +44,27 @@ def test_bad_inputs():
         hypervolume_intervals({"a": _flags(0, n=10), "b": _flags(0, n=11)})
     with pytest.raises(ValueError, match="reference"):
         hypervolume_intervals({"a": _flags(0)}, reference="z")
+
+
+def test_ablation_command_on_the_tiny_zoo(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """Both panels print with intervals; the plain row's difference to itself is exactly 0."""
+    from explorer.cli import main
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path / "home"))
+    fig = tmp_path / "abl.png"
+    argv = ["ablation", "--manifest", str(tiny_zoo), "--alphas", "0,1", "--n", "8", "--attack", "fgsm",
+            "--no-store", "--figure", str(fig), "--methods", "task_arithmetic,iso_c,tsv_m,pistole",
+            "--bootstrap", "50"]
+    for kv in ("calib_n=8", "attack_steps=1", "traj_steps=1", "pci_samples=2"):
+        argv += ["--pistole", kv]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    md = fig.with_suffix(".md").read_text()
+    assert fig.exists() and md.strip() in out
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "---" not in ln]
+    labels = [r.split("|")[1].strip() for r in rows]
+    assert labels == ["PISTOLE ablation", "plain weighted addition", "+ stability masks", "+ masks and PCI",
+                      "+ masks and trajectory", "full PISTOLE", "method", "task_arithmetic", "iso_c",
+                      "tsv_m", "pistole"]
+    assert "+0.0000 [+0.0000, +0.0000]" in rows[1] and " fwd + " in rows[5]
+    assert main(argv[:-8] + ["--pistole", "nope=1"]) == 2
+    assert "pistole has no option nope" in capsys.readouterr().err

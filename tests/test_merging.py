@@ -16,7 +16,8 @@ from explorer.merging import (METHODS, MergeInputs, apply_coefficients, describe
 from explorer.merging.sparsify import bernoulli_mask, kept_count, topk_mask, trim_mask
 from explorer.merging.ties import disjoint_mean, elect_sign
 
-ALL = [name for name, record in METHODS.items() if record.preparer is None]  # no context needed
+# No context needed, and the endpoints are the fine-tunes (not soft masks or spectra: their record says so)
+ALL = [name for name, record in METHODS.items() if record.preparer is None and record.exact_endpoints]
 SEGMENTS = [(0, 7), (7, 107), (107, 110), (110, 400), (400, 1000)]
 
 

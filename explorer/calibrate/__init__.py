@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from explorer.calibrate import stability, variational
+from explorer.calibrate import pistole_prep, stability, variational
 from explorer.calibrate.cache import CalibrationCache, ScoreCache, content_key, scores_dir
 from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec
@@ -24,6 +24,7 @@ Preparer = Callable[[CalibrationHost, Sequence[str], MergeSpec, CalibrationCache
 PREPARERS: dict[str, Preparer] = {
     "stability": stability.prepare,
     "variational": variational.prepare,
+    "pistole": pistole_prep.prepare,
 }
 
 

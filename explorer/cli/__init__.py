@@ -1,4 +1,4 @@
-"""Command line: ``python -m explorer serve | sweep | evaluate | zoo | convert | bench | compare``.
+"""Command line: ``python -m explorer serve | sweep | evaluate | zoo | convert | bench | compare | ablation``.
 
 A thin dispatcher: each command is a module of this package with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> exit code``; flags and helpers they share live in
@@ -13,11 +13,12 @@ import logging
 import sys
 from types import ModuleType
 
-from . import bench, compare, convert, evaluate, serve, sweep, zoo
+from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
 
 # Subcommand name -> module, in the order ``--help`` lists them.
 COMMANDS: dict[str, ModuleType] = {"serve": serve, "sweep": sweep, "evaluate": evaluate, "zoo": zoo,
-                                   "convert": convert, "bench": bench, "compare": compare}
+                                   "convert": convert, "bench": bench, "compare": compare,
+                                   "ablation": ablation}
 
 # What a user can cause by what they typed: one line, exit 2. ``CheckpointError`` is a ValueError;
 # ``FileNotFoundError``/``PermissionError``/``IsADirectoryError`` are OSErrors.

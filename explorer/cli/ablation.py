@@ -4,16 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_eval_flags, open_store, resolve_specs, write_json
+from ..merging import get_method
+from .common import add_eval_flags, resolve_specs, write_json
 
 HELP = "PISTOLE's ablation + pistole/stability/iso_c/tsv_m/baselines: frontiers, hypervolume intervals"
 
 
-def _option(text: str) -> tuple[str, float]:
+def _option(text: str) -> tuple[str, float | str]:
+    """``key=value``: a number where the value parses as one (``kappa=2``), else the text (``q_scope=global``)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"--pistole takes key=value (e.g. kappa=2), got {text!r}")
-    return key.strip(), float(value)
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        return key.strip(), value.strip()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alphas", default="0:1:6", help="start:stop:count (inclusive) or a comma list")
     p.add_argument("--keep", type=float, default=0.2, help="keep of the masking baselines and stability")
     p.add_argument("--pistole", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                   help="a pistole option for every row (repeatable): kappa, q, gamma, traj_steps, eta, "
-                        "beta, pci_samples, pci_sigma, calib_n, ...")
+                   help="a pistole option for every row (repeatable), one of: "
+                        + ", ".join(get_method("pistole").options))
     p.add_argument("--natural", default=None, help="natural vector (default: the manifest's first)")
     p.add_argument("--robust", default=None, help="robust vector (default: the manifest's first)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of the HV intervals")
@@ -38,18 +43,16 @@ def run(args: argparse.Namespace) -> int:
     """Run both panels, write the figure and the markdown tables, print the tables."""
     from .. import ablation, compare
     from ..config import parse_alphas
-    from ..engine import Engine
-    from ..store import Store
-    from ..zoo import load_manifest
+    from ..service import Service
 
-    manifest = load_manifest(args.manifest)
+    # The intervals need every point's per-image flags: --no-store keeps them in memory.
+    service = Service(args.manifest, args.device, ":memory:" if args.no_store else args.store)
+    manifest = service.manifest
     attack, ev = resolve_specs(args, manifest)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ablation.METHODS)
     natural = compare.pick_model(manifest, args.natural, "natural")
     robust = compare.pick_model(manifest, args.robust, "robust")
-    store = open_store(args) or Store(":memory:")   # the intervals need the per-image flags
-    engine = Engine(manifest, device=args.device, store=store)
-    result = ablation.run_ablation(engine, natural, robust, parse_alphas(args.alphas), attack, ev,
+    result = ablation.run_ablation(service.engine(), natural, robust, parse_alphas(args.alphas), attack, ev,
                                    keep=args.keep, methods=methods, pistole_options=tuple(args.pistole),
                                    seed=args.seed, reuse=args.reuse, n_boot=args.bootstrap)
     title = f"{natural} + {robust}: {attack.label}, {ev.task}/{ev.split} n={ev.n}, keep={args.keep:g}"

@@ -28,6 +28,20 @@ logger = logging.getLogger(__name__)
 Coefficient = Union[Tensor, float]
 
 
+@dataclass(frozen=True)
+class MergedDelta:
+    """A method's result that is no per-vector scaling (Iso-C, TSV-M): ``theta = theta_pre + delta``.
+
+    Shape:
+        delta ``(N,)`` float32 on the taus' device. All-zero gives theta_pre bit for bit.
+    """
+
+    delta: Tensor
+
+
+MergeResult = Union[list[Coefficient], MergedDelta]
+
+
 @dataclass
 class MergeInputs:
     """Everything a merge method may read.
@@ -40,6 +54,7 @@ class MergeInputs:
     segments: list[tuple[int, int]]    # (start, end) of each original tensor; tiles [0, N) in order
     names: list[str] = field(default_factory=list)       # tensor keys, parallel to segments
     context: dict[str, Any] = field(default_factory=dict)  # prepared extras (explorer.calibrate)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # tensor shapes (default: 1-D)
 
     def __post_init__(self) -> None:
         self.taus = list(self.taus)
@@ -58,6 +73,12 @@ class MergeInputs:
         self.names = list(self.names) or [f"segment{i}" for i in range(len(self.segments))]
         if len(self.names) != len(self.segments):
             raise ValueError(f"{len(self.names)} names for {len(self.segments)} segments")
+        self.shapes = [tuple(int(d) for d in s) for s in self.shapes] or [(b - a,) for a, b in self.segments]
+        bad = [i for i, (s, (a, b)) in enumerate(zip(self.shapes, self.segments))
+               if int(torch.Size(s).numel()) != b - a]
+        if len(self.shapes) != len(self.segments) or bad:
+            raise ValueError(f"shapes must give each segment's size; {len(self.shapes)} shapes for "
+                             f"{len(self.segments)} segments, mismatched at {bad[:3]}")
 
     @property
     def numel(self) -> int:
@@ -92,8 +113,9 @@ def masked_coefficient(lam: float, mask: Tensor | None, scale: float = 1.0) -> C
 
 
 @torch.no_grad()
-def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
-    """Run the registered method ``spec.method``: one coefficient per task vector.
+def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> MergeResult:
+    """Run the registered method ``spec.method``: one coefficient per task vector, or the merged
+    delta of a method that is no per-vector scaling (:class:`MergedDelta`).
 
     Raises:
         KeyError: unknown method (the message lists the valid ones).
@@ -104,7 +126,14 @@ def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient
     record = validate_spec(spec)
     if len(spec.lambdas) != len(inputs.taus):
         raise ValueError(f"merge spec has {len(spec.lambdas)} lambdas for {len(inputs.taus)} task vectors")
-    coeffs = list(record.fn(inputs, spec))
+    result = record.fn(inputs, spec)
+    if isinstance(result, MergedDelta):
+        d = result.delta
+        if d.shape != inputs.taus[0].shape or d.dtype != torch.float32 or d.device != inputs.device:
+            raise RuntimeError(f"method {spec.method!r}: delta is {tuple(d.shape)} {d.dtype} on {d.device}, "
+                               f"expected {tuple(inputs.taus[0].shape)} float32 on {inputs.device}")
+        return result
+    coeffs = list(result)
     if len(coeffs) != len(inputs.taus):
         raise RuntimeError(f"method {spec.method!r} returned {len(coeffs)} coefficients "
                            f"for {len(inputs.taus)} task vectors")
@@ -121,9 +150,10 @@ def _fp32(x: float) -> float:
 
 
 @torch.no_grad()
-def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coefficient],
+def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coefficient] | MergedDelta,
                        out: Tensor | None = None) -> Tensor:
-    """``theta = (1 - sum_i c_i) ⊙ pre + sum_i c_i ⊙ ft_i``, exact at ``c = e_i``.
+    """``theta = (1 - sum_i c_i) ⊙ pre + sum_i c_i ⊙ ft_i``, exact at ``c = e_i``
+    (or ``pre + delta`` for a :class:`MergedDelta`; ``fts`` are then not read).
 
     All arithmetic is float32 elementwise; float coefficients are rounded to float32 first, so a
     float ``c`` and a tensor filled with ``c`` give the same result (tested on CPU; a backend that
@@ -141,6 +171,8 @@ def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coef
     Returns:
         ``out`` (or a new tensor). No other full-size allocation is made.
     """
+    if isinstance(coeffs, MergedDelta):
+        return _apply_delta(pre, coeffs.delta, out)
     fts, coeffs = list(fts), [c if isinstance(c, Tensor) else _fp32(float(c)) for c in coeffs]
     if len(fts) != len(coeffs):
         raise ValueError(f"{len(coeffs)} coefficients for {len(fts)} fine-tuned weight vectors")
@@ -173,6 +205,15 @@ def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coef
         elif c != 0.0:
             out.add_(ft, alpha=c)
     return out
+
+
+def _apply_delta(pre: Tensor, delta: Tensor, out: Tensor | None) -> Tensor:
+    """``pre + delta`` into ``out`` (checked like the coefficient path). Shape: all ``(N,)``."""
+    if (delta.shape, delta.dtype, delta.device) != (pre.shape, pre.dtype, pre.device):
+        raise ValueError(f"delta is {tuple(delta.shape)} {delta.dtype} on {delta.device}; must match pre")
+    if out is not None and (out.shape, out.dtype, out.device) != (pre.shape, pre.dtype, pre.device):
+        raise ValueError(f"out is {tuple(out.shape)} {out.dtype} on {out.device}; must match pre")
+    return torch.add(pre, delta, out=out) if out is not None else pre + delta
 
 
 @torch.no_grad()

@@ -40,12 +40,28 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
+from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
+
 if TYPE_CHECKING:
+    from explorer.config import MergeSpec
     from explorer.merging.base import MergeInputs
 
 PAPER = "PISTOLE, 'Tug-of-War No More' (ICLR 2026; no official code): shared/seeds/000 + issue 16"
 VISION_PREFIX = "visual."
 Q_SCOPES = ("per_layer", "global")
+
+OPTIONS: dict[str, Option] = {
+    **{k: v for k, v in CALIBRATION_OPTIONS.items() if k != "anchor"},  # scores at each fine-tune
+    "kappa": Option(1.0, "mask exponent: M = (1 - s_counterpart)^kappa; 0 = no masks (merge time)"),
+    "q": Option(0.01, "fraction of most sensitive coordinates capped at the (1-q) quantile (merge time)"),
+    "q_scope": Option("per_layer", "where the cap's quantile is taken: per_layer | global (merge time)"),
+    "gamma": Option(1.0, "power on the per-layer normalised |gradient|, > 0 (merge time)"),
+    "traj_steps": Option(2, "K, projected ascent steps of the parameter trajectory; 0 = single point"),
+    "eta": Option(0.01, "trajectory ball radius, as a fraction of ||theta||_F of the vision tower"),
+    "beta": Option(0.5, "trajectory step length, as a fraction of the ball radius"),
+    "pci_samples": Option(8, "random parameter perturbations per PCI estimate; 0 = uniform weights"),
+    "pci_sigma": Option(0.01, "PCI perturbation size, relative to each tensor's norm"),
+}
 
 
 def vision_segments(names: Sequence[str], segments: Sequence[tuple[int, int]],
@@ -192,3 +208,20 @@ def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kap
                              "runs the 'pistole' preparer) or pass them in MergeInputs.context")
         masks = pistole_masks(grads, robust, segments, kappa=kappa, q=q, gamma=gamma, q_scope=q_scope)
     return [0.0 if float(lam) == 0.0 else m * float(lam) for lam, m in zip(lambdas, masks)]
+
+
+@torch.no_grad()
+def pistole(inputs: "MergeInputs", spec: "MergeSpec") -> list[Tensor | float]:
+    """``theta = theta_0 + sum_i lambda_i M_i ⊙ tau_i``, ``M = (1 - capped s_counterpart)^kappa``, vision tower (PISTOLE).
+
+    The published merge ``lambda (M_nat ⊙ tau_nat) + (1 - lambda) (M_rob ⊙ tau_rob)`` with our
+    ``alpha = 1 - lambda``; scores from the ``pistole`` preparer (explorer/calibrate/pistole_prep.py);
+    every choice the paper leaves open is listed in this module's docstring.
+    """
+    opt = lambda key: read_option(spec, OPTIONS, key)  # noqa: E731
+    return pistole_coefficients(inputs, spec.lambdas, kappa=float(opt("kappa")), q=float(opt("q")),
+                                gamma=float(opt("gamma")), q_scope=str(opt("q_scope")))
+
+
+RECORD = MethodRecord("pistole", pistole, PAPER, fields=(), options=OPTIONS, preparer="pistole",
+                      exact_endpoints=False)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
     from explorer.config import MergeSpec
-    from explorer.merging.base import Coefficient, MergeInputs
+    from explorer.merging.base import MergeInputs, MergeResult
 
-MergeFn = Callable[["MergeInputs", "MergeSpec"], "list[Coefficient]"]
+MergeFn = Callable[["MergeInputs", "MergeSpec"], "MergeResult"]
 SPEC_FIELDS = ("keep", "scope", "seed")  # the MergeSpec fields a method may or may not read
 KeepCount = Literal["exact", "at_most", "expected"]
 
@@ -39,7 +39,7 @@ class MethodRecord:
     """Everything the rest of the package knows about one merge method."""
 
     name: str                    # registry name (MergeSpec.method)
-    fn: MergeFn                  # (MergeInputs, MergeSpec) -> one coefficient per task vector
+    fn: MergeFn                  # (MergeInputs, MergeSpec) -> one coefficient per vector, or a MergedDelta
     paper: str                   # URL (or title when there is none) of what it follows
     fields: tuple[str, ...] = ()  # the SPEC_FIELDS it reads; canonical_spec resets the others
     options: Mapping[str, Option] = field(default_factory=dict)  # MergeSpec.options it accepts
@@ -48,6 +48,8 @@ class MethodRecord:
     dense_at_full_keep: bool = False  # keep = 1 turns its mask off, so scope and seed act no more
     keep_count: KeepCount = "at_most"  # coordinates kept per vector at keep < 1: exactly
     # kept_count(n, keep), at most that many, or that many in expectation (random masks)
+    exact_endpoints: bool = True  # alpha = 0 / 1 at keep = 1 give the fine-tunes bit for bit (False:
+    # the method reshapes even a single vector, e.g. soft masks or a spectrum; stated in its docstring)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.fields if f not in SPEC_FIELDS]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from explorer.config import MergeSpec
-from explorer.merging import dare, magnitude, stability, task_arithmetic, ties, variational
+from explorer.merging import (dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m,
+                              variational)
 from explorer.merging.record import SPEC_FIELDS, MethodRecord
 
 _RECORDS: tuple[MethodRecord, ...] = (
@@ -19,6 +20,9 @@ _RECORDS: tuple[MethodRecord, ...] = (
     magnitude.RECORD,
     stability.RECORD,
     variational.RECORD,
+    pistole.RECORD,
+    iso_c.RECORD,
+    tsv_m.RECORD,
 )
 METHODS: dict[str, MethodRecord] = {r.name: r for r in _RECORDS}
 

@@ -1,0 +1,88 @@
+"""pistole, iso_c and tsv_m through the engine on the tiny open_clip zoo (real models, real preparer)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explorer.calibrate import pistole_prep
+from explorer.config import AttackSpec, EvalSpec, MergeSpec
+from explorer.merging.spectral import matrix_shape
+
+FAST = (("attack_steps", 1), ("calib_n", 8), ("pci_samples", 2), ("traj_steps", 1))
+NAMES = ["natural", "robust"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo):
+    from explorer.engine import Engine
+    from explorer.store import Store
+    return Engine(tiny_zoo, device="cpu", store=Store(":memory:"))
+
+
+def test_pistole_scores_cached_deterministic_and_cost_stored_with_the_point(engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_HOME", str(tmp_path))
+    cache = engine.calibration.kind("pistole")
+    cache.memory.clear()
+    before = cache.computed
+    spec = MergeSpec.from_alpha(0.8, method="pistole", options=FAST)
+    ctx = engine.context(NAMES, spec)
+    assert cache.computed == before + 1 and ctx["pistole_robust"] == [False, True]
+    cost = ctx["prep_cost"]
+    # natural: (K+1) x (PCI draws + 1 + gradient); robust adds PGD-1 per trajectory point
+    assert cost["forward"] == 2 * (2 + 1 + 1) + 2 * (2 + 1 + 1 + 1) and cost["backward"] == 2 * 1 + 2 * 2
+    first = [g.clone() for g in ctx["pistole_grads"]]
+    text = [not k.startswith("visual.") for k in engine.layout.keys]
+    for g in first:
+        assert float(g.min()) >= 0.0 and float(g.max()) > 0.0
+        assert all(float(g[a:b].abs().max()) == 0.0 for (a, b), t in zip(engine.layout.segments, text) if t)
+    # merge-time options and alpha reuse the scores; a score option is part of the key
+    for alpha, kappa in [(0.2, 1.0), (0.5, 3.0)]:
+        engine.merge(NAMES, MergeSpec.from_alpha(alpha, method="pistole", options=FAST + (("kappa", kappa),)))
+    assert cache.computed == before + 1
+    other = MergeSpec.from_alpha(0.8, method="pistole", options=FAST[:-1] + (("traj_steps", 0),))
+    assert pistole_prep.score_settings(engine, other) != pistole_prep.score_settings(engine, spec)
+    # recomputed from scratch with the same seed: identical scores; the point row carries the cost
+    cache.memory.clear()
+    cache.path(ctx["pistole_key"]).unlink()
+    again = engine.context(NAMES, spec)["pistole_grads"]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    row = engine.point(["natural"], ["robust"], spec, AttackSpec(name="none", eps=0.0),
+                       EvalSpec(task="shapes", n=8, seed=0, split="test"))
+    assert row["prep_cost"]["forward"] == cost["forward"] and row["prep_cost"]["seconds"] >= 0.0
+
+
+def test_pistole_merge_touches_only_the_vision_tower_and_kappa_0_is_no_preparation(engine):
+    spec = MergeSpec.from_alpha(0.3, method="pistole", options=FAST + (("kappa", 2.0),))
+    engine.merge(NAMES, spec)
+    theta, pre = engine.theta.clone(), engine.pre
+    for key, (a, b) in zip(engine.layout.keys, engine.layout.segments):
+        if not key.startswith("visual."):
+            assert torch.equal(theta[a:b], pre[a:b])   # natural's text tower is not merged
+    plain = MergeSpec.from_alpha(0.3, method="pistole", options=(("kappa", 0.0),))
+    assert engine.context(NAMES, plain)["pistole_grads"] is None
+    engine.merge(NAMES, plain)
+    vis = [(a, b) for k, (a, b) in zip(engine.layout.keys, engine.layout.segments) if k.startswith("visual.")]
+    taus = [engine.vector(n).tau for n in NAMES]
+    for a, b in vis:   # kappa = 0: plain weighted addition on the vision tower
+        assert torch.allclose(engine.theta[a:b], pre[a:b] + 0.7 * taus[0][a:b] + 0.3 * taus[1][a:b], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["iso_c", "tsv_m"])
+def test_spectral_methods_on_the_real_layout(engine, method):
+    engine.merge(NAMES, MergeSpec(method=method, lambdas=(0.0, 0.0)))
+    assert torch.equal(engine.theta, engine.pre)      # scale 0: theta_0 exactly
+    engine.merge(NAMES, MergeSpec.from_alpha(0.5, method=method))
+    delta = engine.theta - engine.pre
+    assert bool(torch.isfinite(delta).all())
+    checked = 0
+    for key, (a, b), shape in zip(engine.layout.keys, engine.layout.segments, engine.layout.shapes):
+        mn = matrix_shape(key, shape)
+        if mn is None or min(mn) < 2:
+            continue
+        s = torch.linalg.svdvals(delta[a:b].view(mn).double())
+        if method == "iso_c":
+            assert float(s.max() - s.min()) <= 1e-4 * float(s.max()) + 1e-12
+        else:
+            assert int((s > 1e-6 * s.max()).sum()) <= 2 * (min(mn) // 2)
+        checked += 1
+    assert checked > 0
