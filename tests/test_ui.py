@@ -249,3 +249,13 @@ def test_selection_reads_the_controls_by_name() -> None:
     assert common.selection(controls(base=None), "x").base == "x"
     with pytest.raises(ValueError, match="eps must lie in"):
         common.selection(controls(eps="2"), "x")              # Linf: at most 1
+
+
+def test_choices_come_from_the_registries(demo) -> None:
+    from explorer.attacks import ATTACK_NAMES
+    from explorer.merging import METHODS
+
+    form = demo.explorer_form
+    values = lambda comp: [c[1] if isinstance(c, (tuple, list)) else c for c in comp.choices]  # noqa: E731
+    assert values(form["method"]) == list(METHODS) == values(form["methods"])
+    assert set(ATTACK_NAMES) <= set(values(form["attack"]))

@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import plots
 from ..data import task_names
-from ..merging import METHODS
+from ..merging import METHODS   # the method registry, in its order
 from ..service import Service
 from . import common
 from .form import Form
@@ -32,7 +32,7 @@ def _model_controls(service: Service) -> dict:
 
 def _merge_controls() -> dict:
     return dict(
-        method=gr.Dropdown(sorted(METHODS), value="task_arithmetic", label="Merge method"),
+        method=gr.Dropdown(list(METHODS), value="task_arithmetic", label="Merge method"),
         alpha=gr.Slider(0, 1, value=0.5, step=0.05, label="α: trade-off (0 = natural, 1 = robust)",
                         elem_id="alpha-slider"),
         keep=gr.Slider(0.05, 1, value=1.0, step=0.05, label="keep: fraction of coordinates kept",
@@ -75,7 +75,7 @@ def _controls_column(service: Service, form: Form) -> dict:
             ev["n"].render()
         form.add(MERGE, **ev, **{f"lambda_{i}": s for i, s in enumerate(lambdas)})
     with gr.Accordion("Sweep: the whole curve", open=True):
-        form.add(methods=gr.CheckboxGroup(sorted(METHODS), value=["task_arithmetic"], label="Methods"),
+        form.add(methods=gr.CheckboxGroup(list(METHODS), value=["task_arithmetic"], label="Methods"),
                  alphas=gr.Textbox("0:1:11", label="α values (start:stop:count or a list)"))
         with gr.Row():
             sweep_btn = gr.Button("Sweep", variant="primary", elem_id="sweep-btn")
