@@ -160,6 +160,13 @@ def test_record_is_complete_and_the_views_agree(method):
     assert METHOD_FIELDS[method] == record.fields and METHOD_VERSIONS[method] == record.version
 
 
+def test_the_views_follow_the_registry(monkeypatch):
+    monkeypatch.setitem(METHODS, "ties", dataclasses.replace(METHODS["ties"], version=7))
+    assert METHOD_VERSIONS["ties"] == 7 and list(METHOD_VERSIONS) == list(METHODS)
+    with pytest.raises(TypeError):
+        METHOD_VERSIONS["ties"] = 1  # read-only: the record is where a version changes
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(KeyError, match="task_arithmetic"):
         validate_spec(MergeSpec(method="nope"))

@@ -7,6 +7,8 @@ validation, the store key's method version and the parametrised tests read the r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from explorer.config import MergeSpec
 from explorer.merging import (dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m,
@@ -26,9 +28,26 @@ _RECORDS: tuple[MethodRecord, ...] = (
 )
 METHODS: dict[str, MethodRecord] = {r.name: r for r in _RECORDS}
 
-# Views kept for readers of the old tables; the records are the source.
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {r.name: r.fields for r in _RECORDS}
-METHOD_VERSIONS: dict[str, int] = {r.name: r.version for r in _RECORDS}
+
+
+class _RecordView(Mapping):
+    """Read-only, live ``name -> getattr(record, attr)`` over ``METHODS`` (the records are the source)."""
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(METHODS[name], self.attr)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+
+METHOD_FIELDS: Mapping[str, tuple[str, ...]] = _RecordView("fields")
+METHOD_VERSIONS: Mapping[str, int] = _RecordView("version")
 _SPEC_DEFAULTS = {"keep": 1.0, "scope": "global", "seed": 0}
 
 
