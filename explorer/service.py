@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
 
 from .attacks import AttackCancelled, run_attack
 from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .engine import Engine
+from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
+                     tensor_to_image)
 from .store import Store
 from .taskvec import flat_stats
 from .zoo import Manifest, entry_from_path, load_manifest
@@ -66,16 +67,18 @@ class Service:
         manifest_path: TOML manifest (None: the demo zoo's).
         device: ``cpu``, ``cuda``, ``cuda:1`` ... (None: the best available).
         store_path: SQLite results store; ``"none"`` for no store (None: the default path).
+        max_pixels: images with more pixels are refused before decoding (``decode_image``).
     """
 
     def __init__(self, manifest_path: str | None = None, device: str | None = None,
-                 store_path: str | None = None) -> None:
+                 store_path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.manifest: Manifest = load_manifest(manifest_path)
         self.manifest_path = str(self.manifest.path)
         self.device = device
         self.store: Store | None = Store(store_path) if store_path != "none" else None
         self.defaults: Defaults = resolve_defaults(self.manifest.defaults, self.manifest.names("base"))
         self.engines = EngineCache(self._build)
+        self.max_pixels = int(max_pixels)
 
     def _build(self, base: str) -> Engine:
         log.info("building the engine for base %r on %s", base, self.device or "auto")
@@ -93,6 +96,14 @@ class Service:
 
     def lock(self, base: str | None = None) -> threading.RLock:
         return self.engines.lock(base or self.default_base)
+
+    def decode_image(self, source: Any) -> np.ndarray:
+        """An uploaded image (path, bytes, PIL image or array) as a viewer shows it: HxWx3 uint8.
+
+        Raises:
+            ImageError: unreadable, or more than ``max_pixels`` pixels (checked before decoding).
+        """
+        return read_image(source, self.max_pixels)
 
     # ------------------------------------------------------------------ points
     def point(self, base: str, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec,
@@ -210,43 +221,6 @@ class Service:
 
 
 # --------------------------------------------------------------------------- image IO
-
-def decode_image(path: str | Path | None) -> np.ndarray:
-    """HxWx3 uint8 RGB from an image file.
-
-    Raises:
-        ValueError: no path, or a file that is not a readable image (one line naming the file).
-    """
-    if not path:
-        raise ValueError("Upload an image (or click one of the examples) first.")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValueError(f"Could not read the image ({Path(path).name}): is it a PNG/JPEG file? "
-                         f"({type(exc).__name__})") from None
-
-
-def encode_png(image: np.ndarray, out: str | Path) -> Path:
-    """Write an HxWx3 uint8 image as PNG at native resolution; the path."""
-    Image.fromarray(image).save(out, format="PNG")
-    return Path(out)
-
-
-def image_to_tensor(image: np.ndarray, max_side: int = 224) -> torch.Tensor:
-    """HxWx3 uint8 -> [1, 3, H', W'] float in [0, 1], longest side at most ``max_side``."""
-    x = torch.from_numpy(np.array(image[..., :3], dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
-    side = max(x.shape[-2:])
-    if side > max_side:
-        size = [max(1, round(s * max_side / side)) for s in x.shape[-2:]]
-        x = torch.nn.functional.interpolate(x, size=size, mode="area")
-    return x.clamp_(0, 1)
-
-
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
-    """[1, 3, H, W] in [0, 1] -> HxWx3 uint8."""
-    return (x[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().cpu().numpy())
-
 
 def _probs(clf: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     with torch.no_grad():

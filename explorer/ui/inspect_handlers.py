@@ -16,7 +16,8 @@ from ..config import MergeSpec
 from ..attacks import parse_attack
 from ..data import get_task
 from ..merging import canonical_spec
-from ..service import Service, decode_image, encode_png
+from ..images import encode_png
+from ..service import Service
 from . import common
 from .common import readable_errors
 from .form import Form
@@ -69,7 +70,7 @@ class InspectHandlers:
     def inspect(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
         """Attack the image on the current merge and both endpoints; plots, images, a PNG."""
         v = self.form.read(values)
-        image, names = decode_image(v["image"]), parse_classes(v["classes"])
+        image, names = self.service.decode_image(v["image"]), parse_classes(v["classes"])
         sel = common.selection(v, self.service.default_base)
         attack = parse_attack(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
         nat, rob = sel.natural, sel.robust
