@@ -1,4 +1,5 @@
-"""Paired bootstrap over images for frontier statistics (hypervolume and its differences).
+"""Paired bootstrap over images for frontier statistics (hypervolume and its differences) and for
+the accuracy difference of two points.
 
 Every point of every frontier is evaluated on the same held-out images, so the statistics of
 methods are dependent; the right interval resamples *images*, once per replicate, for all
@@ -71,3 +72,33 @@ def hypervolume_intervals(flags: Mapping[str, Sequence[Flags]], *, reference: st
                        diff_hi=float(np.quantile(d, hi_q)))
         out[method] = row
     return out
+
+
+def paired_difference(a: Flags, b: Flags, *, n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Clean and robust accuracy of point ``a`` minus point ``b``, both on the same images, with a
+    paired percentile bootstrap interval (images resampled once per replicate for both points).
+
+    Returns:
+        ``{"clean": (diff, lo, hi), "robust": (diff, lo, hi)}``; identical points give exactly 0.
+
+    Raises:
+        ValueError: flags of different lengths (not the same images).
+    """
+    sizes = {len(v) for v in (*a, *b)}
+    if len(sizes) != 1:
+        raise ValueError(f"a paired difference needs both points on the same images; got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for i, key in enumerate(("clean", "robust")):
+        d = np.asarray(a[i], dtype=np.float64) - np.asarray(b[i], dtype=np.float64)   # per image, in {-1, 0, 1}
+        boot = counts @ d / n
+        out[key] = (float(d.mean()), float(np.quantile(boot, lo_q)), float(np.quantile(boot, hi_q)))
+    return out
+
+
+def resolved(lo: float, hi: float) -> bool:
+    """Whether a difference's interval excludes 0 (its sign is resolved at this n)."""
+    return lo > 0 or hi < 0

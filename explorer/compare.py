@@ -6,7 +6,11 @@ run at keep=1), one attack, on the held-out split (``test``; the calibration of 
 rerun is served from the store), each attacked afresh unless ``--reuse``. Outputs: a figure
 (PNG with matplotlib when installed, else Plotly HTML), a CSV and a markdown table, and one
 printed row per method: name first, its hypervolume (``explorer.hypervolume``: area dominated in
-the clean x robust unit square, reference (0, 0)) last.
+the clean x robust unit square, reference (0, 0)) last, with a 95% paired-bootstrap interval over
+the images (``explorer.bootstrap``; every method is evaluated on the same images, so they are
+resampled together). Then the paired hypervolume difference of ``stability`` against
+``task_arithmetic`` and against ``magnitude``, with its interval and whether its sign is resolved
+at this n. Endpoint accuracies carry Wilson 95% intervals.
 """
 from __future__ import annotations
 
@@ -17,15 +21,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .bootstrap import hypervolume_intervals, resolved
 from .config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
 from .hypervolume import hypervolume, pareto_front
+from .intervals import fmt_ci, with_intervals
 from .merging import METHODS
 
 log = logging.getLogger(__name__)
 
 ALL_METHODS = tuple(METHODS)  # registry order
-COLUMNS = ("method", "keep", "points", "clean_at_0", "robust_at_1", "best_clean", "best_robust",
-           "front_size", "hypervolume")
+COLUMNS = ("method", "keep", "points", "clean_at_0", "clean_at_0_ci", "robust_at_1", "robust_at_1_ci",
+           "best_clean", "best_robust", "front_size", "hypervolume", "hv_lo", "hv_hi")
+# The paired differences ``compare`` reports: (method, against).
+DIFFERENCES = (("stability", "task_arithmetic"), ("stability", "magnitude"))
 
 
 def calibration_options(manifest_defaults: dict, attack: AttackSpec, ev: EvalSpec) -> tuple:
@@ -65,18 +73,76 @@ def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[st
     return out
 
 
-def summarize(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """One summary row per method (``COLUMNS``), hypervolume of its points last."""
+def point_flags(engine: Any, rows: Sequence[dict]) -> list[tuple[Any, Any]]:
+    """The per-image (clean, robust) correctness arrays of each row, from the engine's store.
+
+    Raises:
+        ValueError: the engine has no store, or a point's flags are missing.
+    """
+    if engine.store is None:
+        raise ValueError("intervals over images need the per-image flags: run with a store")
+    out = []
+    for r in rows:
+        f = engine.store.flags(r["key"])
+        if f is None:
+            raise ValueError(f"point {r['key'][:12]} has no per-image flags in the store")
+        out.append(f)
+    return out
+
+
+def bootstrap_stats(flags: dict[str, list], *, n_boot: int = 1000, seed: int = 0
+                    ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Hypervolume intervals per method and the ``DIFFERENCES`` present, one paired bootstrap.
+
+    Args:
+        flags: method -> per point ``(clean_correct, robust_correct)`` arrays, same images.
+
+    Returns:
+        (method -> ``{"hv", "hv_lo", "hv_hi"}``, one dict per difference: ``method, against,
+        diff, lo, hi, resolved``). The same seed resamples the same images for every method.
+    """
+    stats = hypervolume_intervals(flags, n_boot=n_boot, seed=seed)
+    diffs = []
+    for method, against in DIFFERENCES:
+        if method in flags and against in flags:
+            d = hypervolume_intervals({method: flags[method], against: flags[against]}, reference=against,
+                                      n_boot=n_boot, seed=seed)[method]
+            diffs.append({"method": method, "against": against, "diff": d["diff"], "lo": d["diff_lo"],
+                          "hi": d["diff_hi"], "resolved": resolved(d["diff_lo"], d["diff_hi"])})
+    return stats, diffs
+
+
+def difference_line(d: dict[str, Any], n: int) -> str:
+    """One plain sentence: the paired difference, its interval, and whether it is resolved."""
+    head = (f"{d['method']} - {d['against']}: hypervolume {d['diff']:+.4f}, 95% paired bootstrap "
+            f"[{d['lo']:+.4f}, {d['hi']:+.4f}] over n={n} images: ")
+    if d["resolved"]:
+        side = "above" if d["lo"] > 0 else "below"
+        return head + f"resolved, {d['method']} is {side} {d['against']}"
+    return head + f"NOT resolved at n={n} (the interval contains 0)"
+
+
+def summarize(results: dict[str, list[dict]], stats: dict[str, dict[str, float]] | None = None
+              ) -> list[dict[str, Any]]:
+    """One summary row per method (``COLUMNS``), hypervolume of its points last, with its
+    bootstrap interval when ``stats`` (``bootstrap_stats``) is given; endpoint accuracies with
+    their Wilson intervals."""
     table = []
     for method, rows in results.items():
+        rows = [with_intervals(r) for r in rows]
         pts = [(r["clean_acc"], r["robust_acc"]) for r in rows]
         by_alpha = {r["alpha"]: r for r in rows}
+        at0, at1 = by_alpha.get(0.0), by_alpha.get(1.0)
+        hv = (stats or {}).get(method, {})
         table.append({
             "method": method, "keep": rows[0]["keep"] if rows else None, "points": len(rows),
-            "clean_at_0": by_alpha[0.0]["clean_acc"] if 0.0 in by_alpha else None,
-            "robust_at_1": by_alpha[1.0]["robust_acc"] if 1.0 in by_alpha else None,
+            "clean_at_0": at0["clean_acc"] if at0 else None,
+            "clean_at_0_ci": fmt_ci(at0.get("clean_ci")) if at0 else None,
+            "robust_at_1": at1["robust_acc"] if at1 else None,
+            "robust_at_1_ci": fmt_ci(at1.get("robust_ci")) if at1 else None,
             "best_clean": max(p[0] for p in pts), "best_robust": max(p[1] for p in pts),
-            "front_size": len(pareto_front(pts)), "hypervolume": hypervolume(pts)})
+            "front_size": len(pareto_front(pts)), "hypervolume": hypervolume(pts),
+            "hv_lo": hv.get("hv_lo"), "hv_hi": hv.get("hv_hi")})
     return table
 
 
@@ -84,43 +150,76 @@ def fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def markdown_table(table: list[dict[str, Any]], caption: str = "") -> str:
-    lines = ([caption, ""] if caption else []) + ["| " + " | ".join(COLUMNS) + " |",
-                                                  "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for row in table]
+# Markdown columns: each number with its interval in one cell.
+MD_COLUMNS = ("method", "keep", "points", "clean_at_0", "robust_at_1", "best_clean", "best_robust",
+              "front_size", "hypervolume")
+
+
+def _md_cell(row: dict[str, Any], c: str) -> str:
+    if c in ("clean_at_0", "robust_at_1") and row.get(f"{c}_ci"):
+        return f"{fmt(row[c])} {row[f'{c}_ci']}"
+    if c == "hypervolume" and row.get("hv_lo") is not None:
+        return f"{fmt(row[c])} [{row['hv_lo']:.4f}, {row['hv_hi']:.4f}]"
+    return fmt(row[c])
+
+
+def markdown_table(table: list[dict[str, Any]], caption: str = "", differences: Sequence[str] = ()) -> str:
+    """The summary as markdown; intervals in brackets beside their numbers, then the difference lines."""
+    lines = ([caption, ""] if caption else []) + ["| " + " | ".join(MD_COLUMNS) + " |",
+                                                  "|" + "---|" * len(MD_COLUMNS)]
+    lines += ["| " + " | ".join(_md_cell(row, c) for c in MD_COLUMNS) + " |" for row in table]
+    if differences:
+        lines += ["", *[f"- {d}" for d in differences]]
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: list[dict[str, Any]], stem: Path, caption: str = "") -> tuple[Path, Path]:
-    """``stem.csv`` and ``stem.md``."""
+def write_table(table: list[dict[str, Any]], stem: Path, caption: str = "",
+                differences: Sequence[str] = ()) -> tuple[Path, Path]:
+    """``stem.csv`` (``COLUMNS``) and ``stem.md`` (``markdown_table``)."""
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(table)
-    md_path.write_text(markdown_table(table, caption))
+    md_path.write_text(markdown_table(table, caption, differences))
     return csv_path, md_path
+
+
+def _errors(rows: Sequence[dict], key: str) -> list[list[float]]:
+    """matplotlib's asymmetric error bars ``[[below], [above]]`` of the rows' ``{key}_ci``."""
+    acc = [r[f"{key}_acc"] for r in rows]
+    below = [a - r[f"{key}_ci"][0] for a, r in zip(acc, rows)]
+    return [below, [r[f"{key}_ci"][1] - a for a, r in zip(acc, rows)]]
 
 
 def write_figure(results: dict[str, list[dict]], table: list[dict], path: Path, title: str) -> Path:
     """Frontiers on the clean x robust plane: PNG via matplotlib if installed, else Plotly HTML."""
     hv = {row["method"]: row["hypervolume"] for row in table}
+    hv_ci = {r["method"]: "" if r.get("hv_lo") is None else f" [{r['hv_lo']:.3f}, {r['hv_hi']:.3f}]"
+             for r in table}
     if path.suffix.lower() == ".png" and importlib.util.find_spec("matplotlib") is not None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6.5, 5))
         for method, rows in results.items():
-            ax.plot([r["clean_acc"] for r in rows], [r["robust_acc"] for r in rows], "o-", ms=3,
-                    label=f"{method} (HV {hv[method]:.3f})")
-        ax.set(xlabel="clean accuracy", ylabel="robust accuracy", title=title)
+            rows = [with_intervals(r) for r in rows]
+            ax.errorbar([r["clean_acc"] for r in rows], [r["robust_acc"] for r in rows],
+                        xerr=_errors(rows, "clean"), yerr=_errors(rows, "robust"), fmt="o-", ms=3,
+                        elinewidth=0.6, capsize=1.5,
+                        label=f"{method} (HV {hv[method]:.3f}{hv_ci[method]})")
+        ax.set(xlabel="clean accuracy (bars: Wilson 95%)", ylabel="robust accuracy (bars: Wilson 95%)",
+               title=title)
         ax.legend(fontsize=8)
         fig.savefig(path, dpi=150, bbox_inches="tight")
         plt.close(fig)
         return path
     import plotly.graph_objects as go
+
+    from .plots import error_bars
     fig = go.Figure([go.Scatter(x=[r["clean_acc"] for r in rows], y=[r["robust_acc"] for r in rows],
-                                mode="lines+markers", name=f"{m} (HV {hv[m]:.3f})",
+                                mode="lines+markers", name=f"{m} (HV {hv[m]:.3f}{hv_ci[m]})",
+                                error_x=error_bars(rows, "clean"), error_y=error_bars(rows, "robust"),
                                 text=[f"alpha={r['alpha']:.2f}" for r in rows]) for m, rows in results.items()])
     fig.update_layout(title=title, xaxis_title="clean accuracy", yaxis_title="robust accuracy")
     html = path if path.suffix.lower() == ".html" else path.with_suffix(".html")

@@ -23,6 +23,7 @@ from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
+from .intervals import with_intervals
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, merge_coefficients,
@@ -314,8 +315,9 @@ def sweep_grid(spec: SweepSpec) -> list[MergeSpec]:
 def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
               natural: Sequence[str], robust: Sequence[str], base: str, key: str, *,
               seconds: float, merge_seconds: float, device: str) -> dict[str, Any]:
-    """The JSON row of one point: accuracies, the full config, attack label, timings."""
-    return {
+    """The JSON row of one point: accuracies with their Wilson 95% intervals (``clean_ci``,
+    ``robust_ci`` = [lo, hi]), the full config, attack label, timings."""
+    return with_intervals({
         "method": spec.method, "alpha": spec.alpha, "keep": spec.keep, "scope": spec.scope,
         "lambdas": list(spec.lambdas), "clean_acc": res.clean_acc, "robust_acc": res.robust_acc,
         "attack": attack.label, "attack_name": attack.name, "eps": attack.eps, "norm": attack.norm,
@@ -326,4 +328,4 @@ def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec
         "n_reused": res.n_reused, "n_attacked": res.n_attacked, "cached": False, "key": key,
         "code_version": CODE_VERSION, "device": device,
         "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
-    }
+    })

@@ -2,7 +2,9 @@
 
 Pure functions, no gradio and no torch: the UI, the CLI and notebooks share them. A result
 row is the dict ``Engine.point`` returns (``method, alpha, keep, scope, lambdas, clean_acc,
-robust_acc, attack, eps, n, task, ...``); accuracies are fractions in [0, 1].
+robust_acc, clean_ci, robust_ci, attack, eps, n, task, ...``); accuracies are fractions in [0, 1].
+Every point is drawn with its Wilson 95% intervals as error bars (clean horizontally, robust
+vertically) and its hover card gives them; rows without intervals get them from ``n``.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+
+from .intervals import fmt_ci, with_intervals
 
 Row = Mapping[str, Any]
 ENDPOINT_STYLE = {  # kind -> (marker symbol, colour, legend name)
@@ -37,12 +41,16 @@ def setting_label(row: Row) -> str:
 
 
 def hover_text(row: Row) -> str:
-    """Hover card of one point: merge config and the attack, eps and n behind the numbers."""
+    """Hover card of one point: accuracies with their 95% intervals, merge config and the attack,
+    eps and n behind the numbers."""
+    row = with_intervals(row)
     alpha = row.get("alpha")
     lambdas = ", ".join(f"{float(v):+.3g}" for v in row.get("lambdas") or [])
     return "<br>".join([
         f"<b>{row.get('method', '?')}</b>" + (" (preview)" if row.get("preview") else ""),
-        f"clean {float(row['clean_acc']):.3f} · robust {float(row['robust_acc']):.3f}",
+        f"clean {float(row['clean_acc']):.3f} {fmt_ci(row.get('clean_ci'))} · "
+        f"robust {float(row['robust_acc']):.3f} {fmt_ci(row.get('robust_ci'))}",
+        "(95% intervals, Wilson)",
         f"α = {'—' if alpha is None else f'{float(alpha):.3g}'} · λ = [{lambdas}]",
         f"keep = {float(row.get('keep', 1.0)):.3g} ({row.get('scope', 'global')})",
         f"attack: {row.get('attack', '?')} · eps = {float(row.get('eps', 0)):.4g} · n = {row.get('n', '?')}",
@@ -66,7 +74,24 @@ def curve_name(row: Row) -> str:
     return row.get("method", "?") + ("" if keep == 1.0 else f" keep={keep:g} ({row.get('scope', 'global')})")
 
 
-def _scatter(rows: Sequence[Row], **kwargs: Any) -> go.Scatter:
+def error_bars(rows: Sequence[Row], key: str, colour: str | None = None) -> dict[str, Any]:
+    """Plotly ``error_x``/``error_y`` of the rows' ``{key}_ci`` intervals (asymmetric, around
+    ``{key}_acc``); empty when no row has an ``n``."""
+    rows = [with_intervals(r) for r in rows]
+    if not all(r.get(f"{key}_ci") for r in rows):
+        return {}
+    acc = [float(r[f"{key}_acc"]) for r in rows]
+    lo = [float(r[f"{key}_ci"][0]) for r in rows]
+    hi = [float(r[f"{key}_ci"][1]) for r in rows]
+    bars = dict(type="data", symmetric=False, array=[h - a for h, a in zip(hi, acc)],
+                arrayminus=[a - v for a, v in zip(acc, lo)], thickness=1, width=2)
+    return {**bars, "color": colour} if colour else bars
+
+
+def _scatter(rows: Sequence[Row], errors: bool = True, **kwargs: Any) -> go.Scatter:
+    if errors:
+        colour = (kwargs.get("line") or kwargs.get("marker") or {}).get("color")
+        kwargs.update(error_x=error_bars(rows, "clean", colour), error_y=error_bars(rows, "robust", colour))
     return go.Scatter(x=[r["clean_acc"] for r in rows], y=[r["robust_acc"] for r in rows],
                       text=[hover_text(r) for r in rows], hovertemplate="%{text}<extra></extra>", **kwargs)
 
@@ -96,7 +121,7 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
                                marker=dict(symbol="x", size=9, color="#7f7f7f")))
     front = [rows[i] for i in pareto_front([(r["clean_acc"], r["robust_acc"]) for r in rows])]
     if len(front) > 1:
-        fig.add_trace(_scatter(front, name="Pareto front", mode="lines", hoverinfo="skip",
+        fig.add_trace(_scatter(front, errors=False, name="Pareto front", mode="lines", hoverinfo="skip",
                                line=dict(color="rgba(0,0,0,0.35)", dash="dot", width=3, shape="hv")))
     for kind, (symbol, colour, label) in ENDPOINT_STYLE.items():
         pts = [r for r in rows if endpoint_kind(r) == kind]

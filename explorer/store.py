@@ -2,7 +2,9 @@
 
 Rows are keyed by a content hash of (weights digests, merge spec, eval spec, attack spec,
 code version), so a re-run is served from the store and a sweep cut off midway resumes where
-it stopped. Per-sample flags are kept beside each row.
+it stopped. Per-sample flags are kept beside each row. Rows carry their accuracies' 95%
+intervals (``clean_ci``, ``robust_ci``) in the row JSON; rows stored before intervals existed get
+them from ``n`` and the accuracies when read (``intervals.with_intervals``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .intervals import with_intervals
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -57,7 +61,7 @@ class Store:
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
             cur = self._db.execute("SELECT row FROM points WHERE key = ?", (key,)).fetchone()
-        return json.loads(cur[0]) if cur else None
+        return with_intervals(json.loads(cur[0])) if cur else None
 
     def flags(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(clean_correct, robust) boolean arrays of a stored point."""
@@ -85,7 +89,7 @@ class Store:
             with self._lock:
                 cur = self._db.execute("SELECT row FROM points WHERE sweep = ? ORDER BY created",
                                        (sweep,)).fetchall()
-            return [json.loads(r[0]) for r in cur]
+            return [with_intervals(json.loads(r[0])) for r in cur]
         # The UI asks for every row on each interaction: parse only what is new since last time
         # (rows written by other processes included).
         with self._lock:
@@ -93,7 +97,7 @@ class Store:
                                    "ORDER BY created", (self._seen_until,)).fetchall()
             for key, row, created in cur:
                 self._cache.pop(key, None)
-                self._cache[key] = json.loads(row)
+                self._cache[key] = with_intervals(json.loads(row))
                 self._seen_until = max(self._seen_until, created)
             return list(self._cache.values())
 

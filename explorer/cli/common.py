@@ -1,8 +1,9 @@
 """Helpers shared by the CLI commands: the evaluation flags, specs from flags, the store, output.
 
 The JSON written by ``sweep``/``evaluate`` is a stable contract: every point has at least
-``method, alpha, keep, scope, lambdas, clean_acc, robust_acc, attack, eps, n, seed, seconds,
-cached``. Accuracies are fractions in [0, 1]; ``--eps`` takes ``4/255`` or a float.
+``method, alpha, keep, scope, lambdas, clean_acc, robust_acc, clean_ci, robust_ci, attack, eps, n,
+seed, seconds, cached``. Accuracies are fractions in [0, 1], each with its Wilson 95% interval
+``[lo, hi]``; ``--eps`` takes ``4/255`` or a float.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..attacks import attack_help, attack_table, parse_attack
 from ..config import AttackSpec, EvalSpec, resolve_defaults
+from ..intervals import fmt_ci, with_intervals
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -65,10 +67,13 @@ def open_service(args: argparse.Namespace) -> Service:
 
 
 def point_line(p: dict) -> str:
-    """One human line per point: method, alpha, keep, accuracies, attack label, n, cache state."""
+    """One human line per point: method, alpha, keep, accuracies with their 95% intervals, attack
+    label, n, cache state."""
+    p = with_intervals(p)
     alpha = "" if p.get("alpha") is None else f" alpha={p['alpha']:.2f}"
-    return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} "
-            f"robust={p['robust_acc']:.3f} [{p['attack']}, n={p['n']}]{' (cached)' if p['cached'] else ''}")
+    return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} {fmt_ci(p.get('clean_ci'))} "
+            f"robust={p['robust_acc']:.3f} {fmt_ci(p.get('robust_ci'))} [{p['attack']}, n={p['n']}]"
+            f"{' (cached)' if p['cached'] else ''}")
 
 
 def write_points(points: list[dict], out: str | None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..merging import METHODS
 from .common import add_eval_flags, open_service, resolve_specs, write_json
 
-HELP = "all merge methods on one setting: frontiers + hypervolume"
+HELP = "all merge methods on one setting: frontiers + hypervolume with bootstrap intervals"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,13 +21,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse", action="store_true",
                    help="try adversarial examples found at earlier points (faster; numbers then depend "
                         "on the order methods ran in). Default: every point attacked afresh")
+    p.add_argument("--boot", type=int, default=1000,
+                   help="paired bootstrap replicates over images for the hypervolume intervals (>= 100)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, write figure + tables (+ JSON with ``--out``), print one row per method."""
     from .. import compare
     from ..config import parse_alphas
+    from ..store import Store
+    if args.boot < 100:
+        raise ValueError(f"--boot must be >= 100 (bootstrap replicates), got {args.boot}")
     service = open_service(args)
+    if service.store is None:   # the intervals read per-image flags: keep them in memory only
+        service.store = Store(":memory:")
     manifest = service.manifest
     attack, ev = resolve_specs(args, manifest)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(compare.ALL_METHODS)
@@ -37,15 +44,23 @@ def run(args: argparse.Namespace) -> int:
     engine = service.engine()
     results = compare.compare_methods(engine, natural, robust, methods, alphas, args.keep, attack, ev,
                                       seed=args.seed, reuse=args.reuse)
-    table = compare.summarize(results)
+    flags = {m: compare.point_flags(engine, rows) for m, rows in results.items()}
+    stats, diffs = compare.bootstrap_stats(flags, n_boot=args.boot, seed=args.seed)
+    table = compare.summarize(results, stats)
+    lines = [compare.difference_line(d, ev.n) for d in diffs]
     title = f"{natural} + {robust}: {attack.label}, {ev.task}/{ev.split} n={ev.n}, keep={args.keep:g}"
     fig = compare.write_figure(results, table, Path(args.figure), title)
-    csv_path, md_path = compare.write_table(table, Path(args.figure).with_suffix(""), caption=title)
+    csv_path, md_path = compare.write_table(table, Path(args.figure).with_suffix(""), caption=title,
+                                            differences=lines)
     if args.out:
-        write_json(results, args.out)
+        write_json({"points": results, "summary": table, "differences": diffs}, args.out)
     print(f"# {title}")
+    print("# intervals: Wilson 95% for one accuracy; 95% paired bootstrap over images for hypervolumes "
+          f"({args.boot} replicates)")
     print("  ".join(compare.COLUMNS))
     for row in table:
         print("  ".join(compare.fmt(row[c]) for c in compare.COLUMNS))
+    for line in lines:
+        print(line)
     print(f"# figure: {fig}  table: {md_path} {csv_path}")
     return 0

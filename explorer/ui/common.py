@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..attacks import ATTACK_NAMES, parse_attack
 from ..config import AttackSpec, EvalSpec, MergeSpec
+from ..intervals import fmt_ci, with_intervals
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def export_dir(content: str | bytes) -> Path:
     return out
 
 
-TABLE_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "robust_acc",
-                 "attack", "n", "task", "cached", "seconds"]
+TABLE_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "clean_ci", "robust_acc",
+                 "robust_ci", "attack", "n", "task", "cached", "seconds"]
 
 
 def readable_errors(fn: Callable) -> Callable:
@@ -144,13 +145,15 @@ def selection(values: Mapping[str, Any], default_base: str) -> Selection:
 
 
 def rows_table(rows: Sequence[dict]) -> pd.DataFrame:
-    """The points as a table; every number beside the attack, eps and n that produced it."""
+    """The points as a table; every number beside its Wilson 95% interval ``[lo, hi]`` and the
+    attack, eps and n that produced it."""
     recs = []
-    for r in rows:
+    for r in map(with_intervals, rows):
         rec = {c: r.get(c) for c in TABLE_COLUMNS}
         rec["lambdas"] = ", ".join(f"{float(v):+.2f}" for v in r.get("lambdas") or [])
         rec["clean_acc"] = round(float(r["clean_acc"]), 4)
         rec["robust_acc"] = round(float(r["robust_acc"]), 4)
+        rec["clean_ci"], rec["robust_ci"] = fmt_ci(r.get("clean_ci")), fmt_ci(r.get("robust_ci"))
         rec["alpha"] = None if r.get("alpha") is None else round(float(r["alpha"]), 4)
         if r.get("preview"):
             rec["attack"] = f"{r['attack']} (preview)"
@@ -164,6 +167,8 @@ def point_summary(row: dict, state: str) -> str:
     where = f"α = {alpha:.2f}" if alpha is not None else "λ = " + ", ".join(
         f"{v:+.2f}" for v in row.get("lambdas", []))
     cached = " · from the store" if row.get("cached") else f" · {row.get('seconds', 0):.1f} s"
-    return (f"**{state}** — {row['method']} {where}, keep {row['keep']:g}: clean **{row['clean_acc']:.3f}**, "
-            f"robust **{row['robust_acc']:.3f}** under *{row['attack']}*, n = {row['n']} "
+    row = with_intervals(row)
+    return (f"**{state}** — {row['method']} {where}, keep {row['keep']:g}: clean **{row['clean_acc']:.3f}** "
+            f"{fmt_ci(row.get('clean_ci'))}, robust **{row['robust_acc']:.3f}** {fmt_ci(row.get('robust_ci'))} "
+            f"(95% intervals) under *{row['attack']}*, n = {row['n']} "
             f"(task {row['task']}){cached}")
