@@ -8,6 +8,7 @@ test executes.
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,31 @@ def test_calibrate_does_not_reach_the_engine_or_the_ui():
     reached = reachable(graph, [m for m in graph if m.startswith("explorer.calibrate")])
     assert not [m for m in reached if m in ("explorer.engine", "explorer.service")
                 or m.startswith(("explorer.ui", "explorer.cli"))]
+
+
+def test_no_import_cycles():
+    """Acyclic, lazy imports included (a function-level import hides a cycle from Python's import
+    order, not from a reader or a refactoring)."""
+    graph = {m: targets - {m} for m, targets in import_graph().items()}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        raise AssertionError("import cycle: " + " -> ".join(exc.args[1])) from None
+    assert "explorer.zoo" in graph["explorer.cli.serve"]      # an import inside run() is an edge
+
+
+def _in_cli(module: str) -> bool:
+    return module == "explorer.cli" or module.startswith("explorer.cli.")
+
+
+def test_nothing_outside_the_cli_imports_it():
+    """Neither the core, the UI nor ``app.py`` imports the CLI (``explorer/__main__.py``, the
+    three-line ``python -m explorer`` entry, is the CLI's own)."""
+    graph = import_graph()
+    assert "explorer.cli.common" in graph["explorer.cli.sweep"]       # the reader sees the CLI's edges
+    app = ast.parse((ROOT / "app.py").read_text())
+    graph["app"] = {a.name for n in ast.walk(app) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module or "" for n in ast.walk(app) if isinstance(n, ast.ImportFrom)}
+    offenders = {m: sorted(filter(_in_cli, targets)) for m, targets in graph.items()
+                 if not _in_cli(m) and m != "explorer.__main__"}
+    assert not {m: t for m, t in offenders.items() if t}, offenders

@@ -13,11 +13,9 @@ Building blocks used by other packages are imported from their modules:
 from __future__ import annotations
 
 from .gradient import AttackCancelled
-from .gradient import pgd  # noqa: F401  (not public: merging/calibration imports it from here, for now)
 from .records import (ATTACK_NAMES, ATTACKS, AttackRecord, attack_cost, attack_help, attack_table,
                       find_attack, parse_attack, validate_attack)
 from .run import run_attack
-from .safety import attack_context  # noqa: F401  (as pgd above)
 from .safety import check_gradients, check_logits
 from .stages import reference_autoattack
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from explorer.attacks import attack_context, pgd
+from explorer.attacks.gradient import pgd
+from explorer.attacks.safety import attack_context
 from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec, parse_eps, resolve_defaults
 from explorer.data import get_task

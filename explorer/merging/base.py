@@ -21,8 +21,6 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor
 
-from explorer.config import MergeSpec
-
 logger = logging.getLogger(__name__)
 
 Coefficient = Union[Tensor, float]
@@ -112,38 +110,6 @@ def masked_coefficient(lam: float, mask: Tensor | None, scale: float = 1.0) -> C
     return mask.to(torch.float32).mul_(float(lam) * scale)
 
 
-@torch.no_grad()
-def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> MergeResult:
-    """Run the registered method ``spec.method``: one coefficient per task vector, or the merged
-    delta of a method that is no per-vector scaling (:class:`MergedDelta`).
-
-    Raises:
-        KeyError: unknown method (the message lists the valid ones).
-        ValueError: an option the method does not declare, or ``len(spec.lambdas) != len(inputs.taus)``.
-    """
-    from explorer.merging.registry import validate_spec  # the registry imports the methods, which import us
-
-    record = validate_spec(spec)
-    if len(spec.lambdas) != len(inputs.taus):
-        raise ValueError(f"merge spec has {len(spec.lambdas)} lambdas for {len(inputs.taus)} task vectors")
-    result = record.fn(inputs, spec)
-    if isinstance(result, MergedDelta):
-        d = result.delta
-        if d.shape != inputs.taus[0].shape or d.dtype != torch.float32 or d.device != inputs.device:
-            raise RuntimeError(f"method {spec.method!r}: delta is {tuple(d.shape)} {d.dtype} on {d.device}, "
-                               f"expected {tuple(inputs.taus[0].shape)} float32 on {inputs.device}")
-        return result
-    coeffs = list(result)
-    if len(coeffs) != len(inputs.taus):
-        raise RuntimeError(f"method {spec.method!r} returned {len(coeffs)} coefficients "
-                           f"for {len(inputs.taus)} task vectors")
-    for i, c in enumerate(coeffs):
-        if isinstance(c, Tensor) and (c.shape != inputs.taus[i].shape or c.dtype != torch.float32):
-            raise RuntimeError(f"method {spec.method!r}: coefficient {i} is {tuple(c.shape)} {c.dtype}, "
-                               f"expected {tuple(inputs.taus[i].shape)} float32")
-    return coeffs
-
-
 def _fp32(x: float) -> float:
     """Round a Python float to the nearest float32 (as a Python float)."""
     return torch.tensor(x, dtype=torch.float32).item()
@@ -214,14 +180,3 @@ def _apply_delta(pre: Tensor, delta: Tensor, out: Tensor | None) -> Tensor:
     if out is not None and (out.shape, out.dtype, out.device) != (pre.shape, pre.dtype, pre.device):
         raise ValueError(f"out is {tuple(out.shape)} {out.dtype} on {out.device}; must match pre")
     return torch.add(pre, delta, out=out) if out is not None else pre + delta
-
-
-@torch.no_grad()
-def merge_weights(pre: Tensor, fts: Sequence[Tensor], inputs: MergeInputs, spec: MergeSpec,
-                  out: Tensor | None = None) -> Tensor:
-    """Convenience: :func:`merge_coefficients` then :func:`apply_coefficients`.
-
-    Shape:
-        pre, every ft, out: ``(N,)`` float32 on the taus' device.
-    """
-    return apply_coefficients(pre, fts, merge_coefficients(inputs, spec), out=out)

@@ -3,16 +3,22 @@
 Adding a method: a module ``explorer/merging/<name>.py`` with the function and its ``RECORD``,
 and one entry in ``_RECORDS`` below. The UI choices, the CLI help, ``canonical_spec``, option
 validation, the store key's method version and the parametrised tests read the records.
+``merge_coefficients`` (run the method a spec names) lives here, by the records it dispatches on,
+so that ``base`` (the contract every method imports) imports no method back.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from explorer.config import MergeSpec
 from explorer.merging import (dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m,
                               variational)
+from explorer.merging.base import MergedDelta, MergeInputs, MergeResult, apply_coefficients
 from explorer.merging.record import SPEC_FIELDS, MethodRecord
 
 _RECORDS: tuple[MethodRecord, ...] = (
@@ -107,3 +113,44 @@ def canonical_spec(spec: MergeSpec) -> MergeSpec:
 
 
 assert set(_SPEC_DEFAULTS) == set(SPEC_FIELDS)
+
+
+@torch.no_grad()
+def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> MergeResult:
+    """Run the registered method ``spec.method``: one coefficient per task vector, or the merged
+    delta of a method that is no per-vector scaling (:class:`MergedDelta`).
+
+    Raises:
+        KeyError: unknown method (the message lists the valid ones).
+        ValueError: an option the method does not declare, or ``len(spec.lambdas) != len(inputs.taus)``.
+    """
+    record = validate_spec(spec)
+    if len(spec.lambdas) != len(inputs.taus):
+        raise ValueError(f"merge spec has {len(spec.lambdas)} lambdas for {len(inputs.taus)} task vectors")
+    result = record.fn(inputs, spec)
+    if isinstance(result, MergedDelta):
+        d = result.delta
+        if d.shape != inputs.taus[0].shape or d.dtype != torch.float32 or d.device != inputs.device:
+            raise RuntimeError(f"method {spec.method!r}: delta is {tuple(d.shape)} {d.dtype} on {d.device}, "
+                               f"expected {tuple(inputs.taus[0].shape)} float32 on {inputs.device}")
+        return result
+    coeffs = list(result)
+    if len(coeffs) != len(inputs.taus):
+        raise RuntimeError(f"method {spec.method!r} returned {len(coeffs)} coefficients "
+                           f"for {len(inputs.taus)} task vectors")
+    for i, c in enumerate(coeffs):
+        if isinstance(c, Tensor) and (c.shape != inputs.taus[i].shape or c.dtype != torch.float32):
+            raise RuntimeError(f"method {spec.method!r}: coefficient {i} is {tuple(c.shape)} {c.dtype}, "
+                               f"expected {tuple(inputs.taus[i].shape)} float32")
+    return coeffs
+
+
+@torch.no_grad()
+def merge_weights(pre: Tensor, fts: Sequence[Tensor], inputs: MergeInputs, spec: MergeSpec,
+                  out: Tensor | None = None) -> Tensor:
+    """Convenience: :func:`merge_coefficients` then :func:`apply_coefficients`.
+
+    Shape:
+        pre, every ft, out: ``(N,)`` float32 on the taus' device.
+    """
+    return apply_coefficients(pre, fts, merge_coefficients(inputs, spec), out=out)
