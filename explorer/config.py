@@ -216,6 +216,10 @@ class SweepSpec(_Config):
     attack: AttackSpec = field(default_factory=AttackSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     merge_seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()  # method options (key, value); each method gets those it declares
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in self.options)))
 
 
 _NESTED = {("SweepSpec", "attack"): AttackSpec, ("SweepSpec", "eval"): EvalSpec}
@@ -239,3 +243,32 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     if not vals or bad:
         raise ValueError(f"alphas must be in [0, 1]; got {text!r}")
     return tuple(vals)
+
+
+def parse_options(text: str) -> tuple[tuple[str, Any], ...]:
+    """``"kappa=2, q=0.05, q_scope=global"`` -> ``(("kappa", 2), ("q", 0.05), ("q_scope", "global"))``.
+
+    Values become an int, else a float, else the stripped text. Empty text -> ``()``. Which keys a
+    method accepts is checked against its record (``explorer.merging.validate_spec``).
+
+    Raises:
+        ValueError: an item without ``=`` or with an empty key, or a key given twice.
+    """
+    out: dict[str, Any] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, raw = (s.strip() for s in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"method options are key=value pairs separated by commas; got {item!r}")
+        if key in out:
+            raise ValueError(f"method option {key!r} given twice")
+        for cast in (int, float):
+            try:
+                out[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = raw
+    return tuple(out.items())

@@ -26,8 +26,8 @@ from .evaluate import AdversarialBank, EvalResult, evaluate
 from .intervals import with_intervals
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
-from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, merge_coefficients,
-                      method_version, validate_spec)
+from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, get_method,
+                      merge_coefficients, method_version, validate_spec)
 from .store import Store
 from .taskvec import FlatLayout, bind_flat
 from .zeroshot import ZeroShotClassifier
@@ -301,11 +301,15 @@ def sweep_grid(spec: SweepSpec) -> list[MergeSpec]:
     n_nat, n_rob = len(spec.natural), len(spec.robust)
     grid: list[MergeSpec] = []
     seen: set[MergeSpec] = set()
+    unused = sorted({k for k, _ in spec.options} - {o for m in spec.methods for o in get_method(m).options})
+    if unused:
+        raise ValueError(f"no method of the sweep ({', '.join(spec.methods)}) has option {', '.join(unused)}")
     for m in spec.methods:
+        opts = tuple((key, v) for key, v in spec.options if key in get_method(m).options)
         for k in spec.keeps:
             for a in spec.alphas:
                 ms = canonical_spec(MergeSpec.from_alpha(a, n_nat, n_rob, spec.scale, method=m, keep=k,
-                                                         scope=spec.scope, seed=spec.merge_seed))
+                                                         scope=spec.scope, seed=spec.merge_seed, options=opts))
                 if ms not in seen:
                     seen.add(ms)
                     grid.append(ms)

@@ -86,3 +86,29 @@ def test_spectral_methods_on_the_real_layout(engine, method):
             assert int((s > 1e-6 * s.max()).sum()) <= 2 * (min(mn) // 2)
         checked += 1
     assert checked > 0
+
+
+def test_sweep_options_reach_the_methods_that_declare_them():
+    from explorer.config import SweepSpec, parse_options
+    from explorer.engine import sweep_grid
+    assert parse_options("kappa=2, q=0.05, q_scope=global,") == (("kappa", 2), ("q", 0.05), ("q_scope", "global"))
+    assert parse_options("") == ()
+    for bad in ("kappa", "=2", "q=1, q=2"):
+        with pytest.raises(ValueError):
+            parse_options(bad)
+    spec = SweepSpec(manifest="m", base="b", natural=("n",), robust=("r",), alphas=(0.5,),
+                     methods=("task_arithmetic", "pistole", "iso_c"), options=(("kappa", 2), ("conv", "average")))
+    grid = {m.method: dict(m.options) for m in sweep_grid(spec)}
+    assert grid == {"task_arithmetic": {}, "pistole": {"kappa": 2}, "iso_c": {"conv": "average"}}
+    assert SweepSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="has option nope"):
+        sweep_grid(SweepSpec(manifest="m", base="b", natural=("n",), robust=("r",), options=(("nope", 1),)))
+
+
+def test_ui_method_options_text_becomes_the_spec_options():
+    from explorer.ui import common
+    spec = common.merge_spec(["natural"], ["robust"], "pistole", 0.8, 1.0, "global", False, [], "kappa=2, q=0.05")
+    assert dict(spec.options) == {"kappa": 2, "q": 0.05} and spec.lambdas == pytest.approx((0.2, 0.8))
+    assert common.merge_spec(["natural"], ["robust"], "iso_c", 0.5, 1.0, "global", False, []).options == ()
+    with pytest.raises(ValueError, match="no option 'kappa'.*conv"):
+        common.merge_spec(["natural"], ["robust"], "iso_c", 0.5, 1.0, "global", False, [], "kappa=2")

@@ -4,21 +4,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import parse_options
 from ..merging import get_method
 from .common import add_eval_flags, resolve_specs, write_json
 
 HELP = "PISTOLE's ablation + pistole/stability/iso_c/tsv_m/baselines: frontiers, hypervolume intervals"
 
 
-def _option(text: str) -> tuple[str, float | str]:
-    """``key=value``: a number where the value parses as one (``kappa=2``), else the text (``q_scope=global``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--pistole takes key=value (e.g. kappa=2), got {text!r}")
+def _option(text: str) -> tuple[str, object]:
+    """One ``key=value`` (``parse_options``: an int, a float or text)."""
     try:
-        return key.strip(), float(value)
-    except ValueError:
-        return key.strip(), value.strip()
+        (pair,) = parse_options(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--pistole takes key=value (e.g. kappa=2): {exc}") from None
+    return pair
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

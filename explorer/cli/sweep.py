@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import SweepSpec, parse_alphas
+from ..config import SweepSpec, parse_alphas, parse_options
 from ..merging import METHODS
 from .common import add_eval_flags, open_service, resolve_specs, write_points
 
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="append", type=float, default=None, help="fraction kept (repeatable)")
     p.add_argument("--scope", default="global", choices=["global", "per_tensor"])
     p.add_argument("--scale", type=float, default=1.0, help="s in lambda_nat=s(1-alpha), lambda_rob=s*alpha")
+    p.add_argument("--options", default="", help="method options, e.g. 'kappa=2, q=0.05' (each method gets "
+                   "those it declares; see python -m explorer ablation --help for pistole's)")
     p.add_argument("--no-reuse", action="store_true",
                    help="attack every point afresh (no adversarial examples carried between points)")
 
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     spec = SweepSpec(manifest=service.manifest_path, base=engine.base, natural=tuple(args.natural),
                      robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
-                     scope=args.scope, scale=args.scale, attack=attack, eval=ev)
+                     scope=args.scope, scale=args.scale, attack=attack, eval=ev,
+                     options=parse_options(args.options))
     write_points(list(engine.sweep(spec, use_bank=not args.no_reuse)), args.out)
     return 0

@@ -15,8 +15,9 @@ import gradio as gr
 import pandas as pd
 
 from ..attacks import ATTACK_NAMES, parse_attack
-from ..config import AttackSpec, EvalSpec, MergeSpec
+from ..config import AttackSpec, EvalSpec, MergeSpec, parse_options
 from ..intervals import fmt_ci, with_intervals
+from ..merging import validate_spec
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +96,21 @@ def lambda_values(values: Mapping[str, Any]) -> list[float]:
 
 
 def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha: float, keep: float,
-               scope: str, advanced: bool, lambdas: Sequence[float]) -> MergeSpec:
-    """Alpha mode (one trade-off weight) or advanced mode (one lambda per vector)."""
+               scope: str, advanced: bool, lambdas: Sequence[float], options: str = "") -> MergeSpec:
+    """Alpha mode (one trade-off weight) or advanced mode (one lambda per vector); ``options`` is the
+    method-options text (``kappa=2, q=0.05``), checked against the method's record."""
     if not method:
         raise ValueError("choose a merge method")
+    opts = parse_options(options or "")
     if advanced:
         n = len(natural) + len(robust)
-        return MergeSpec(method=method, lambdas=tuple(float(v) for v in lambdas[:n]), keep=float(keep),
-                         scope=scope)
-    return MergeSpec.from_alpha(float(alpha), len(natural), len(robust), method=method,
-                                keep=float(keep), scope=scope)
+        spec = MergeSpec(method=method, lambdas=tuple(float(v) for v in lambdas[:n]), keep=float(keep),
+                         scope=scope, options=opts)
+    else:
+        spec = MergeSpec.from_alpha(float(alpha), len(natural), len(robust), method=method,
+                                    keep=float(keep), scope=scope, options=opts)
+    validate_spec(spec)   # an option the method does not have: one line listing the valid ones
+    return spec
 
 
 @dataclass(frozen=True)
@@ -132,13 +138,13 @@ class Selection:
 def selection(values: Mapping[str, Any], default_base: str) -> Selection:
     """The frontier controls' values, by name, as config objects; ``ValueError`` naming a bad one.
 
-    Reads ``base, natural, robust, method, alpha, keep, scope, advanced, lambda_i, attack, eps,
-    norm, task, n``: a new control that changes the merge, attack or evaluation is read here.
+    Reads ``base, natural, robust, method, alpha, keep, scope, advanced, options, lambda_i, attack,
+    eps, norm, task, n``: a new control that changes the merge, attack or evaluation is read here.
     """
     v = values
     natural, robust = check_vectors(v["natural"], v["robust"])
     spec = merge_spec(natural, robust, v["method"], v["alpha"], v["keep"], v["scope"], bool(v["advanced"]),
-                      lambda_values(v))
+                      lambda_values(v), v.get("options") or "")
     return Selection(base=v["base"] or default_base, natural=natural, robust=robust, merge=spec,
                      attack=parse_attack(v["attack"], v["eps"], v["norm"] or "Linf"),
                      eval=eval_spec(v["task"], v["n"]))

@@ -101,7 +101,7 @@ class FrontierHandlers:
         sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
                        robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.merge.method]),
                        alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.merge.keep,),
-                       scope=sel.merge.scope, attack=sel.attack, eval=sel.eval)
+                       scope=sel.merge.scope, attack=sel.attack, eval=sel.eval, options=sel.merge.options)
         stop = self._stop.setdefault(_session(request), threading.Event())
         stop.clear()
         total = 1 + len(sw.methods) * len(sw.alphas)

@@ -40,6 +40,10 @@ def _merge_controls() -> dict:
                        elem_id="keep-slider"),
         scope=gr.Radio(["global", "per_tensor"], value="global", label="Sparsity scope"),
         advanced=gr.Checkbox(False, label="Advanced: one λ per vector (negative = negation)"),
+        options=gr.Textbox("", label="Method options (key=value, comma-separated)",
+                           placeholder="e.g. kappa=2, q=0.05, traj_steps=0 (pistole); conv=average (iso_c)",
+                           info="empty = the method's defaults; `python -m explorer ablation --help` "
+                                "and the method's docstring list them"),
     )
 
 
