@@ -116,7 +116,8 @@ def _cost(rows: Sequence[dict]) -> str:
 def markdown_panel(panel: dict[str, Any], first: str, at_alpha: float = 0.8) -> str:
     """A markdown table: hypervolume [95% CI], difference to the first row [95% CI], the point at
     ``at_alpha`` (0.8 = the paper's lambda 0.2), the best robust accuracy, the mask-building cost."""
-    head = (f"| {first} | hypervolume [95% CI] | vs first row [95% CI] | clean / robust at alpha "
+    ref = next(iter(panel["rows"]))
+    head = (f"| {first} | hypervolume [95% CI] | vs {ref} [95% CI] | clean / robust at alpha "
             f"{at_alpha:g} | best robust | score cost |")
     lines = [head, "|---|---|---|---|---|---|"]
     for label, rows in panel["rows"].items():

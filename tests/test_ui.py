@@ -30,7 +30,7 @@ def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str
              advanced: bool = False, lambdas=(0.0,) * 6, rows=None, **changes) -> dict:
     """Frontier control values by name (the form's group ``merge``) and the session's ``rows``."""
     v = dict(base="base", natural=["natural"], robust=["robust"], method=method, alpha=alpha, keep=1.0,
-             scope="global", advanced=advanced, attack=attack, eps="4/255", norm="Linf", task="shapes",
+             scope="global", advanced=advanced, options="", attack=attack, eps="4/255", norm="Linf", task="shapes",
              n=n, rows=[] if rows is None else rows)
     return {**v, **{f"lambda_{i}": lam for i, lam in enumerate(lambdas)}, **changes}
 
