@@ -30,8 +30,8 @@ def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str
              advanced: bool = False, lambdas=(0.0,) * 6, rows=None, **changes) -> dict:
     """Frontier control values by name (the form's group ``merge``) and the session's ``rows``."""
     v = dict(base="base", natural=["natural"], robust=["robust"], method=method, alpha=alpha, keep=1.0,
-             scope="global", advanced=advanced, options="", attack=attack, eps="4/255", norm="Linf", task="shapes",
-             n=n, rows=[] if rows is None else rows)
+             scope="global", advanced=advanced, options="", attack=attack, eps="4/255", norm="Linf",
+             task="shapes", n=n, rows=[] if rows is None else rows)
     return {**v, **{f"lambda_{i}": lam for i, lam in enumerate(lambdas)}, **changes}
 
 
@@ -225,8 +225,8 @@ def test_form_names_every_value_and_handlers_read_gradio_dicts(demo, ctx) -> Non
     """Handlers get what Gradio passes for set inputs ({component: value}) and read it by name."""
     form = demo.explorer_form
     merge = set(form.read({c: None for c in form.inputs("merge")}))
-    assert merge == {"base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced", "attack",
-                     "eps", "norm", "task", "n", *(f"lambda_{i}" for i in range(6))}
+    assert merge == {"base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced", "options",
+                     "attack", "eps", "norm", "task", "n", *(f"lambda_{i}" for i in range(6))}
     assert form.group("inspect") == ["image", "classes", "kind", "inspect_eps", "steps"]
     h = FrontierHandlers(ctx, form)
     values = {form[k]: v for k, v in controls(alpha=0.4).items()}
