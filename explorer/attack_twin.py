@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
 from torch import nn
 
+from .finite import check_finite_logits
 from .zeroshot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def max_disagreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 def make_twin(clf: ZeroShotClassifier, *, seed: int = 0) -> AttackTwin | None:
     """The attack twin of ``clf``, or None when its vision tower has no BatchNorm to fold.
 
-    Raises ``ValueError`` if the twin's logits disagree with the source's on random input.
+    Raises ``ValueError`` if the twin's logits disagree with the source's on random input, and
+    ``finite.NonFiniteLogitsError`` if the source's own logits are NaN/inf there.
     """
     visual = clf.model.visual
     if not any(isinstance(m, nn.BatchNorm2d) for m in visual.modules()):
@@ -177,6 +179,8 @@ def make_twin(clf: ZeroShotClassifier, *, seed: int = 0) -> AttackTwin | None:
     device = next(visual.parameters()).device
     g = torch.Generator().manual_seed(seed)
     probe = torch.rand(4, 3, *clf.image_size, generator=g).to(device)
+    with torch.no_grad():   # a model with invalid weights is named as such, not as a bad fold
+        check_finite_logits(clf(probe), inputs="random probe images")
     gap = max_disagreement(twin, clf, probe)
     if not gap <= TOLERANCE:
         raise ValueError(f"folded twin disagrees with its model (relative logit gap {gap:.2e}); "

@@ -3,8 +3,14 @@
 The engine keeps theta_pre and every fine-tuned model as flat float32 buffers on the device and
 the model's parameters as views into one flat buffer, so a merge is one pass written into the
 resident model (no state-dict rebuild, no disk read, no re-creation). Eval sets and text heads
-are cached; adversarial examples found at one point are tried first at the next (``evaluate``).
-Every point is committed to the store as it finishes; a re-run is served from the store.
+are cached. Every point is committed to the store as it finishes; a re-run is served from the store.
+
+A point's number depends only on its spec: by default every point is attacked afresh, so
+alpha = 0 / 1 of a sweep equal the endpoints evaluated alone, bit for bit, whatever ran before.
+Carrying adversarial examples between points (``use_bank=True``: examples found at one point are
+tried first at the next) is an explicit variant: its rows' attack label ends in ``REUSE_TAG``
+and its store key differs, so its numbers (tighter, history-dependent) never pass for the others.
+Invalid merges and non-finite logits fail the point (``finite.InvalidPointError``); nothing is stored.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, re
 from .data import get_task
 from .evaluate import AdversarialBank, EvalResult, evaluate
 from .intervals import with_intervals
+from .finite import InvalidPointError, check_merged
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, get_method,
@@ -34,6 +41,10 @@ from .zeroshot import ZeroShotClassifier
 from .zoo import Manifest, ModelEntry, create_model, load_manifest, load_weights
 
 log = logging.getLogger(__name__)
+
+# Suffix of the attack label of points whose attack also tried adversarial examples carried over
+# from earlier points (the ``use_bank=True`` variant).
+REUSE_TAG = " +reuse"
 
 
 def default_device() -> str:
@@ -138,6 +149,7 @@ class Engine:
         self.last_prep_cost = None
         if not vecs:                      # the pretrained model itself
             self.theta.copy_(self.pre)
+            check_merged(self.theta, self.layout.keys, self.layout.segments, (), what=f"base {self.base!r}")
             self._refresh_twins()
             self._refresh_text(())
             return
@@ -147,6 +159,9 @@ class Engine:
                              names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
         coeffs = merge_coefficients(inputs, spec)
         apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
+        # Before anything reads the weights (twins, text head, an attack): no NaN, no negative variance.
+        check_merged(self.theta, self.layout.keys, self.layout.segments, spec.lambdas,
+                     what=f"{spec.method} merge of {', '.join(names)}")
         self._refresh_twins()
         if isinstance(coeffs, MergedDelta):   # no per-vector coefficients: key the text by the spec
             self._refresh_text(((spec.digest(),) if any(v.touches_text for v in vecs) else ()))
@@ -216,23 +231,28 @@ class Engine:
 
     # ------------------------------------------------------------------ points
     def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
-                  use_bank: bool = True) -> str:
+                  use_bank: bool = False) -> str:
         parts = [CODE_VERSION, self.base_digest, *[self.vector(n).digest for n in names],
                  spec.to_json(), attack.to_json(), ev.to_json()]
-        if not use_bank:   # history-free numbers are stored apart from reuse-tightened ones
-            parts.append("fresh")
+        # History-free numbers and reuse-tightened ones are stored apart ("fresh" is the marker
+        # history-free points always had; rows stored without a marker came from the old default).
+        parts.append("reuse" if use_bank else "fresh")
         if method_version(spec.method) > 1:
             parts.append(f"{spec.method}@{method_version(spec.method)}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
-              ev: EvalSpec, *, use_store: bool = True, use_bank: bool = True, sweep: str | None = None,
+              ev: EvalSpec, *, use_store: bool = True, use_bank: bool = False, sweep: str | None = None,
               progress: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Merge, evaluate and store one point; served from the store when already computed.
 
         ``should_stop`` is polled inside the attack; when it fires the point is abandoned
         (``AttackCancelled``; nothing stored) and the model stays as merged. Settings the
         method ignores are reset first (``canonical_spec``): the row reports what was computed.
+        ``use_bank=True`` is the labelled reuse variant (module docstring).
+
+        Raises:
+            InvalidPointError: the merged weights or the logits are invalid (nothing stored).
         """
         spec = canonical_spec(spec)
         names = [*natural, *robust]
@@ -246,14 +266,18 @@ class Engine:
         t1 = time.perf_counter()
         clf = self.classifier(ev.task)
         x, y = self.eval_data(ev)
+        attacked = attack.name != "none" and attack.eps > 0
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
-                       batch_size=self.batch_size, progress=progress, attack_model=self.attack_model(ev.task),
+                       batch_size=self.batch_size, progress=progress,
+                       attack_model=self.attack_model(ev.task) if attacked else None,
                        should_stop=should_stop)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
         if self.last_prep_cost is not None:
             row["prep_cost"] = self.last_prep_cost   # forward/backward passes and seconds of the scores
+        if use_bank:
+            row["attack"] += REUSE_TAG
         if self.store is not None:
             self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
         return row
@@ -268,13 +292,15 @@ class Engine:
 
     def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, progress: bool = True,
-              use_bank: bool = True) -> Iterator[dict]:
+              use_bank: bool = False) -> Iterator[dict]:
         """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent).
 
-        ``use_bank=False`` attacks every point afresh (numbers independent of what the session
-        computed before; slower). A grid point that is the same merge as an earlier one once
+        Every point is attacked afresh (numbers independent of what the session computed
+        before); ``use_bank=True`` is the labelled reuse variant (faster, history-dependent). A grid point that is the same merge as an earlier one once
         the settings its method ignores are dropped (task arithmetic at every keep) is yielded
-        once.
+        once. A point whose merge or logits are invalid (``finite.InvalidPointError``) is
+        yielded as a failure row (``failed_row``: ``error`` set, accuracies None, not stored) and
+        the sweep goes on.
         """
         sweep_id = spec.digest()[:16]
         for ms in tqdm(sweep_grid(spec), desc="sweep", disable=not progress):
@@ -287,6 +313,9 @@ class Engine:
             except AttackCancelled:
                 log.info("sweep stopped inside a point; the points before it are in the store")
                 return
+            except InvalidPointError as exc:   # this point has no accuracy; the others do
+                log.warning("sweep point %s lambdas=%s failed: %s", ms.method, ms.lambdas, exc)
+                row = failed_row(exc, ms, spec.attack, spec.eval, spec.natural, spec.robust, self.base)
             if on_point is not None:
                 on_point(row)
             yield row
@@ -333,3 +362,20 @@ def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec
         "code_version": CODE_VERSION, "device": device,
         "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
     })
+
+
+def failed_row(exc: Exception, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec, natural: Sequence[str],
+               robust: Sequence[str], base: str) -> dict[str, Any]:
+    """The row of a point that has no accuracy: its settings, ``failed: True`` and the ``error``.
+
+    ``clean_acc`` and ``robust_acc`` are None (JSON null), never a number; nothing is stored.
+    """
+    return {
+        "method": spec.method, "alpha": spec.alpha, "keep": spec.keep, "scope": spec.scope,
+        "lambdas": list(spec.lambdas), "clean_acc": None, "robust_acc": None, "clean_ci": None,
+        "robust_ci": None, "attack": attack.label, "attack_name": attack.name, "eps": attack.eps, "norm": attack.norm,
+        "n": ev.n, "seed": attack.seed, "eval_seed": ev.seed, "task": ev.task, "split": ev.split,
+        "base": base, "natural": list(natural), "robust": list(robust), "cached": False,
+        "failed": True, "error": str(exc), "code_version": CODE_VERSION,
+        "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
+    }

@@ -1,9 +1,14 @@
 """Clean and robust evaluation with per-sample results and sanity checks.
 
 Robust accuracy counts a sample as robust only if it is clean-correct and no valid adversarial
-example is known for it: first the bank of examples found at neighbouring merge points (any
-``x_adv`` in the eps-ball that fools the current model is a proof), then the attack, run only
-on what survives.
+example is known for it: first, when the caller passes one, the bank of examples found at other
+merge points (any ``x_adv`` in the eps-ball that fools the current model is a proof; an explicit
+variant, labelled ``+reuse`` by the engine, since its numbers depend on what ran before), then the
+attack, run only on what survives.
+
+No accuracy is computed from invalid numbers: images outside [0, 1] are refused up front, and
+every batch of logits is checked finite (``finite.NonFiniteLogitsError``, a ``ValueError``)
+before its argmax is counted.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from torch import nn
 from .attacks import check_gradients, check_logits, run_attack
 from .attacks.gradient import bucketed
 from .config import AttackSpec
+from .finite import check_finite_logits
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +93,45 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 
     Batches are padded to a multiple of ``BUCKET`` rows (repeats of a real row; each row's
     prediction is its own), so the few batch shapes seen reuse their kernels.
+
+    Raises:
+        NonFiniteLogitsError: the model returned NaN/inf logits (argmax would call them class 0).
     """
     out = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         rows = bucketed(torch.arange(len(xb), device=x.device))
-        out.append(model(xb[rows] if len(rows) > len(xb) else xb)[:len(xb)].argmax(1))
+        logits = model(xb[rows] if len(rows) > len(xb) else xb)[:len(xb)]
+        check_finite_logits(logits, offset=i, total=x.shape[0])
+        out.append(logits.argmax(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def check_pixels(x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is float pixels in [0, 1] (the pixel-space contract).
+
+    0-255 images would otherwise saturate the model and show up later as zero gradients
+    ("gradient masking"), or as NaN; the message names the range instead.
+    """
+    if not x.is_floating_point():
+        raise ValueError(f"images must be float pixels in [0, 1], got {x.dtype} (divide 0-255 images by 255)")
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("images hold NaN/inf values; pixels must be finite floats in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        hint = " (they look like 0-255 values: divide by 255)" if hi > 1.5 and lo >= 0 else ""
+        raise ValueError(f"images must be float pixels in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{hint}; "
+                         "normalisation belongs inside the model")
 
 
 def check_ball(x: torch.Tensor, x_adv: torch.Tensor, attack: AttackSpec) -> None:
     """Raise ``SanityError`` if ``x_adv`` leaves [0,1] or the attack's eps-ball."""
     if x_adv.numel() == 0:
         return
+    if not bool(torch.isfinite(x_adv).all()):
+        raise SanityError(f"{attack.label}: adversarial images hold NaN/inf")
     if x_adv.min() < 0 or x_adv.max() > 1:
         raise SanityError(f"{attack.label}: adversarial images leave [0, 1]")
     d = (x_adv - x).flatten(1)
@@ -127,7 +159,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
             it only proposes adversarial examples: clean correctness and every proof are
             decided on ``model``.
         should_stop: passed to the attack (``AttackCancelled`` when it returns True).
+
+    Raises:
+        ValueError: images that are not float pixels in [0, 1] (e.g. 0-255 values).
+        NonFiniteLogitsError: the model returned NaN/inf logits on a clean or adversarial image.
+        SanityError: a broken invariant (robust > clean, x_adv outside the ball).
     """
+    check_pixels(x)
     ids = torch.arange(x.shape[0], device=x.device) if sample_ids is None else sample_ids
     t0 = time.perf_counter()
     if checks:

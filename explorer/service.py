@@ -107,16 +107,19 @@ class Service:
 
     # ------------------------------------------------------------------ points
     def point(self, base: str, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec,
-              attack: AttackSpec, ev: EvalSpec, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+              attack: AttackSpec, ev: EvalSpec, should_stop: Callable[[], bool] | None = None,
+              reuse: bool = False) -> dict[str, Any]:
         """One merged model's clean and robust accuracy (served from the store when known).
 
         ``should_stop`` is polled inside the attack (``AttackCancelled`` when it fires).
+        ``reuse=True`` (the live preview) also tries adversarial examples carried over from
+        earlier points: faster, history-dependent, labelled ``+reuse`` and stored apart.
         """
         with self.lock(base):
             if should_stop is not None and should_stop():
                 raise AttackCancelled("superseded before it started")
             return self.engine(base).point(list(natural), list(robust), spec, attack, ev,
-                                           should_stop=should_stop)
+                                           should_stop=should_stop, use_bank=reuse)
 
     def sweep(self, spec: SweepSpec, should_stop: Callable[[], bool]) -> Iterator[dict]:
         """Stream the points of a sweep, starting with the pretrained model (all lambdas 0).

@@ -80,18 +80,24 @@ def test_convert(tiny_zoo, tmp_path):
     assert (tmp_path / "r.safetensors").stat().st_size > 0
 
 
-def test_sweep_without_reuse_attacks_every_point_afresh(tiny_zoo, tmp_path):
+def test_sweep_is_history_free_by_default_and_reuse_is_a_labelled_variant(tiny_zoo, tmp_path):
     out = tmp_path / "f.json"
     argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
             "--alphas", "0,0.5,1", "--attack", "pgd-2", "--n", "16", "--store", str(tmp_path / "s.sqlite"),
             "--out", str(out)]
     assert main(argv) == 0
-    reused = json.loads(out.read_text())
-    assert main(argv + ["--no-reuse"]) == 0
     fresh = json.loads(out.read_text())
-    assert not any(p["cached"] for p in fresh)            # stored apart from the reuse run
     assert all(p["n_reused"] == 0 and p["reuse"] is False for p in fresh)
+    assert all(p["attack"] == "pgd-2 Linf eps=4/255" for p in fresh)
+    assert main(argv + ["--reuse"]) == 0
+    reused = json.loads(out.read_text())
+    assert not any(p["cached"] for p in reused)            # stored apart from the history-free run
+    assert all(p["reuse"] is True and p["attack"] == "pgd-2 Linf eps=4/255 +reuse" for p in reused)
     assert all(f["robust_acc"] >= r["robust_acc"] for f, r in zip(fresh, reused))
+    assert main(argv) == 0                                 # the history-free rows, from the store
+    again = json.loads(out.read_text())
+    assert all(p["cached"] for p in again)
+    assert [p["robust_acc"] for p in again] == [p["robust_acc"] for p in fresh]
 
 
 def test_zoo_report_prints_every_model_and_a_frontier(tiny_zoo, capsys):

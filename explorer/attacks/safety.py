@@ -140,6 +140,10 @@ def check_gradients(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tenso
     norms_t = torch.cat(norms)
     zero = (norms_t == 0).nonzero().flatten()
     if len(zero):
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:   # saturated by out-of-range pixels, not masked by the model
+            raise ValueError(f"zero input gradient for {len(zero)} of {len(x)} samples with pixels in "
+                             f"[{lo:.4g}, {hi:.4g}]: images must be float in [0, 1] (divide 0-255 by 255)")
         raise ValueError(f"zero input gradient for {len(zero)} of {len(x)} samples "
                          f"(indices {zero[:10].tolist()}...): gradient masking, attacks would be void")
     return norms_t

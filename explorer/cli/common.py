@@ -3,13 +3,15 @@
 The JSON written by ``sweep``/``evaluate`` is a stable contract: every point has at least
 ``method, alpha, keep, scope, lambdas, clean_acc, robust_acc, clean_ci, robust_ci, attack, eps, n,
 seed, seconds, cached``. Accuracies are fractions in [0, 1], each with its Wilson 95% interval
-``[lo, hi]``; ``--eps`` takes ``4/255`` or a float.
+``[lo, hi]``; ``--eps`` takes ``4/255`` or a float. A point that failed (invalid merged weights or
+logits) has ``failed: true``, its ``error`` and null accuracies and intervals.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,18 +73,29 @@ def point_line(p: dict) -> str:
     label, n, cache state."""
     p = with_intervals(p)
     alpha = "" if p.get("alpha") is None else f" alpha={p['alpha']:.2f}"
+    if p.get("failed"):
+        lam = ", ".join(f"{v:g}" for v in p["lambdas"])
+        return f"{p['method']}{alpha} keep={p['keep']:g} lambdas=({lam}): FAILED, no accuracy: {p['error']}"
     return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} {fmt_ci(p.get('clean_ci'))} "
             f"robust={p['robust_acc']:.3f} {fmt_ci(p.get('robust_ci'))} [{p['attack']}, n={p['n']}]"
             f"{' (cached)' if p['cached'] else ''}")
 
 
-def write_points(points: list[dict], out: str | None) -> None:
-    """Write the points as JSON to ``out`` (when given) and print one line per point."""
+def write_points(points: list[dict], out: str | None) -> int:
+    """Write the points as JSON to ``out`` (when given) and print one line per point.
+
+    Returns the exit status: 0, or 1 when some point failed (its line says why).
+    """
     if out:
         write_json(points, out)
         log.info("wrote %d points to %s", len(points), out)
     for p in points:
         print(point_line(p))
+    failed = sum(bool(p.get("failed")) for p in points)
+    if failed:
+        print(f"warning: {failed} of {len(points)} points failed (no accuracy; see their lines)",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def write_json(obj: object, out: str | Path) -> None:

@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="s in lambda_nat=s(1-alpha), lambda_rob=s*alpha")
     p.add_argument("--options", default="", help="method options, e.g. 'kappa=2, q=0.05' (each method gets "
                    "those it declares; see python -m explorer ablation --help for pistole's)")
-    p.add_argument("--no-reuse", action="store_true",
-                   help="attack every point afresh (no adversarial examples carried between points)")
+    p.add_argument("--reuse", action="store_true",
+                   help="also try adversarial examples found at earlier points (faster; the numbers then "
+                        "depend on what ran before: labelled '+reuse' and stored apart)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,5 +36,4 @@ def run(args: argparse.Namespace) -> int:
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
                      scope=args.scope, scale=args.scale, attack=attack, eval=ev,
                      options=parse_options(args.options))
-    write_points(list(engine.sweep(spec, use_bank=not args.no_reuse)), args.out)
-    return 0
+    return write_points(list(engine.sweep(spec, use_bank=args.reuse)), args.out)

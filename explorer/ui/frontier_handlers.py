@@ -62,13 +62,17 @@ class FrontierHandlers:
     # ------------------------------------------------------------------ live point
     @readable_errors
     def preview(self, values: Mapping[Any, Any], request: gr.Request = None):
-        """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview."""
+        """Fast tier: the current merge under ``pgd-5`` on at most 48 images, labelled preview.
+
+        It may reuse adversarial examples of earlier previews (labelled ``+reuse``); the refined
+        tier never does: its number depends only on the point's spec.
+        """
         v, sel = self.read(values)
         session = _session(request)
         self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick,
-                                 replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)))
+                                 replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)), reuse=True)
         row = {**row, "preview": True}
         fig, _ = self._figure(v["rows"] or [], sel.ref(), row)
         return fig, common.point_summary(row, "Preview (refining…)"), row
@@ -105,20 +109,30 @@ class FrontierHandlers:
         stop = self._stop.setdefault(_session(request), threading.Event())
         stop.clear()
         total = 1 + len(sw.methods) * len(sw.alphas)
-        done, fresh = 0, 0
+        done, fresh, failed = 0, 0, []
         for row in self.service.sweep(sw, should_stop=stop.is_set):
             done += 1
+            if row.get("failed"):      # no accuracy: named in the status, never plotted
+                failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
+                yield gr.skip(), gr.skip(), gr.skip(), self._sweep_status(done, total, fresh, failed, sel)
+                continue
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
             fig, curve = self._figure(rows, row, row)
-            status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh} from the store) — "
-                      f"{sel.attack.label}, n = {sel.eval.n}, task {sel.eval.task}")
-            yield fig, common.rows_table(curve), rows, status
+            yield fig, common.rows_table(curve), rows, self._sweep_status(done, total, fresh, failed, sel)
             if stop.is_set():
                 break
         if stop.is_set():
             yield gr.skip(), gr.skip(), gr.skip(), (f"Stopped after {done}/{total} points; they are stored, "
                                                      "a re-run resumes from there.")
+
+    @staticmethod
+    def _sweep_status(done: int, total: int, fresh: int, failed: list[str], sel: Any) -> str:
+        status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh - len(failed)} from the "
+                  f"store) — {sel.attack.label}, n = {sel.eval.n}, task {sel.eval.task}")
+        if failed:
+            status += f". {len(failed)} point(s) failed (no accuracy): " + " | ".join(failed[-3:])
+        return status
 
     def stop(self, request: gr.Request = None) -> str:
         """Ask this session's sweep to stop (the point being attacked is abandoned, not stored)."""
