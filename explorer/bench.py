@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 
 def plain_classifier(manifest: Manifest, base: str, state_dict: dict[str, torch.Tensor], task: str,
-                     device: str | torch.device = "cpu") -> ZeroShotClassifier:
-    """A freshly created model holding ``state_dict``, wrapped as a zero-shot classifier."""
+                     device: str | torch.device = "cpu", normalize: str | None = None) -> ZeroShotClassifier:
+    """A freshly created model holding ``state_dict``, wrapped as a zero-shot classifier
+    (``normalize``: the merged vectors' declared mean/std; default the base's)."""
     entry = manifest.get(base)
     model, tok = create_model(entry)
     model.load_state_dict(state_dict, strict=False)
     model = model.to(device).eval()
     t = get_task(task)
-    return ZeroShotClassifier(model, tok, t.classnames, t.templates, normalize=entry.normalize)
+    return ZeroShotClassifier(model, tok, t.classnames, t.templates, normalize=normalize or entry.normalize)
 
 
 def torchattacks_attack(model: torch.nn.Module, spec: AttackSpec, n_classes: int):
@@ -59,7 +60,8 @@ def plain_point(manifest: Manifest, base: str, natural: Sequence[str], robust: S
     pre = load_weights(manifest.get(base), ref)
     vecs = [TaskVector.extract(pre, load_weights(manifest.get(n), ref), n) for n in [*natural, *robust]]
     merged = sum_vectors(vecs, spec.lambdas).apply_to(pre)
-    clf = plain_classifier(manifest, base, merged, ev.task, device)
+    norms = {manifest.get(n).normalize for n in [*natural, *robust]}
+    clf = plain_classifier(manifest, base, merged, ev.task, device, norms.pop() if len(norms) == 1 else None)
     x, y = get_task(ev.task).load(ev.split, ev.n, ev.seed)
     x, y = x.to(device), y.to(device)
     torch.manual_seed(attack.seed)

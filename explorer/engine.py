@@ -106,9 +106,9 @@ class Engine:
         bind_flat(self.model, self.layout, self.theta)
         self._text_mask = self.layout.mask_of(lambda k: not k.startswith("visual.")).to(self.device)
         self._vectors: dict[str, Vector] = {}
-        self._classifiers: dict[str, ZeroShotClassifier] = {}
+        self._classifiers: dict[tuple[str, str], ZeroShotClassifier] = {}   # (task, normalize)
         self.fast_attack = fast_attack
-        self._twins: dict[str, AttackTwin | None] = {}
+        self._twins: dict[tuple[str, str], AttackTwin | None] = {}
         self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._banks: dict[tuple, AdversarialBank] = {}
         self._text_key: Any = None
@@ -198,22 +198,45 @@ class Engine:
         return {k: out[k] for k in self.reference if k in out}
 
     # ------------------------------------------------------------------ data
-    def classifier(self, task: str) -> ZeroShotClassifier:
-        if task not in self._classifiers:
-            t = get_task(task)
-            entry = self.manifest.get(self.base)
-            self._classifiers[task] = ZeroShotClassifier(
-                self.model, self.tokenizer, t.classnames, t.templates, normalize=entry.normalize,
-                text_key=repr(self._text_key))
-        return self._classifiers[task]
+    def normalization(self, names: Sequence[str]) -> str:
+        """The input normalisation a merge of ``names`` is evaluated with (``"clip"``/``"imagenet"``).
 
-    def attack_model(self, task: str) -> AttackTwin | None:
+        Every vector's manifest declaration must agree (a model fine-tuned on ImageNet-normalised
+        pixels merged with one fine-tuned on CLIP-normalised pixels has no single correct input);
+        no vectors: the base's.
+
+        Raises:
+            ValueError: the named vectors declare different normalisations (the message lists them).
+        """
+        if not names:
+            return self.manifest.get(self.base).normalize
+        declared = {n: self.manifest.get(n).normalize for n in names}
+        if len(set(declared.values())) > 1:
+            listed = ", ".join(f"{n} ({v})" for n, v in declared.items())
+            raise ValueError(f"cannot merge vectors with different input normalisations: {listed}; "
+                             "merge only models fine-tuned with the same mean/std (manifest 'normalize')")
+        return next(iter(declared.values()))
+
+    def classifier(self, task: str, normalize: str | None = None) -> ZeroShotClassifier:
+        """The zero-shot classifier of ``task`` over the resident model, with ``normalize``
+        (default: the base's declaration) applied inside its forward."""
+        normalize = normalize or self.manifest.get(self.base).normalize
+        key = (task, normalize)
+        if key not in self._classifiers:
+            t = get_task(task)
+            self._classifiers[key] = ZeroShotClassifier(
+                self.model, self.tokenizer, t.classnames, t.templates, normalize=normalize,
+                text_key=repr(self._text_key))
+        return self._classifiers[key]
+
+    def attack_model(self, task: str, normalize: str | None = None) -> AttackTwin | None:
         """The classifier's attack twin (None: attack the classifier itself)."""
         if not self.fast_attack:
             return None
-        if task not in self._twins:
-            self._twins[task] = make_twin(self.classifier(task))
-        return self._twins[task]
+        key = (task, normalize or self.manifest.get(self.base).normalize)
+        if key not in self._twins:
+            self._twins[key] = make_twin(self.classifier(*key))
+        return self._twins[key]
 
     def eval_data(self, ev: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
         key = (ev.task, ev.split, ev.n, ev.seed)
@@ -237,6 +260,9 @@ class Engine:
         # History-free numbers and reuse-tightened ones are stored apart ("fresh" is the marker
         # history-free points always had; rows stored without a marker came from the old default).
         parts.append("reuse" if use_bank else "fresh")
+        normalize = self.normalization(names)
+        if normalize != "clip":   # CLIP's is what every point was evaluated with before it was named
+            parts.append(f"normalize={normalize}")
         if method_version(spec.method) > 1:
             parts.append(f"{spec.method}@{method_version(spec.method)}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -251,8 +277,11 @@ class Engine:
         method ignores are reset first (``canonical_spec``): the row reports what was computed.
         ``use_bank=True`` is the labelled reuse variant (module docstring).
 
+        The merge is evaluated with its vectors' declared input normalisation (row ``normalize``).
+
         Raises:
             InvalidPointError: the merged weights or the logits are invalid (nothing stored).
+            ValueError: the vectors declare different normalisations (``normalization``).
         """
         spec = canonical_spec(spec)
         names = [*natural, *robust]
@@ -264,18 +293,20 @@ class Engine:
         t0 = time.perf_counter()
         self.merge(names, spec)
         t1 = time.perf_counter()
-        clf = self.classifier(ev.task)
+        normalize = self.normalization(names)
+        clf = self.classifier(ev.task, normalize)
         x, y = self.eval_data(ev)
         attacked = attack.name != "none" and attack.eps > 0
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
                        batch_size=self.batch_size, progress=progress,
-                       attack_model=self.attack_model(ev.task) if attacked else None,
+                       attack_model=self.attack_model(ev.task, normalize) if attacked else None,
                        should_stop=should_stop)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
         if self.last_prep_cost is not None:
             row["prep_cost"] = self.last_prep_cost   # forward/backward passes and seconds of the scores
+        row["normalize"] = normalize
         if use_bank:
             row["attack"] += REUSE_TAG
         if self.store is not None:
@@ -302,6 +333,7 @@ class Engine:
         yielded as a failure row (``failed_row``: ``error`` set, accuracies None, not stored) and
         the sweep goes on.
         """
+        self.normalization([*spec.natural, *spec.robust])   # refuse mixed declarations up front
         sweep_id = spec.digest()[:16]
         for ms in tqdm(sweep_grid(spec), desc="sweep", disable=not progress):
             if should_stop is not None and should_stop():

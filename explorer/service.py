@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .attacks import AttackCancelled, run_attack
+from .attacks import AttackCancelled, find_attack, run_attack
+from .attacks.stages import STAGES
 from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .engine import Engine
 from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
@@ -162,13 +163,14 @@ class Service:
         """
         from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
+        check_class_count(attack, classnames)
         x = image_to_tensor(image)
         out: dict[str, Any] = {"probs": {}, "clean": tensor_to_image(x)}
         with self.lock(base):
             eng = self.engine(base)
             x = x.to(eng.device)
-            normalize = eng.manifest.get(eng.base).normalize
             for i, (label, (names, spec)) in enumerate(models.items()):
+                normalize = eng.normalization(list(names))   # each merge's declared mean/std
                 eng.merge(list(names), spec)
                 clf = ZeroShotClassifier(eng.model, eng.tokenizer, classnames, templates or DEFAULT_TEMPLATES,
                                          normalize=normalize).to(eng.device)
@@ -221,6 +223,18 @@ class Service:
                 raise ValueError(f"a model named {entry.name!r} already exists; choose another name")
             eng.add_entry(entry)
         return entry.name
+
+
+def check_class_count(attack: AttackSpec, classnames: Sequence[str]) -> None:
+    """Raise ``ValueError`` (before any work) when ``attack`` cannot run on this many classes.
+
+    APGD-T (in ``apgd-t`` and both AutoAttacks) reads the 4th largest logit of its DLR loss.
+    """
+    need = max([2, *(STAGES[s].min_classes for s in find_attack(attack.name).stages)])
+    if len(classnames) < need:
+        raise ValueError(f"{attack.name} needs at least {need} class names (targeted APGD's DLR loss reads "
+                         f"the 4th largest logit); got {len(classnames)}: add class names, or choose "
+                         "pgd-K, fgsm or apgd-ce")
 
 
 # --------------------------------------------------------------------------- image IO

@@ -8,7 +8,9 @@ from torch import nn
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
 from explorer.data import get_task
 from explorer.evaluate import evaluate, predict
+from explorer import attack_twin
 from explorer.attack_twin import TOLERANCE, make_twin, max_disagreement
+from explorer.finite import NonFiniteLogitsError
 from explorer.engine import Engine
 from explorer.zoo import default_manifest_path
 
@@ -79,17 +81,20 @@ def test_no_twin_for_a_tower_without_batchnorm(tiny_zoo):
     assert make_twin(eng.classifier(task)) is None
 
 
-def test_a_wrong_fold_is_refused(engine):
+def test_a_wrong_fold_is_refused(engine, monkeypatch):
     clf = engine.classifier("shapes")
     bn = engine.model.visual.bn1
     saved = bn.running_var.clone()
     try:
-        # A BatchNorm with a non-finite statistic cannot be folded into a matching function.
+        # A non-finite statistic makes the model itself invalid: named as such, not as a bad fold.
         bn.running_var[0] = float("nan")
-        with pytest.raises(ValueError, match="disagrees"):
+        with pytest.raises(NonFiniteLogitsError, match="NaN/inf logits on random probe images"):
             make_twin(clf)
     finally:
         bn.running_var.copy_(saved)
+    monkeypatch.setattr(attack_twin, "TOLERANCE", -1.0)     # any gap is now too large
+    with pytest.raises(ValueError, match="disagrees"):
+        make_twin(clf)
 
 
 class _Liar(nn.Module):

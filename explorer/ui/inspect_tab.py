@@ -19,12 +19,17 @@ def example_images() -> list[str]:
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))][:12]
 
 
+# Offered when the manifest's task is not a known one: ten classes (CIFAR-10's), so the targeted
+# attacks (APGD-T and both AutoAttacks need >= 4 classes; 9 targets at 10) run on them.
+FALLBACK_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def build_inspect_tab(service: Service, form: Form) -> None:
     """Lay out the tab inside the current ``gr.Tab``; the merged model is the frontier's (``form``
     already holds its group ``"merge"``); this tab's inputs join ``form`` as group ``"inspect"``."""
     h = InspectHandlers(service, form)
     d = service.defaults
-    default_classes = h.task_classes(d.task) if d.task in task_names() else "cat, dog"
+    default_classes = h.task_classes(d.task) if d.task in task_names() else ", ".join(FALLBACK_CLASSES)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
