@@ -120,6 +120,25 @@ def test_zero_lambdas_give_theta_pre_bit_for_bit(case, keep):
     assert torch.equal(c.theta(spec), c.pre)
 
 
+@pytest.mark.parametrize("lambdas", [(0.3, 0.45), (-0.7, 1.3), (0.0, -1.0)])
+@pytest.mark.parametrize("keep", [1.0, 0.3])
+def test_untouched_weights_stay_theta_pre_bit_for_bit(case, lambdas, keep):
+    """Where every merged vector is zero the merged weight is theta_pre, for any lambdas (issue 11,
+    item 6: ``(1 - c) pre + c ft`` moved untouched text-tower weights by up to 3.8e-6)."""
+    method, c = case
+    n = c.pre.numel()
+    untouched = torch.zeros(n, dtype=torch.bool)
+    untouched[c.segments[0][0]:c.segments[0][1]] = True      # a whole tensor no vector touches
+    untouched[::7] = True                                      # and scattered coordinates
+    untouched = untouched.to(c.pre.device)
+    part = Case(c.pre, [torch.where(untouched, c.pre, ft) for ft in c.fts], c.segments, c.context_of)
+    spec = MergeSpec(method=method, lambdas=lambdas, keep=keep, scope="per_tensor", seed=2)
+    theta = part.theta(spec)
+    assert torch.equal(theta[untouched], c.pre[untouched])
+    for alpha in (0.0, 1.0):   # and the endpoints stay exact
+        assert torch.equal(part.theta(MergeSpec.from_alpha(alpha, method=method, seed=2)), part.fts[int(alpha)])
+
+
 @pytest.mark.parametrize("keep", [1.0, 0.3])
 def test_fields_a_method_does_not_declare_do_not_change_it(case, keep):
     """canonical_spec drops them from the store key, so they must really be ignored."""

@@ -8,7 +8,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..attacks import AttackCancelled
-from ..engine import Engine
+from ..engine import Engine, failed_row
+from ..finite import InvalidPointError
+from ..merging import canonical_spec
 from .base import PointJob
 
 log = logging.getLogger(__name__)
@@ -18,7 +20,8 @@ class LocalExecutor:
     """Runs every job on one resident ``Engine`` in this process, in job order.
 
     The engine's own store (if any) serves known points and records new ones, exactly as
-    ``Engine.sweep`` does.
+    ``Engine.sweep`` does; a point whose merge or logits are invalid comes back as a failure row
+    (``engine.failed_row``, nothing stored) and the jobs after it still run.
 
     Args:
         engine: the resident engine (its manifest, base, device and store are used as they are).
@@ -43,6 +46,10 @@ class LocalExecutor:
             except AttackCancelled:
                 log.info("stopped inside a point; the points before it are in the store")
                 return
+            except InvalidPointError as exc:   # no accuracy for this point (not stored); go on
+                log.warning("point %s lambdas=%s failed: %s", job.spec.method, job.spec.lambdas, exc)
+                row = failed_row(exc, canonical_spec(job.spec), job.attack, job.eval, job.natural, job.robust,
+                                 self.engine.base)
             yield i, row
 
     def close(self) -> None:

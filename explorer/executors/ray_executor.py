@@ -190,7 +190,7 @@ class RayExecutor:
                         continue
                     key, row, clean, robust = out
                     self._replaced_since_result = 0
-                    if self.store is not None:
+                    if self.store is not None and not row.get("failed"):   # failure rows are never stored
                         self.store.put(key, row, clean, robust, sweep=jobs[i].sweep)
                     bar.update(1)
                     yield i, row

@@ -17,7 +17,8 @@ import ray
 import torch
 
 from ..attacks import AttackCancelled
-from ..engine import Engine
+from ..engine import Engine, failed_row
+from ..finite import InvalidPointError
 from ..merging import canonical_spec
 from ..zoo import Manifest
 from .base import Outbox, PointJob
@@ -68,6 +69,10 @@ class PointWorker:
         except AttackCancelled:
             self.outbox.take()
             return None
+        except InvalidPointError as exc:   # no accuracy, nothing to store: a failure row
+            self.outbox.take()
+            return "", failed_row(exc, canonical_spec(job.spec), job.attack, job.eval, job.natural, job.robust,
+                                  self.engine.base), None, None
         finally:
             with self._lock:
                 self._cancelled.discard(ticket)
