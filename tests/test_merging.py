@@ -121,6 +121,25 @@ def test_dare_rescale_preserves_expected_sum():
     assert torch.unique(c).tolist() == [0.0, pytest.approx(0.8 / 0.3)]
 
 
+def test_dare_tiny_keep_draws_with_probability_keep_and_warns_about_the_rescale(caplog):
+    """keep 1e-9: float32 uniforms (multiples of 2^-24) kept 2^-24 = 60x keep of the coordinates
+    while rescaling by 1/keep; keep 1e-4 multiplied the kept deltas by 10^4 silently (issue 11)."""
+    n, seeds = 1 << 22, range(8)
+    kept = sum(int(bernoulli_mask(n, 1e-9, s).sum()) for s in seeds)
+    old = sum(int((torch.rand(n, generator=torch.Generator().manual_seed(s)) < 1e-9).sum()) for s in seeds)
+    assert kept == 0 and old >= 2           # expected: 0.03 now, 2 with the float32 draw
+    tau = torch.linspace(-1.0, 1.0, 100_000)
+    inputs = MergeInputs([tau, tau.clone()], [(0, 100_000)])
+    with caplog.at_level("WARNING", logger="explorer.merging.dare"):
+        merge_coefficients(inputs, MergeSpec(method="dare", lambdas=(0.8, 0.0), keep=0.3, seed=1))
+        assert not caplog.records
+        c, _ = merge_coefficients(inputs, MergeSpec(method="dare", lambdas=(1.0, 0.0), keep=1e-4, seed=1))
+    top = float((c * tau).abs().max())
+    assert top > 100 and len(caplog.records) == 1
+    assert "keep 0.0001 rescales" in caplog.text and "lambda/keep = 1e+04" in caplog.text
+    assert f"|{top:.3g}|" in caplog.text
+
+
 def test_dare_is_seeded_and_its_mask_is_independent_of_lambdas():
     _, _, inputs = _weights(5)
     spec = lambda seed, lambdas=(0.4, 0.6): MergeSpec(method="dare", lambdas=lambdas, keep=0.5, seed=seed)

@@ -63,11 +63,18 @@ def vector_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % (2**63)
 
 
+# Below this keep, Bernoulli masks are drawn from float64 uniforms so that P(kept) = keep to
+# within 2^-24 / keep <= 6e-5 relative (float32 above it); FINE_CHUNK bounds their memory.
+FINE_KEEP = 2.0 ** -10
+FINE_CHUNK = 1 << 22
+
+
 @torch.no_grad()
 def bernoulli_mask(numel: int, keep: float, seed: int, device: torch.device | str = "cpu") -> Tensor:
     """I.i.d. Bernoulli(keep) keep-mask, drawn on ``device`` from a generator seeded with ``seed``.
 
-    Deterministic for (seed, device); CPU and CUDA draws differ.
+    Deterministic for (seed, device); CPU and CUDA draws differ. ``P(kept) = keep`` to within
+    6e-5 relative at every keep (``FINE_KEEP``), so DARE's 1/keep rescale is unbiased.
 
     Shape:
         returns ``(numel,)`` bool.
@@ -76,4 +83,12 @@ def bernoulli_mask(numel: int, keep: float, seed: int, device: torch.device | st
         return torch.ones(numel, dtype=torch.bool, device=device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    return torch.rand(numel, generator=gen, device=device) < keep
+    if keep >= FINE_KEEP:
+        return torch.rand(numel, generator=gen, device=device) < keep
+    # float32 uniforms are multiples of 2^-24: P(u < keep) would be ceil(keep 2^24) / 2^24, not
+    # keep (at keep = 1e-9: 6e-8, 60x too many kept). Draw float64 uniforms, in chunks.
+    out = torch.empty(numel, dtype=torch.bool, device=device)
+    for a in range(0, numel, FINE_CHUNK):
+        b = min(a + FINE_CHUNK, numel)
+        out[a:b] = torch.rand(b - a, generator=gen, device=device, dtype=torch.float64) < keep
+    return out
