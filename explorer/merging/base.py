@@ -16,7 +16,9 @@ That form alone would move weights no vector touches: ``(1 - c) * pre + c * pre`
 ``pre`` in fp32 (up to 3.8e-6 on the demo's text tower at a negative lambda). So, last, every
 coordinate where each merged vector is zero (``ft_i == pre`` or ``c_i == 0`` for every i) is set
 back to ``pre``: untouched weights stay untouched bit for bit, for any method and any lambdas,
-and the endpoints stay exact (there the two rules agree).
+and the endpoints stay exact (there the two rules agree). A :class:`MergedDelta` is applied as
+``pre + delta``, exact wherever ``delta`` is zero (for the spectral methods: every tensor that no
+vector touches; inside a touched matrix their low-rank rebuild may move any coordinate).
 """
 from __future__ import annotations
 
