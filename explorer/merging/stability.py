@@ -2,6 +2,8 @@
 
 PISTOLE, "prediction stability-aware merging of naturally and robustly fine-tuned VLMs" (abstract
 only; see docs/DESIGN.md). Everything below is *our* concrete reading; each choice is an option.
+The method as the paper describes it (soft masks, trajectory, PCI) is ``pistole``
+(:mod:`explorer.merging.pistole`); this one stays as our variant.
 
 Scores (computed once per base/vector digests + calibration settings, cached; alpha-independent;
 computed by :mod:`explorer.calibrate.stability`, its preparer):
