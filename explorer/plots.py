@@ -22,6 +22,35 @@ ENDPOINT_STYLE = {  # kind -> (marker symbol, colour, legend name)
     "robust": ("triangle-up", "#d62728", "robust endpoint (α = 1)"),
 }
 METHOD_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
+# Talk-friendly reading (readable from the back of a room at 1280x720): one base font size, and per
+# theme a Plotly template, the endpoint colours (distinct in shape *and* colour on either
+# background), the marker outline and the Pareto line.
+FONT_SIZE = 15
+THEMES: dict[str, dict[str, Any]] = {
+    "light": dict(template="plotly_white", outline="white", front="rgba(0,0,0,0.40)",
+                  endpoints={"pretrained": "#555555", "natural": "#1f77b4", "robust": "#d62728"}),
+    "dark": dict(template="plotly_dark", outline="black", front="rgba(255,255,255,0.50)",
+                 endpoints={"pretrained": "#d0d0d0", "natural": "#5aa9ff", "robust": "#ff6b6b"}),
+}
+
+
+def theme_of(name: str | None) -> dict[str, Any]:
+    """The style of theme ``name`` (``light`` or ``dark``; None: light); ``KeyError`` listing both."""
+    if name is None:
+        return THEMES["light"]
+    if name not in THEMES:
+        raise KeyError(f"unknown theme {name!r}; choose one of {sorted(THEMES)}")
+    return THEMES[name]
+
+
+def readable(fig: go.Figure, theme: str | None = None) -> go.Figure:
+    """The theme's template and the talk-sized fonts (axis titles and ticks included)."""
+    t = theme_of(theme)
+    fig.update_layout(template=t["template"], font=dict(size=FONT_SIZE),
+                      hoverlabel=dict(font=dict(size=FONT_SIZE - 1)))
+    fig.update_xaxes(title_font=dict(size=FONT_SIZE + 1), tickfont=dict(size=FONT_SIZE - 1))
+    fig.update_yaxes(title_font=dict(size=FONT_SIZE + 1), tickfont=dict(size=FONT_SIZE - 1))
+    return fig
 
 
 def endpoint_kind(row: Row) -> str | None:
@@ -97,7 +126,7 @@ def _scatter(rows: Sequence[Row], errors: bool = True, **kwargs: Any) -> go.Scat
 
 
 def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str | None = None,
-                    attack: str | None = None) -> go.Figure:
+                    attack: str | None = None, theme: str | None = None) -> go.Figure:
     """Clean (x) vs robust (y) accuracy: one curve per method, endpoints, Pareto front, current point.
 
     Args:
@@ -105,8 +134,9 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
         current: the point to highlight (may be a preview of another setting; its hover says so).
         title: overrides the default title, which names the attack, eps and n.
         attack: attack label for the y axis when there are no rows yet.
+        theme: ``light`` (default) or ``dark`` (``THEMES``).
     """
-    fig = go.Figure()
+    style, fig = theme_of(theme), go.Figure()
     curves: dict[str, list[Row]] = {}
     for r in rows:
         if endpoint_kind(r) != "pretrained" and r.get("alpha") is not None:
@@ -122,27 +152,29 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
     front = [rows[i] for i in pareto_front([(r["clean_acc"], r["robust_acc"]) for r in rows])]
     if len(front) > 1:
         fig.add_trace(_scatter(front, errors=False, name="Pareto front", mode="lines", hoverinfo="skip",
-                               line=dict(color="rgba(0,0,0,0.35)", dash="dot", width=3, shape="hv")))
-    for kind, (symbol, colour, label) in ENDPOINT_STYLE.items():
+                               line=dict(color=style["front"], dash="dot", width=3, shape="hv")))
+    for kind, (symbol, _, label) in ENDPOINT_STYLE.items():
         pts = [r for r in rows if endpoint_kind(r) == kind]
         if pts:
             fig.add_trace(_scatter(pts, name=label, mode="markers", marker=dict(
-                symbol=symbol, size=15, color=colour, line=dict(color="white", width=1.5))))
+                symbol=symbol, size=17, color=style["endpoints"][kind],
+                line=dict(color=style["outline"], width=1.5))))
     if current is not None:
         tag = "current (preview)" if current.get("preview") else "current"
         fig.add_trace(_scatter([current], name=f"{tag}: {current.get('attack')}, n={current.get('n')}",
-                               mode="markers", marker=dict(symbol="star", size=22, color="#ffd400",
+                               mode="markers", marker=dict(symbol="star", size=24, color="#ffd400",
                                                            line=dict(color="black", width=1.5))))
     ref = rows[0] if rows else current
     setting = setting_label(ref) if ref else "no points yet"
     attack = ref.get("attack") if ref else (attack or "no attack chosen")
     shown = [*rows, *([current] if current is not None else [])]
+    readable(fig, theme)
     fig.update_layout(
-        title=dict(text=title or f"Clean vs robust accuracy — {setting}", font=dict(size=15)),
+        title=dict(text=title or f"Clean vs robust accuracy — {setting}", font=dict(size=FONT_SIZE + 2)),
         xaxis=dict(title=dict(text="clean accuracy (no attack)"), range=_axis(shown, "clean_acc")),
         yaxis=dict(title=dict(text=f"robust accuracy ({attack})"), range=_axis(shown, "robust_acc")),
-        legend=dict(orientation="h", yanchor="top", y=-0.15), margin=dict(l=60, r=20, t=50, b=10),
-        height=520, template="plotly_white", uirevision="frontier")
+        legend=dict(orientation="h", yanchor="top", y=-0.14, x=0, font=dict(size=FONT_SIZE - 1)),
+        margin=dict(l=70, r=20, t=60, b=10), height=560, uirevision="frontier")
     return fig
 
 
@@ -158,7 +190,7 @@ def _axis(rows: Sequence[Row], key: str) -> list[float]:
 
 
 def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5,
-                title: str = "", attack: str = "") -> go.Figure:
+                title: str = "", attack: str = "", theme: str | None = None) -> go.Figure:
     """Grouped horizontal bars: top-k class probabilities before and after the attack.
 
     Classes are the union of the top-k of both distributions, ordered by clean probability.
@@ -166,34 +198,41 @@ def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5
     top = sorted(clean, key=clean.get, reverse=True)[:k]
     top += [c for c in sorted(adv, key=adv.get, reverse=True)[:k] if c not in top]
     top = top[::-1]  # plotly draws the first category at the bottom
+    ends = theme_of(theme)["endpoints"]
     fig = go.Figure([
         go.Bar(y=top, x=[clean.get(c, 0.0) for c in top], orientation="h", name="clean",
-               marker_color="#1f77b4", hovertemplate="%{y}: %{x:.3f}<extra>clean</extra>"),
+               marker_color=ends["natural"], hovertemplate="%{y}: %{x:.3f}<extra>clean</extra>"),
         go.Bar(y=top, x=[adv.get(c, 0.0) for c in top], orientation="h", name=f"adversarial ({attack})",
-               marker_color="#d62728", hovertemplate="%{y}: %{x:.3f}<extra>adversarial</extra>"),
+               marker_color=ends["robust"], hovertemplate="%{y}: %{x:.3f}<extra>adversarial</extra>"),
     ])
-    fig.update_layout(title=dict(text=title, font=dict(size=13)), barmode="group",
-                      xaxis=dict(title=dict(text="probability"), range=[0, 1]), height=320,
-                      legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
-                      template="plotly_white")
+    readable(fig, theme)
+    fig.update_layout(title=dict(text=title, font=dict(size=FONT_SIZE)), barmode="group",
+                      xaxis=dict(title=dict(text="probability"), range=[0, 1]), height=340,
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 
-def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> go.Figure:
+def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]],
+                   theme: str | None = None) -> go.Figure:
     """Cosine similarity between task vectors (symmetric, diagonal 1)."""
     fig = go.Figure(go.Heatmap(z=matrix, x=list(names), y=list(names), zmin=-1, zmax=1,
                                colorscale="RdBu", reversescale=True, texttemplate="%{z:.2f}",
+                               textfont=dict(size=FONT_SIZE),
                                hovertemplate="cos(%{x}, %{y}) = %{z:.3f}<extra></extra>"))
-    fig.update_layout(title="Cosine similarity of task vectors", height=380, yaxis=dict(autorange="reversed"),
-                      margin=dict(l=10, r=10, t=40, b=10), template="plotly_white")
+    readable(fig, theme)
+    fig.update_layout(title="Cosine similarity of task vectors", height=400, yaxis=dict(autorange="reversed"),
+                      margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 
-def layer_magnitude_figure(layers: Sequence[str], norms: Mapping[str, Sequence[float]]) -> go.Figure:
+def layer_magnitude_figure(layers: Sequence[str], norms: Mapping[str, Sequence[float]],
+                           theme: str | None = None) -> go.Figure:
     """Per-layer L2 norm of each task vector (one line per vector, layers in model order)."""
     fig = go.Figure([go.Scatter(x=list(layers), y=list(v), mode="lines+markers", name=name)
                      for name, v in norms.items()])
+    readable(fig, theme)
     fig.update_layout(title="Per-layer magnitude ‖τ‖₂", yaxis=dict(title=dict(text="L2 norm")),
-                      xaxis=dict(tickangle=-45), height=380, legend=dict(orientation="h", y=-0.5),
-                      margin=dict(l=10, r=10, t=40, b=10), template="plotly_white")
+                      xaxis=dict(tickangle=-45, tickfont=dict(size=11)), height=400,
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"),
+                      margin=dict(l=10, r=10, t=70, b=10))
     return fig

@@ -21,8 +21,9 @@ from safetensors.torch import save_file
 
 from .attacks import AttackCancelled, find_attack, run_attack
 from .attacks.stages import STAGES
+from .background import BackgroundSweep
 from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .engine import Engine
+from .engine import Engine, sweep_grid
 from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
                      tensor_to_image)
 from .store import Store
@@ -80,6 +81,8 @@ class Service:
         self.defaults: Defaults = resolve_defaults(self.manifest.defaults, self.manifest.names("base"))
         self.engines = EngineCache(self._build)
         self.max_pixels = int(max_pixels)
+        self._background: dict[str, BackgroundSweep] = {}   # sweep digest -> its background run
+        self._background_guard = threading.Lock()
 
     def _build(self, base: str) -> Engine:
         log.info("building the engine for base %r on %s", base, self.device or "auto")
@@ -138,6 +141,17 @@ class Service:
                 return
             yield row
 
+    def background_sweep(self, spec: SweepSpec) -> BackgroundSweep:
+        """The sweep ``spec`` computed in a background thread, started on the first call and
+        shared by every later call with the same spec (the app's default curve)."""
+        key = spec.digest()
+        with self._background_guard:
+            job = self._background.get(key)
+            if job is None:
+                total = 1 + len(sweep_grid(spec))
+                job = self._background[key] = BackgroundSweep(lambda stop: self.sweep(spec, stop), total)
+        return job.start()
+
     def merged_checkpoint(self, base: str, names: Sequence[str], spec: MergeSpec, out: Path) -> Path:
         """Write the merged weights as ``.safetensors`` (provenance in the metadata)."""
         with self.lock(base):
@@ -187,6 +201,43 @@ class Service:
                     scale = 0.5 / max(float(delta.abs().max()), 1e-12)
                     out["delta"] = tensor_to_image((0.5 + delta * scale).clamp(0, 1))
         return out
+
+    def filmstrip(self, base: str, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
+                  alphas: Sequence[float], image: np.ndarray, classnames: Sequence[str],
+                  attack: AttackSpec) -> list[dict[str, Any]]:
+        """One image attacked on the merge at each alpha (``imagewise.filmstrip``).
+
+        Args:
+            image: HxWx3 uint8. alphas: 1 to 11 values in [0, 1].
+
+        Returns: per alpha ``{"alpha", "adv": HxWx3 uint8, "clean_pred", "adv_pred", "fooled"}``.
+
+        Raises:
+            ValueError: no alpha, more than 11, or one outside [0, 1].
+        """
+        from . import imagewise
+
+        if not 1 <= len(alphas) <= 11 or any(not 0.0 <= float(a) <= 1.0 for a in alphas):
+            raise ValueError(f"the filmstrip takes 1 to 11 alphas in [0, 1], got {list(alphas)}")
+        with self.lock(base):
+            eng = self.engine(base)
+            x = image_to_tensor(image).to(eng.device)
+            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack)
+        return [{**f, "adv": tensor_to_image(f["adv"])} for f in frames]
+
+    def transfer(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
+                 classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
+        """One image attacked on each model, classified by every model (``imagewise.transfer``).
+
+        Returns: ``{"models", "adv": {label: HxWx3 uint8}, "clean", "pred", "fooled", "attack"}``.
+        """
+        from . import imagewise
+
+        with self.lock(base):
+            eng = self.engine(base)
+            x = image_to_tensor(image).to(eng.device)
+            res = imagewise.transfer(eng, models, x, classnames, attack)
+        return {**res, "adv": {k: tensor_to_image(v) for k, v in res["adv"].items()}, "attack": attack.label}
 
     # ------------------------------------------------------------------ models
     def vector_stats(self, base: str, names: Sequence[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The page itself in headless Chromium (Playwright): slider -> point, sweep -> curve, upload -> bars.
+"""The page itself in headless Chromium (Playwright) at 1440x1000: the first view without a click,
+typing and keys as dragging, slider -> point, sweep -> curve, upload -> bars, filmstrip, transfer.
 
 Skipped, with the reason, when the ``playwright`` package or ``/usr/bin/chromium`` is missing
 (never runs ``playwright install``: the system Chromium is used).
@@ -37,7 +38,6 @@ def url(tiny_zoo: Path, tmp_path_factory):
     demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
                 quiet=True, show_error=True)
-    demo.explorer_service.engine()  # build the engine before the first click
     yield demo.local_url
     demo.close()
 
@@ -49,7 +49,7 @@ def page(url):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         except Exception as exc:  # a Chromium that cannot start here
             pytest.skip(f"Chromium does not start: {exc}")
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
         pg.set_default_timeout(TIMEOUT_MS)
         pg.goto(url)
         pg.wait_for_selector("#frontier-plot .js-plotly-plot")
@@ -75,6 +75,36 @@ def move_alpha(page, fraction: float) -> None:
     rng = page.locator("#alpha-slider input[type=range]")
     box = rng.bounding_box()
     page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+
+
+def summary_has(page, text: str) -> None:
+    page.wait_for_function("(t) => document.querySelector('#point-summary').innerText.includes(t)", arg=text)
+
+
+def test_first_view_shows_the_frontier_without_a_click(page) -> None:
+    """On load the default curve is computed in the background and streamed in, with its count."""
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('6 points plotted')")
+    traces = plot_traces(page, "frontier-plot")
+    names = [t["name"] for t in traces]
+    assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= set(names)
+    curve = next(t for t in traces if t["name"] == "task_arithmetic")
+    assert len(curve["x"]) >= 3
+    status = page.locator("#sweep-status").inner_text()
+    assert "(endpoints 3, task_arithmetic 3)" in status and "pgd-3 Linf eps=4/255, n = 32" in status
+    assert "α = 0.5" in current_text(page)   # the slider's point is highlighted on the curve
+
+
+def test_typing_alpha_and_arrow_keys_move_the_point(page) -> None:
+    box = page.get_by_label("number input for α: trade-off (0 = natural, 1 = robust)")
+    box.fill("0.75")
+    box.press("Enter")
+    summary_has(page, "α = 0.75")
+    assert "α = 0.75" in current_text(page)
+    page.locator("#alpha-slider input[type=range]").focus()
+    page.keyboard.press("ArrowRight")
+    summary_has(page, "α = 0.80")
+    summary_has(page, "Refined")
+    assert "α = 0.8" in current_text(page)
 
 
 def test_slider_moves_the_point(page) -> None:

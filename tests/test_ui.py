@@ -37,19 +37,23 @@ def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str
 
 def test_preview_then_refine(ctx) -> None:
     h = FrontierHandlers(ctx)
-    fig, summary, row = h.preview(controls(alpha=0.3))
+    fig, summary, row, caption = h.preview(controls(alpha=0.3))
+    assert "★ is a preview (pgd-5 Linf eps=4/255, n = 16)" in caption
     assert row["preview"] and row["alpha"] == 0.3 and row["attack"].startswith("pgd-5")
     assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary and "n = 16" in summary
     assert any(t.name.startswith("current (preview)") for t in fig.data)
-    fig, summary, table, rows, row = h.refine(controls(alpha=0.3))
+    fig, summary, table, rows, row, caption = h.refine(controls(alpha=0.3))
     assert "Refined" in summary and row["attack"] == "pgd-2 Linf eps=4/255" and row["n"] == 16
+    # The caption counts what is plotted (this one point, at least), with the attack, eps and n.
+    plotted = int(caption.split(" ")[0])
+    assert plotted == len(table) >= 1 and "pgd-2 Linf eps=4/255, n = 16, task shapes" in caption
     assert len(rows) == 1 and table.loc[0, "attack"] == "pgd-2 Linf eps=4/255"
     assert 0 <= row["robust_acc"] <= row["clean_acc"] <= 1
 
 
 def test_advanced_mode_lambdas(ctx) -> None:
     h = FrontierHandlers(ctx)
-    *_, row = h.refine(controls(advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)))
+    *_, row, _ = h.refine(controls(advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)))
     assert row["lambdas"] == [0.8, -0.2] and row["alpha"] is None
     ups = h.lambda_sliders(["natural"], ["robust"], True, 0.25)
     assert ups[0]["visible"] is False and ups[1]["visible"] and ups[1]["value"] == 0.75
@@ -79,7 +83,8 @@ def test_stop_keeps_computed_points(ctx) -> None:
     rest = list(gen)
     assert "Stopped after" in rest[-1][3] and len(rest) <= 2
     stored = h.show_stored(controls(attack="fgsm"))
-    assert "stored points" in stored[2] and len(stored[1]) >= 1
+    assert stored[2].startswith(f"{len(stored[1])} point") and len(stored[1]) >= 1
+    assert "fgsm Linf eps=4/255, n = 16" in stored[2]
 
 
 def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
@@ -93,7 +98,7 @@ def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
     t0 = time.perf_counter()
     worker.start()
     time.sleep(1.0)
-    *_, row = h.preview(controls(alpha=0.2))  # waits for the engine, which the refine frees
+    *_, row, _ = h.preview(controls(alpha=0.2))  # waits for the engine, which the refine frees
     worker.join(timeout=60)
     assert not worker.is_alive() and row["alpha"] == 0.2
     assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out["refine"])
@@ -114,7 +119,7 @@ def test_bad_inputs_are_readable(ctx) -> None:
 
 def test_exports(ctx, tmp_path) -> None:
     h = FrontierHandlers(ctx)
-    *_, rows, row = h.refine(controls(alpha=1.0))
+    *_, rows, row, _ = h.refine(controls(alpha=1.0))
     files = h.export(rows, row)
     assert [Path(f).suffix for f in files[:3]] == [".csv", ".json", ".html"]
     assert "pgd-2 Linf eps=4/255" in Path(files[0]).read_text()
@@ -211,12 +216,13 @@ def test_api_through_gradio_client(demo) -> None:
         endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert {"/preview_point", "/refine_point", "/sweep", "/inspect", "/add_checkpoint"} <= set(endpoints)
         form = demo.explorer_form
-        order = form.api_order(form.inputs("merge"))   # the API takes the controls positionally
-        assert order[:3] == ["base", "natural", "robust"] and order[-1] == "lambda_5"
-        _, summary = client.predict(*[controls(alpha=0.7)[k] for k in order], api_name="/preview_point")
+        order = form.api_order(form.inputs("merge", "theme"))   # the API takes the controls positionally
+        assert order[:4] == ["theme", "base", "natural", "robust"] and order[-1] == "lambda_5"
+        _, summary, _ = client.predict(*[controls(alpha=0.7, theme="dark")[k] for k in order],
+                                       api_name="/preview_point")
         assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary
         with pytest.raises(Exception, match="eps"):
-            client.predict(*[controls(eps="bad")[k] for k in order], api_name="/preview_point")
+            client.predict(*[controls(eps="bad", theme="light")[k] for k in order], api_name="/preview_point")
     finally:
         demo.close()
 
@@ -230,7 +236,7 @@ def test_form_names_every_value_and_handlers_read_gradio_dicts(demo, ctx) -> Non
     assert form.group("inspect") == ["image", "classes", "kind", "inspect_eps", "steps"]
     h = FrontierHandlers(ctx, form)
     values = {form[k]: v for k, v in controls(alpha=0.4).items()}
-    *_, row = h.preview(values)
+    *_, row, _ = h.preview(values)
     assert row["alpha"] == 0.4 and row["preview"]
     with pytest.raises(ValueError, match="already has a control"):
         form.add(alpha=gr.Number())

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..config import MergeSpec
 from ..service import Service
-from .common import PREVIEW_ATTACK, PREVIEW_N
+from .common import THEMES, default_curve
 from .form import Form
 from .frontier_tab import build_frontier_tab
 from .inspect_tab import EXAMPLES_DIR, build_inspect_tab
@@ -32,6 +31,24 @@ CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "style.css"
 INTRO = ("**Trade-off Explorer** — merge natural and robust task vectors of a CLIP model and watch "
          "where the merge lands on the clean vs robust accuracy plane. Every number names the attack, "
          "eps and n that produced it; live points are a *preview* tier, then refined.")
+# Typing and keys act like dragging: Enter in a slider's number box leaves the box (Gradio's
+# slider fires its release event on blur) and an arrow/page/home/end key on a range input sends
+# the pointer-up its release listens to. The theme radio switches the page's dark class.
+KEYS_JS = """() => {
+  const keys = ['ArrowLeft', 'ArrowRight', 'ArrowUp', 'ArrowDown', 'PageUp', 'PageDown', 'Home', 'End'];
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (e.key === 'Enter' && t.matches && t.matches('input[type=number]')
+        && (t.getAttribute('aria-label') || '').startsWith('number input for')) { t.blur(); }
+  }, true);
+  document.addEventListener('keyup', (e) => {
+    const t = e.target;
+    if (keys.includes(e.key) && t.matches && t.matches('input[type=range]')) {
+      t.dispatchEvent(new PointerEvent('pointerup', {bubbles: true}));
+    }
+  }, true);
+}"""
+THEME_JS = "(t) => { document.body.classList.toggle('dark', t === 'dark'); return t; }"
 
 
 def build_demo(manifest: str | None = None, device: str | None = None,
@@ -39,7 +56,10 @@ def build_demo(manifest: str | None = None, device: str | None = None,
     """The app's Blocks (cheap: reads the manifest; engines are built on first use)."""
     service, form = Service(manifest, device, store_path), Form()
     with gr.Blocks(title="Trade-off Explorer") as demo:
-        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Row(equal_height=True):
+            gr.Markdown(INTRO, elem_id="intro")
+            form.add(theme=gr.Radio(THEMES, value="light", label="Theme", scale=0, min_width=160,
+                                    elem_id="theme-radio"))
         with gr.Tabs():
             with gr.Tab("Frontier", id="frontier"):
                 fn, inputs, outputs = build_frontier_tab(service, form)
@@ -47,7 +67,10 @@ def build_demo(manifest: str | None = None, device: str | None = None,
                 build_inspect_tab(service, form)
             with gr.Tab("Models", id="models"):
                 build_models_tab(service, form)
-        demo.load(fn, inputs, outputs, api_visibility="private")
+        # The first view streams while the default curve is computed: not in the engine's queue.
+        demo.load(fn, inputs, outputs, api_visibility="private", concurrency_limit=None)
+        demo.load(None, js=KEYS_JS)
+        form.theme.input(None, form.theme, None, js=THEME_JS, queue=False)
     demo.queue(default_concurrency_limit=1)
     demo.explorer_service = service  # for tests and warm-up
     demo.explorer_form = form
@@ -55,16 +78,15 @@ def build_demo(manifest: str | None = None, device: str | None = None,
 
 
 def warm_up(demo: gr.Blocks) -> threading.Thread:
-    """Build the default engine and its preview-tier caches in the background (fast first move)."""
+    """Right after start-up, in the background: build the default engine and compute the default
+    curve (``common.default_curve``), so the first visitor sees it streamed in or already there."""
     service: Service = demo.explorer_service
 
     def work() -> None:
         try:
-            m, d = service.manifest, service.defaults
-            nat, rob = m.names("natural")[:1], m.names("robust")[:1]
-            if nat and rob:
-                service.point(service.default_base, nat, rob, MergeSpec.from_alpha(0.5),
-                              d.attack_spec(PREVIEW_ATTACK), d.eval_spec(n=min(d.n, PREVIEW_N)))
+            spec = default_curve(service)
+            if spec is not None:
+                service.background_sweep(spec)
             else:
                 service.engine()
         except Exception:  # reported again, readably, on first use

@@ -14,8 +14,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from .. import plots
 from ..attacks import ATTACK_NAMES, parse_attack
-from ..config import AttackSpec, EvalSpec, MergeSpec, parse_options
+from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
 from ..intervals import fmt_ci, with_intervals
 from ..merging import validate_spec
 
@@ -26,6 +27,10 @@ PREVIEW_ATTACK = "pgd-5"          # live tier: answered within about a second on
 PREVIEW_N = 48                    # live tier sample count (capped by the chosen n)
 ATTACK_CHOICES = list(ATTACK_NAMES)   # from the attack records (explorer.attacks.ATTACKS)
 EXPORT_ROOT = Path(tempfile.gettempdir()) / "trade-off-explorer-exports"
+DEFAULT_METHOD = "task_arithmetic"   # the method the page opens on
+DEFAULT_ALPHA = 0.5
+DEFAULT_CURVE_ALPHAS = "0:1:5"       # the first view's curve: on the alpha slider's 0.05 grid
+THEMES = ["light", "dark"]
 
 
 def export_dir(content: str | bytes) -> Path:
@@ -178,3 +183,43 @@ def point_summary(row: dict, state: str) -> str:
             f"{fmt_ci(row.get('clean_ci'))}, robust **{row['robust_acc']:.3f}** {fmt_ci(row.get('robust_ci'))} "
             f"(95% intervals) under *{row['attack']}*, n = {row['n']} "
             f"(task {row['task']}){cached}")
+
+
+def default_curve(service: Any) -> SweepSpec | None:
+    """The curve the page opens on: the default method between the manifest's first natural and
+    first robust vector, under the default attack, eps, task and n (the controls' initial values);
+    None when the manifest lacks a natural or a robust vector."""
+    m, d = service.manifest, service.defaults
+    nat, rob = m.names("natural")[:1], m.names("robust")[:1]
+    if not nat or not rob or d.base is None:
+        return None
+    return SweepSpec(manifest=service.manifest_path, base=d.base, natural=tuple(nat), robust=tuple(rob),
+                     methods=(DEFAULT_METHOD,), alphas=parse_alphas(DEFAULT_CURVE_ALPHAS), keeps=(1.0,),
+                     scope="global", attack=d.attack_spec(), eval=d.eval_spec())
+
+
+def at_merge(curve: Sequence[dict], spec: MergeSpec) -> dict | None:
+    """The row of ``curve`` computed for the merge ``spec`` (same method, alpha or lambdas, keep)."""
+    for r in curve:
+        same = (r.get("alpha") == spec.alpha if spec.alpha is not None
+                else [float(v) for v in r.get("lambdas") or []] == list(spec.lambdas))
+        if same and r.get("method") == spec.method and float(r.get("keep", 1.0)) == spec.keep:
+            return r
+    return None
+
+
+def caption(curve: Sequence[dict], ref: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> str:
+    """What the plot shows, counted: points per curve and endpoints, the attack (with eps) and n,
+    and the tier of the highlighted point when it is not the plotted setting's."""
+    kinds: dict[str, int] = {}
+    for r in curve:
+        kind = plots.endpoint_kind(r)
+        name = "endpoints" if kind else plots.curve_name(r) if r.get("alpha") is not None else "λ points"
+        kinds[name] = kinds.get(name, 0) + 1
+    parts = ", ".join(f"{k} {v}" for k, v in kinds.items())
+    text = (f"{len(curve)} point{'s' * (len(curve) != 1)} plotted" + (f" ({parts})" if parts else "")
+            + f" — {ref.get('attack')}, n = {ref.get('n')}, task {ref.get('task')}.")
+    if current is not None and current.get("preview"):
+        text += (f" ★ is a preview ({current.get('attack')}, n = {current.get('n')}), "
+                 "not on this scale until refined.")
+    return text

@@ -17,6 +17,7 @@ import gradio as gr
 from .. import plots
 from ..attacks import AttackCancelled
 from ..config import SweepSpec, parse_alphas
+from ..merging import canonical_spec
 from ..service import Service
 from . import common
 from .common import Selection, readable_errors
@@ -49,15 +50,20 @@ class FrontierHandlers:
         pool = list(rows) + (store.rows() if store is not None else [])
         want, seen, out = setting_of(ref), set(), []
         for r in pool:
-            if setting_of(r) == want and not r.get("preview") and r.get("key") not in seen:
+            if (setting_of(r) == want and not r.get("preview") and not r.get("failed")
+                    and r.get("key") not in seen):
                 seen.add(r.get("key"))
                 out.append(r)
         return out
 
-    def _figure(self, rows: Sequence[dict], ref: dict, current: dict | None = None):
+    def _figure(self, rows: Sequence[dict], ref: dict, current: dict | None = None, theme: str | None = None):
         """Curves of ``ref``'s setting (the chosen attack and n), ``current`` highlighted."""
         curve = self.curve_rows(rows, ref)
-        return plots.frontier_figure(curve, current=current), curve
+        return plots.frontier_figure(curve, current=current, theme=theme), curve
+
+    def stored(self, rows: Sequence[dict], sel: Selection) -> dict | None:
+        """The selection's point at the chosen attack and n when already computed (no engine needed)."""
+        return common.at_merge(self.curve_rows(rows, sel.ref()), canonical_spec(sel.merge))
 
     # ------------------------------------------------------------------ live point
     @readable_errors
@@ -70,12 +76,16 @@ class FrontierHandlers:
         v, sel = self.read(values)
         session = _session(request)
         self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
+        known = self.stored(v["rows"] or [], sel)
+        if known is not None:   # on a computed curve: the full-tier point at once
+            fig, curve = self._figure(v["rows"] or [], sel.ref(), known, v.get("theme"))
+            return fig, common.point_summary(known, "Computed"), known, common.caption(curve, sel.ref(), known)
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick,
                                  replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)), reuse=True)
         row = {**row, "preview": True}
-        fig, _ = self._figure(v["rows"] or [], sel.ref(), row)
-        return fig, common.point_summary(row, "Preview (refining…)"), row
+        fig, curve = self._figure(v["rows"] or [], sel.ref(), row, v.get("theme"))
+        return fig, common.point_summary(row, "Preview (refining…)"), row, common.caption(curve, sel.ref(), row)
 
     @readable_errors
     def refine(self, values: Mapping[Any, Any], request: gr.Request = None):
@@ -90,10 +100,11 @@ class FrontierHandlers:
             row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval,
                                      should_stop=lambda: self._live.get(session, 0) != generation)
         except AttackCancelled:
-            return (gr.skip(),) * 5
+            return (gr.skip(),) * 6
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
-        fig, curve = self._figure(rows, row, row)
-        return fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row
+        fig, curve = self._figure(rows, row, row, v.get("theme"))
+        return (fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row,
+                common.caption(curve, row, row))
 
     # ------------------------------------------------------------------ sweep
     @readable_errors
@@ -114,12 +125,13 @@ class FrontierHandlers:
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
-                yield gr.skip(), gr.skip(), gr.skip(), self._sweep_status(done, total, fresh, failed, sel)
+                yield gr.skip(), gr.skip(), gr.skip(), self._sweep_status(done, total, fresh, failed,
+                                                                          self.curve_rows(rows, sel.ref()), sel.ref())
                 continue
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
-            fig, curve = self._figure(rows, row, row)
-            yield fig, common.rows_table(curve), rows, self._sweep_status(done, total, fresh, failed, sel)
+            fig, curve = self._figure(rows, row, row, v.get("theme"))
+            yield fig, common.rows_table(curve), rows, self._sweep_status(done, total, fresh, failed, curve, row)
             if stop.is_set():
                 break
         if stop.is_set():
@@ -127,9 +139,10 @@ class FrontierHandlers:
                                                      "a re-run resumes from there.")
 
     @staticmethod
-    def _sweep_status(done: int, total: int, fresh: int, failed: list[str], sel: Any) -> str:
+    def _sweep_status(done: int, total: int, fresh: int, failed: list[str], curve: Sequence[dict],
+                      ref: Mapping[str, Any]) -> str:
         status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh - len(failed)} from the "
-                  f"store) — {sel.attack.label}, n = {sel.eval.n}, task {sel.eval.task}")
+                  f"store). " + common.caption(curve, ref))
         if failed:
             status += f". {len(failed)} point(s) failed (no accuracy): " + " | ".join(failed[-3:])
         return status
@@ -149,10 +162,52 @@ class FrontierHandlers:
             return plots.frontier_figure([]), common.rows_table([]), str(exc)
         curve = self.curve_rows(v["rows"] or [], sel.ref())
         label = sel.attack.label
-        fig = plots.frontier_figure(curve, title=f"Clean vs robust accuracy — {label}, n={sel.eval.n}, "
-                                                 f"task {sel.eval.task}", attack=label)
-        msg = f"{len(curve)} stored points for this setting ({label}, n = {sel.eval.n})."
-        return fig, common.rows_table(curve), msg
+        fig = plots.frontier_figure(curve, current=self.stored(v["rows"] or [], sel), attack=label,
+                                    title=f"Clean vs robust accuracy — {label}, n={sel.eval.n}, "
+                                          f"task {sel.eval.task}", theme=v.get("theme"))
+        return fig, common.rows_table(curve), common.caption(curve, sel.ref())
+
+    # ------------------------------------------------------------------ first view
+    @readable_errors
+    def first_view(self, values: Mapping[Any, Any], request: gr.Request = None):
+        """On page load: the stored points of the opening setting and, while the default curve is
+        computed in the background (``Service.background_sweep``), each new point as it lands,
+        with a progress line. Once the user moves a control the plot is theirs: only the
+        progress line keeps updating."""
+        try:
+            v, sel = self.read(values)
+        except ValueError as exc:
+            yield plots.frontier_figure([]), common.rows_table([]), str(exc), gr.skip(), gr.skip()
+            return
+        session, spec = _session(request), common.default_curve(self.service)
+        start, job, shown = self._live.get(session, 0), None, -1
+        if spec is not None and sel.ref() == _sweep_ref(spec):
+            job = self.service.background_sweep(spec)
+        while True:
+            snap = job.snapshot() if job is not None else None
+            curve = self.curve_rows(v["rows"] or [], sel.ref())
+            status = common.caption(curve, sel.ref())
+            if snap is not None and not snap.done:
+                status = (f"Computing the default curve in the background: {len(snap.rows)}/{snap.total} "
+                          f"points (the page is usable meanwhile). {status}")
+            if snap is not None and snap.error:
+                status += f" The default curve stopped: {snap.error}"
+            failed = [r for r in (snap.rows if snap is not None else []) if r.get("failed")]
+            if failed:
+                status += f" {len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}"
+            if self._live.get(session, 0) != start:   # the user took over the plot
+                yield gr.skip(), gr.skip(), status, gr.skip(), gr.skip()
+            else:
+                current = common.at_merge(curve, canonical_spec(sel.merge))
+                fig = plots.frontier_figure(curve, current=current, attack=sel.attack.label, theme=v.get("theme"))
+                summary = (common.point_summary(current, "On the curve") if current is not None
+                           else "Move α (or any control) to compute the current merge.")
+                yield fig, common.rows_table(curve), status, summary, current
+            if snap is None or snap.done:
+                return
+            shown = len(snap.rows)
+            while not job.wait(0.25) and len(job.snapshot().rows) == shown:
+                pass
 
     # ------------------------------------------------------------------ downloads
     @readable_errors
@@ -198,6 +253,12 @@ class FrontierHandlers:
             else:
                 ups.append(gr.update(visible=False))
         return [gr.update(visible=not advanced), *ups]
+
+
+def _sweep_ref(spec: SweepSpec) -> dict[str, Any]:
+    """The ``Selection.ref`` of a sweep's setting."""
+    return {"base": spec.base, "natural": list(spec.natural), "robust": list(spec.robust),
+            "attack": spec.attack.label, "n": spec.eval.n, "task": spec.eval.task, "eval_seed": spec.eval.seed}
 
 
 def _session(request: gr.Request | None) -> str:

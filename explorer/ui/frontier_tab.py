@@ -32,9 +32,10 @@ def _model_controls(service: Service) -> dict:
 
 def _merge_controls() -> dict:
     return dict(
-        method=gr.Dropdown(list(METHODS), value="task_arithmetic", label="Merge method"),
-        alpha=gr.Slider(0, 1, value=0.5, step=0.05, label="α: trade-off (0 = natural, 1 = robust)",
-                        elem_id="alpha-slider"),
+        method=gr.Dropdown(list(METHODS), value=common.DEFAULT_METHOD, label="Merge method"),
+        alpha=gr.Slider(0, 1, value=common.DEFAULT_ALPHA, step=0.05, elem_id="alpha-slider",
+                        label="α: trade-off (0 = natural, 1 = robust)",
+                        info="drag, type a value and press Enter, or use the arrow keys"),
         keep=gr.Slider(0.05, 1, value=1.0, step=0.05, label="keep: fraction of coordinates kept",
                        info="task arithmetic ignores keep and scope (its points show keep 1)",
                        elem_id="keep-slider"),
@@ -108,7 +109,8 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
     Afterwards ``form`` holds the group ``"merge"`` (the current merge, read by other tabs), the
     ``rows`` and ``current`` states and the sweep's ``methods`` and ``alphas``.
 
-    Returns: the ``(fn, inputs, outputs)`` that ``build_demo`` wires to ``demo.load``.
+    Returns: the ``(fn, inputs, outputs)`` that ``build_demo`` wires to ``demo.load`` (the first
+    view: the opening setting's points and the default curve streamed in as it is computed).
     """
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -122,13 +124,17 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
 def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     """The tab's events; the page-load event's ``(fn, inputs, outputs)``."""
     plot, summary, status, table, files = r["plot"], r["summary"], r["status"], r["table"], r["files"]
-    lambdas, point_inputs = c["lambdas"], f.inputs(MERGE, "rows")
+    lambdas = c["lambdas"]
+    point_inputs = f.inputs(MERGE, "rows", *(["theme"] if "theme" in f else []))
 
-    # Live point: preview tier at once, then the chosen attack and n in a chained event.
+    # Live point: preview tier at once, then the chosen attack and n in a chained event. A slider's
+    # release fires on pointer up and on leaving its number box; KEYS_JS (build_demo) turns Enter
+    # in the box into leaving it and an arrow key on the range into a release, so typing, keys and
+    # dragging all land here.
     triggers = [f.alpha.release, f.keep.release, *[s.release for s in lambdas], f.method.input, f.scope.input]
-    live = gr.on(triggers, h.preview, point_inputs, [plot, summary, f.current],
+    live = gr.on(triggers, h.preview, point_inputs, [plot, summary, f.current, status],
                  api_name="preview_point", trigger_mode="always_last", concurrency_id="engine")
-    refine = live.success(h.refine, point_inputs, [plot, summary, table, f.rows, f.current],
+    refine = live.success(h.refine, point_inputs, [plot, summary, table, f.rows, f.current, status],
                           api_name="refine_point", trigger_mode="always_last", concurrency_id="engine")
     gr.on(triggers, None, cancels=[refine])
 
@@ -137,8 +143,8 @@ def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     c["stop_btn"].click(h.stop, None, status, cancels=[sweep], queue=False, api_name="stop")
 
     # Settings that change what is plotted: show the stored points of the new setting.
-    setting_events = [f.base.input, f.natural.input, f.robust.input, f.attack.input,
-                      f.eps.submit, f.norm.input, f.task.input, f.n.submit]
+    setting_events = [f.base.input, f.natural.input, f.robust.input, f.attack.input, f.eps.submit, f.eps.blur,
+                      f.norm.input, f.task.input, f.n.submit, f.n.blur, *([f.theme.input] if "theme" in f else [])]
     gr.on(setting_events, h.show_stored, point_inputs, [plot, table, status], api_name="show_stored")
     gr.on([f.natural.input, f.robust.input, f.advanced.input], h.lambda_sliders,
           [f.natural, f.robust, f.advanced, f.alpha], [f.alpha, *lambdas], queue=False,
@@ -149,4 +155,4 @@ def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     r["export_btn"].click(h.export, [f.rows, f.current], files, api_name="export").success(**show)
     r["ckpt_btn"].click(h.checkpoint, f.inputs(MERGE), files, api_name="checkpoint",
                         concurrency_id="engine").success(**show)
-    return h.show_stored, point_inputs, [plot, table, status]
+    return h.first_view, point_inputs, [plot, table, status, summary, f.current]
