@@ -38,7 +38,7 @@ def controls(alpha: float = 0.5, attack: str = "pgd-2", n: int = 16, method: str
 def test_preview_then_refine(ctx) -> None:
     h = FrontierHandlers(ctx)
     fig, summary, row, caption = h.preview(controls(alpha=0.3))
-    assert "★ is a preview (pgd-5 Linf eps=4/255, n = 16)" in caption
+    assert "★ is a preview (pgd-5 Linf eps=4/255 +reuse, n = 16)" in caption
     assert row["preview"] and row["alpha"] == 0.3 and row["attack"].startswith("pgd-5")
     assert "Preview" in summary and "pgd-5 Linf eps=4/255" in summary and "n = 16" in summary
     assert any(t.name.startswith("current (preview)") for t in fig.data)
