@@ -112,3 +112,15 @@ def test_ui_method_options_text_becomes_the_spec_options():
     assert common.merge_spec(["natural"], ["robust"], "iso_c", 0.5, 1.0, "global", False, []).options == ()
     with pytest.raises(ValueError, match="no option 'kappa'.*conv"):
         common.merge_spec(["natural"], ["robust"], "iso_c", 0.5, 1.0, "global", False, [], "kappa=2")
+
+
+def test_pistole_masks_are_memoised_per_merge_time_setting(engine):
+    spec = MergeSpec.from_alpha(0.3, method="pistole", options=FAST + (("kappa", 2.0),))
+    engine.merge(NAMES, spec)
+    memo = engine.context(NAMES, spec)["memo"]
+    (key,) = memo
+    held = memo[key]
+    engine.merge(NAMES, MergeSpec.from_alpha(0.7, method="pistole", options=FAST + (("kappa", 2.0),)))
+    assert memo[key] is held                       # another alpha: the same masks, not rebuilt
+    engine.merge(NAMES, MergeSpec.from_alpha(0.7, method="pistole", options=FAST + (("kappa", 3.0),)))
+    assert key not in memo and len(memo) == 1      # another kappa: rebuilt, one setting held

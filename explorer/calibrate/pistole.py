@@ -1,4 +1,4 @@
-"""PISTOLE's gradient scores: PCI-weighted gradients summed along an adversarial parameter trajectory.
+"""PISTOLE's gradient scores: PCI-weighted gradients summed along an adversarial trajectory.
 
 Pure functions of a differentiable ``logits = f(theta_flat, x)`` and a flat parameter vector (the
 engine-bound preparer in ``explorer/calibrate/pistole_prep.py`` supplies them). For each fine-tuned

@@ -66,7 +66,8 @@ def _model_scores(fm: FlatModel, theta0: Tensor, robust: bool, x: Tensor, y: Ten
     return total
 
 
-def compute_scores(host: CalibrationHost, names: Sequence[str], settings: dict[str, Any]) -> dict[str, Tensor]:
+def compute_scores(host: CalibrationHost, names: Sequence[str],
+                   settings: dict[str, Any]) -> dict[str, Tensor]:
     """``{"grad_i": (N,) float32 per vector, "cost": float64 [forward, backward, seconds]}``."""
     calib = CalibSettings(**settings["calib"])
     segments = vision_segments(host.layout.keys, host.layout.segments)
@@ -105,5 +106,6 @@ def prepare(host: CalibrationHost, names: Sequence[str], spec: MergeSpec,
     tensors = cache.kind("pistole").get_or_compute(key, lambda: compute_scores(host, names, settings),
                                                    host.device)
     fwd, bwd, sec = tensors["cost"].tolist()
+    cost = {"forward": int(fwd), "backward": int(bwd), "seconds": round(sec, 3)}
     return {"pistole_grads": [tensors[f"grad_{i}"] for i in range(len(names))], "pistole_robust": robust,
-            "pistole_key": key, "prep_cost": {"forward": int(fwd), "backward": int(bwd), "seconds": round(sec, 3)}}
+            "pistole_key": key, "prep_cost": cost, "memo": cache.memo("pistole", key)}

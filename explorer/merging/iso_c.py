@@ -1,4 +1,4 @@
-"""Iso-C: ``theta = theta_0 + tau_merged``, every matrix of ``sum_i lambda_i tau_i`` given flat singular values.
+"""Iso-C: ``theta = theta_0 + tau_merged``, each matrix of ``sum_i lambda_i tau_i`` with flat singular values.
 
 Marczak et al., "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific
 Subspaces" (ICML 2025, https://arxiv.org/abs/2502.04959), as used for many vectors in Robust OVAR

@@ -188,7 +188,9 @@ def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kap
     """``c_i = lambda_i * M_i`` on the vision tower, 0 elsewhere (module docstring).
 
     Reads ``inputs.context``: ``pistole_grads`` (one ``(N,)`` per vector; may be None when
-    ``kappa = 0``) and ``pistole_robust`` (one bool per vector), as the preparer sets them.
+    ``kappa = 0``) and ``pistole_robust`` (one bool per vector), as the preparer sets them, and
+    ``memo`` (optional dict, the engine's per-scores memo) where the masks of each
+    ``(kappa, q, gamma, q_scope)`` are kept, so moving alpha does not rebuild them.
 
     Raises:
         ValueError: missing scores for ``kappa > 0``, or no ``visual.`` tensor.
@@ -206,13 +208,20 @@ def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kap
             raise ValueError("pistole needs one gradient score per task vector in context['pistole_grads'] "
                              "and the roles in context['pistole_robust']: merge through the engine (which "
                              "runs the 'pistole' preparer) or pass them in MergeInputs.context")
-        masks = pistole_masks(grads, robust, segments, kappa=kappa, q=q, gamma=gamma, q_scope=q_scope)
+        memo = inputs.context.get("memo")
+        key = ("masks", kappa, q, gamma, q_scope, tuple(segments))
+        masks = None if memo is None else memo.get(key)
+        if masks is None:
+            masks = pistole_masks(grads, robust, segments, kappa=kappa, q=q, gamma=gamma, q_scope=q_scope)
+            if memo is not None:
+                memo.clear()   # one setting's masks at a time: memory stays that of one merge
+                memo[key] = masks
     return [0.0 if float(lam) == 0.0 else m * float(lam) for lam, m in zip(lambdas, masks)]
 
 
 @torch.no_grad()
 def pistole(inputs: "MergeInputs", spec: "MergeSpec") -> list[Tensor | float]:
-    """``theta = theta_0 + sum_i lambda_i M_i ⊙ tau_i``, ``M = (1 - capped s_counterpart)^kappa``, vision tower (PISTOLE).
+    """``theta = theta_0 + sum_i lambda_i M_i ⊙ tau_i``, ``M_i = (1 - s_other)^kappa``, vision tower (PISTOLE).
 
     The published merge ``lambda (M_nat ⊙ tau_nat) + (1 - lambda) (M_rob ⊙ tau_rob)`` with our
     ``alpha = 1 - lambda``; scores from the ``pistole`` preparer (explorer/calibrate/pistole_prep.py);
