@@ -18,7 +18,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,11 @@ from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, get_method,
                       merge_coefficients, method_version, validate_spec)
+from .resident import Vector, constant_coefficients, flat_digest, load_base, load_vector, text_segments
 from .store import Store
-from .taskvec import FlatLayout, bind_flat
 from .zeroshot import ZeroShotClassifier
-from .zoo import Manifest, ModelEntry, create_model, load_manifest, load_weights
+from .zoo import Manifest, ModelEntry, create_model, load_manifest
+from .zoo.flatload import cache_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def flat_digest(flat: torch.Tensor) -> str:
-    return hashlib.sha256(flat.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-@dataclass
-class Vector:
-    """A fine-tuned model held flat on the device: ``ft`` and ``tau = ft - pre``."""
-
-    name: str
-    role: str
-    ft: torch.Tensor
-    tau: torch.Tensor
-    digest: str
-    touches_text: bool
+__all__ = ["Engine", "Vector", "default_device", "flat_digest", "point_row"]
 
 
 class Engine:
@@ -78,33 +65,33 @@ class Engine:
         batch_size: evaluation/attack batch size.
         fast_attack: compute attack gradients on an ``AttackTwin`` (BatchNorm folded,
             channels-last) where the tower has one; proofs are still checked on the model.
+        precision: ``"tf32"`` (default) lets CUDA matmuls/convolutions use TF32; ``"fp32"``
+            forbids it. No effect on CPU.
     """
 
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
                  device: str | None = None, store: Store | None = None, batch_size: int | None = None,
-                 fast_attack: bool = True) -> None:
+                 fast_attack: bool = True, precision: str = "tf32") -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
         self.device = torch.device(device or default_device())
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if precision not in ("fp32", "tf32"):
+            raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+        if self.device.type == "cuda":   # process-wide switches; tests/test_cuda.py bounds TF32's effect
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = precision == "tf32"
         self.store = store
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
         entry = self.manifest.get(self.base)
         model, self.tokenizer = create_model(entry)
-        self.reference = {k: v.clone() for k, v in model.state_dict().items()}
-        self.layout = FlatLayout.from_state_dict(self.reference)
-        self.pre_sd = load_weights(entry, self.reference)
-        missing = [k for k in self.layout.keys if k not in self.pre_sd]
-        if missing:
-            raise ValueError(f"base model {self.base!r} must hold both towers; missing {missing[:5]}")
-        self.pre = self.layout.flatten(self.pre_sd, self.device)
+        # At the memory floor (explorer.resident): meta reference, flat pre + theta, the model's
+        # parameters views into theta; integer buffers are the model's own (set from the file).
+        self.cache_dir = cache_dir_of(self.manifest.defaults, self.manifest.path)
+        self.reference, self.layout, self.pre, self.theta, self.base_report = load_base(
+            entry, model, self.device, self.cache_dir)
+        self.model = model
         self.base_digest = flat_digest(self.pre)
-        self.theta = self.pre.clone()
-        self.model = model.to(self.device).eval()
-        bind_flat(self.model, self.layout, self.theta)
-        self._text_mask = self.layout.mask_of(lambda k: not k.startswith("visual.")).to(self.device)
+        self._text_segments = text_segments(self.layout)
         self._vectors: dict[str, Vector] = {}
         self._classifiers: dict[tuple[str, str], ZeroShotClassifier] = {}   # (task, normalize)
         self.fast_attack = fast_attack
@@ -119,13 +106,13 @@ class Engine:
     def vector(self, name: str) -> Vector:
         """The named fine-tune, loaded once and kept resident (missing towers = pretrained)."""
         if name not in self._vectors:
-            entry = self.manifest.get(name)
-            sd = load_weights(entry, self.reference)
-            ft = self.layout.flatten(sd, self.device, fill=self.pre_sd)
-            tau = ft - self.pre
-            self._vectors[name] = Vector(name, entry.role, ft, tau, flat_digest(ft),
-                                         bool(tau[self._text_mask].abs().max() > 0))
+            self._vectors[name] = load_vector(self.manifest.get(name), self.reference, self.layout,
+                                              self.pre, self._text_segments, self.cache_dir)
         return self._vectors[name]
+
+    def unload(self, name: str) -> None:
+        """Drop a resident vector (its memory is freed once no caller holds it)."""
+        self._vectors.pop(name, None)
 
     def add_entry(self, entry: ModelEntry) -> Vector:
         """Register a new checkpoint (validated against the base architecture) and load it."""
@@ -153,11 +140,14 @@ class Engine:
             self._refresh_twins()
             self._refresh_text(())
             return
-        context = self.context(names, spec)
-        self.last_prep_cost = context.get("prep_cost")   # what the method's scores cost to build
-        inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
-                             names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
-        coeffs = merge_coefficients(inputs, spec)
+        coeffs = constant_coefficients(spec)
+        if coeffs is None:   # the method reads the task vectors: tau made for this merge only
+            context = self.context(names, spec)
+            self.last_prep_cost = context.get("prep_cost")   # what the method's scores cost to build
+            inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
+                                 names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
+            coeffs = merge_coefficients(inputs, spec)
+            del inputs
         apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
         # Before anything reads the weights (twins, text head, an attack): no NaN, no negative variance.
         check_merged(self.theta, self.layout.keys, self.layout.segments, spec.lambdas,
@@ -193,7 +183,8 @@ class Engine:
         Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are not merged: the base's.
         """
         self.merge(names, spec)
-        out = {k: v.clone() for k, v in self.pre_sd.items() if not v.is_floating_point()}
+        out = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+               if not v.is_floating_point()}
         out.update({k: v.detach().cpu().clone() for k, v in self.layout.unflatten(self.theta).items()})
         return {k: out[k] for k in self.reference if k in out}
 
@@ -223,7 +214,7 @@ class Engine:
         normalize = normalize or self.manifest.get(self.base).normalize
         key = (task, normalize)
         if key not in self._classifiers:
-            t = get_task(task)
+            t = get_task(task, preprocess=self.preprocess_cfg())
             self._classifiers[key] = ZeroShotClassifier(
                 self.model, self.tokenizer, t.classnames, t.templates, normalize=normalize,
                 text_key=repr(self._text_key))
@@ -241,9 +232,14 @@ class Engine:
     def eval_data(self, ev: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
         key = (ev.task, ev.split, ev.n, ev.seed)
         if key not in self._data:
-            x, y = get_task(ev.task).load(ev.split, ev.n, ev.seed)
+            x, y = get_task(ev.task, preprocess=self.preprocess_cfg()).load(ev.split, ev.n, ev.seed)
             self._data[key] = (x.to(self.device), y.to(self.device))
         return self._data[key]
+
+    def preprocess_cfg(self) -> dict:
+        """The model's open_clip eval preprocessing (input size, resize mode, interpolation)."""
+        from open_clip import get_model_preprocess_cfg
+        return dict(get_model_preprocess_cfg(self.model))
 
     def bank(self, ev: EvalSpec, attack: AttackSpec) -> AdversarialBank:
         """Adversarial examples found so far on this eval set under this norm (all radii)."""

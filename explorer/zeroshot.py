@@ -7,12 +7,17 @@ inside ``forward`` (so attacks see the real threat model) and returns logits
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALISATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+DISK_MIN_PROMPTS = 1000    # heads of at least this many prompts are cached on disk (auto mode)
+PROMPT_BATCH = 1000        # prompts per text-tower forward
 
 
 def text_digest(model: nn.Module) -> str:
@@ -37,22 +44,65 @@ def text_digest(model: nn.Module) -> str:
 
 @torch.no_grad()
 def build_text_head(
-    model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]
+    model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+    progress: bool = False,
 ) -> torch.Tensor:
     """Class embeddings: mean of the normalised prompt embeddings of each class, renormalised.
 
-    Shape: returns [n_classes, embed_dim], rows of unit norm.
+    Prompts go through the text tower ~``PROMPT_BATCH`` at a time (whole classes per batch), with
+    a tqdm bar when ``progress``. Shape: returns [n_classes, embed_dim], rows of unit norm.
     """
     if not classnames:
         raise ValueError("the class list is empty: give at least two class names")
     if not templates:
         raise ValueError("no prompt templates given")
     device = next(model.parameters()).device
-    prompts = [t.format(c) for c in classnames for t in templates]
-    tokens = tokenizer(prompts).to(device)
-    emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    emb = emb.view(len(classnames), len(templates), -1).mean(1)
-    return F.normalize(emb, dim=-1)
+    per = max(1, PROMPT_BATCH // len(templates))
+    rows = []
+    for i in tqdm(range(0, len(classnames), per), desc="zero-shot head", unit="batch", disable=not progress):
+        names = classnames[i:i + per]
+        tokens = tokenizer([t.format(c) for c in names for t in templates]).to(device)
+        emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
+        rows.append(emb.view(len(names), len(templates), -1).mean(1))
+    return F.normalize(torch.cat(rows), dim=-1)
+
+
+def heads_dir() -> Path:
+    """``$EXPLORER_HOME/heads`` (default ``~/.cache/trade-off-explorer/heads``)."""
+    return Path(os.environ.get("EXPLORER_HOME", Path.home() / ".cache" / "trade-off-explorer")) / "heads"
+
+
+def head_cache_key(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 of (text-tower content digest, class names, templates, tokenizer length, device type)."""
+    device = next(model.parameters()).device
+    parts = [text_digest(model), json.dumps([list(classnames), list(templates)]),
+             str(getattr(tokenizer, "context_length", "")), device.type]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def cached_text_head(model: nn.Module, tokenizer, classnames: Sequence[str], templates: Sequence[str],
+                     progress: bool = True) -> torch.Tensor:
+    """``build_text_head`` served from ``heads_dir()`` when this text tower built it before.
+
+    The head is a function of the key's parts alone, so a cached head is the computed one bit for
+    bit (same device type). A corrupt cache file is recomputed and rewritten.
+    """
+    device = next(model.parameters()).device
+    path = heads_dir() / f"{head_cache_key(model, tokenizer, classnames, templates)[:40]}.safetensors"
+    if path.exists():
+        try:
+            head = load_file(str(path))["head"]
+            if head.shape[0] == len(classnames):
+                return head.to(device)
+        except Exception as exc:  # unreadable cache entry: recompute
+            log.warning("ignoring unreadable head cache %s: %s", path, exc)
+    head = build_text_head(model, tokenizer, classnames, templates, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file({"head": head.detach().cpu().contiguous()}, str(tmp),
+              metadata={"classes": str(len(classnames)), "templates": str(len(templates))})
+    tmp.replace(path)
+    return head
 
 
 class ZeroShotClassifier(nn.Module):
@@ -66,6 +116,10 @@ class ZeroShotClassifier(nn.Module):
         templates: prompt templates with one ``{}``.
         normalize: ``"clip"`` or ``"imagenet"`` mean/std, or an explicit (mean, std) pair.
         image_size: side the images are resized to before the visual tower.
+        text_key: cheap name of the current text weights (see ``refresh_text_head``).
+        disk_cache: serve the head from ``heads_dir()`` (``cached_text_head``); None: on for
+            heads of at least ``DISK_MIN_PROMPTS`` prompts (ImageNet: 1000 x 80), where a
+            recomputation costs minutes.
 
     Shape:
         forward: x [N, 3, H, W] float in [0, 1] -> logits [N, n_classes].
@@ -74,7 +128,7 @@ class ZeroShotClassifier(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, classnames: Sequence[str],
                  templates: Sequence[str] = DEFAULT_TEMPLATES,
                  normalize: str | tuple = "clip", image_size: int | None = None,
-                 text_key: str | None = None) -> None:
+                 text_key: str | None = None, disk_cache: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -85,6 +139,8 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         size = image_size or getattr(model.visual, "image_size", 224)
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        prompts = len(self.classnames) * len(self.templates)
+        self.disk_cache = prompts >= DISK_MIN_PROMPTS if disk_cache is None else disk_cache
         self._head_key: str | None = None
         self.text_head: torch.Tensor | None = None
         self.refresh_text_head(key=text_key)
@@ -98,7 +154,10 @@ class ZeroShotClassifier(nn.Module):
         key = (key if key is not None else text_digest(self.model)) + repr((self.classnames, self.templates))
         if not force and key == self._head_key:
             return False
-        self.text_head = build_text_head(self.model, self.tokenizer, self.classnames, self.templates)
+        if self.disk_cache:
+            self.text_head = cached_text_head(self.model, self.tokenizer, self.classnames, self.templates)
+        else:
+            self.text_head = build_text_head(self.model, self.tokenizer, self.classnames, self.templates)
         self._head_key = key
         return True
 

@@ -81,3 +81,16 @@ def explorer_home(tmp_path_factory) -> Path:
         os.environ.pop("EXPLORER_HOME", None)
     else:
         os.environ["EXPLORER_HOME"] = old
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one; scripts/gpu-check runs them)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

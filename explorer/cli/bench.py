@@ -12,10 +12,18 @@ HELP = "engine vs plain per-model path on the same sweep"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_flags(p)
     p.add_argument("--points", type=int, default=11)
+    p.add_argument("--scale", metavar="ARCH", default=None,
+                   help="measure load, memory, merge and step costs at real size on a synthetic "
+                        "ARCH fixture (e.g. ViT-B-32) instead; see explorer.scale_bench")
+    p.add_argument("--fixture", default=None,
+                   help="--scale: folder of the fixture (built there if absent; default: a temp folder)")
+    p.add_argument("--no-plain", action="store_true", help="--scale: skip the plain path")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run both paths on the manifest's first natural -> first robust sweep; the ratio prints last."""
+    if args.scale:
+        return run_scale(args)
     from ..bench import run_bench
     from ..zoo import load_manifest
 
@@ -44,3 +52,38 @@ def run(args: argparse.Namespace) -> int:
               f"{r['plain_seconds'] / floor_s:.2f}x")
     print(f"speedup ratio: {r['speedup']:.2f}")
     return 0
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    """``bench --scale ARCH``: build (or reuse) the fixture, measure, print; ratios last."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from ..config import AttackSpec, EvalSpec, parse_eps
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = None if args.fixture else tempfile.TemporaryDirectory(prefix="explorer-scale-")
+    root = Path(args.fixture or tmp.name)
+    manifest = root / "manifest.toml"
+    try:
+        if not manifest.exists():   # built in a child process: its memory is not this run's peak
+            subprocess.run([sys.executable, "-m", "explorer", "zoo", "synth", "--arch", args.scale,
+                            "--into", str(root)], check=True, stdout=subprocess.DEVNULL)
+        from ..scale_bench import format_report, run_scale_bench
+        attack = AttackSpec(args.attack or "pgd-3", parse_eps(args.eps or "4/255"), args.norm, args.seed)
+        ev = EvalSpec(task=args.task or "shapes", n=args.n or 16, seed=args.seed, split=args.split)
+        device = args.device or ("cuda" if _cuda() else "cpu")
+        r = run_scale_bench(manifest, device, attack, ev, plain=not args.no_plain)
+        print("\n".join(format_report(r, args.scale)))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()

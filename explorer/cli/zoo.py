@@ -1,4 +1,5 @@
-"""``python -m explorer zoo build | list | report``: build the demo zoo, list or measure a manifest."""
+"""``python -m explorer zoo build | list | report | synth``: build the demo zoo, list or measure a
+manifest, or write a synthetic scale fixture (random-init checkpoints of a real architecture)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,9 @@ HELP = "build, list or measure the demo zoo"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["build", "list", "report"])
+    p.add_argument("action", choices=["build", "list", "report", "synth"])
+    p.add_argument("--arch", default="ViT-B-32", help="synth: open_clip architecture (default ViT-B-32)")
+    p.add_argument("--arch-config", default=None, help="synth: a custom open_clip JSON model config")
     p.add_argument("--preset", default="demo", choices=["demo", "micro"])
     p.add_argument("--into", default=None, help="build: output folder (default: assets/zoo)")
     p.add_argument("--also", action="append", default=None, help="report: clean accuracy on this task too")
@@ -29,6 +32,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
         out = Path(args.into) if args.into else default_manifest_path().parent
         print(build_zoo(out, preset=args.preset, seed=args.seed, device=args.device or "cpu"))
+        return 0
+    if args.action == "synth":
+        from ..zoo.synth import synth_zoo
+        if not args.into:
+            raise ValueError("zoo synth needs --into DIR")
+        print(synth_zoo(args.arch, args.into, seed=args.seed, arch_config=args.arch_config))
         return 0
     m = load_manifest(args.manifest)
     if args.action == "list":

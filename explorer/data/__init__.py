@@ -18,12 +18,19 @@ def task_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_task(name: str, download: bool = False) -> Task:
-    """Look up a task by name; unknown names raise ``KeyError`` listing the valid ones."""
+def get_task(name: str, download: bool = False, preprocess: dict | None = None) -> Task:
+    """Look up a task by name; unknown names raise ``KeyError`` listing the valid ones.
+
+    ``preprocess``: the model's open_clip preprocess config (``size``, ``resize_mode``,
+    ``interpolation``); ``folder:`` tasks prepare their images with it (default: 224, bicubic).
+    """
     _ensure_builtin()
     if name.startswith("folder:"):
         from .folder import folder_task
-        return folder_task(name[len("folder:"):])
+        p = preprocess or {}
+        size = p.get("size", 224)
+        return folder_task(name[len("folder:"):], tuple(size) if isinstance(size, (list, tuple)) else size,
+                           p.get("resize_mode", "shortest"), p.get("interpolation", "bicubic"))
     if name.startswith("torchvision:"):
         from .tv import torchvision_task
         return torchvision_task(name[len("torchvision:"):], download=download)
