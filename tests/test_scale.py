@@ -196,3 +196,16 @@ def test_cli_truncated_checkpoint_is_one_line(synth, tmp_path, capsys):
                  "--robust", "robust_fp16", "--alphas", "0,1", "--no-store", "--n", "2", "--attack", "none"])
     last = capsys.readouterr().err.strip().splitlines()[-1]      # after the progress bar
     assert code == 2 and last.startswith("error: ") and "truncated" in last
+
+
+def test_constant_coefficients_are_what_the_methods_return(engine):
+    """The engine skips building taus for these settings; the methods must agree."""
+    from explorer.merging import MergeInputs, merge_coefficients
+    from explorer.resident import constant_coefficients
+
+    inputs = MergeInputs([engine.vector(n).tau for n in ("natural", "robust")], engine.layout.segments,
+                         names=list(engine.layout.keys), shapes=list(engine.layout.shapes))
+    for method in ("task_arithmetic", "dare", "magnitude"):
+        spec = MergeSpec(lambdas=(0.3, 0.7), method=method, keep=1.0)
+        assert constant_coefficients(spec) == list(merge_coefficients(inputs, spec))
+    assert constant_coefficients(MergeSpec(lambdas=(0.3, 0.7), method="ties", keep=1.0)) is None
