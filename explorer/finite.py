@@ -56,7 +56,8 @@ def merge_problems(theta: torch.Tensor, keys: Sequence[str],
         theta: ``(N,)`` float; ``segments[i]`` is the (start, end) of tensor ``keys[i]``.
     """
     problems = []
-    if not bool(torch.isfinite(theta).all()):       # one pass; locate only on failure
+    chunk = 1 << 22   # bounded scratch: a whole-buffer isfinite would be a quarter model of bools
+    if not all(bool(torch.isfinite(theta[i:i + chunk]).all()) for i in range(0, theta.numel(), chunk)):
         bad = [k for k, (a, b) in zip(keys, segments) if not bool(torch.isfinite(theta[a:b]).all())]
         problems.append(f"non-finite values (NaN/inf) in {_named(bad)}")
     negative = []
