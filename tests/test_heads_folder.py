@@ -101,7 +101,9 @@ def test_zoo_synth_and_bench_scale_commands(tmp_path, capsys):
                  "--no-plain", "--n", "4", "--attack", "pgd-1"]) == 0
     out = capsys.readouterr().out
     ratio = float(out.split("memory / floor: ")[1].split()[0])
-    # the ratio itself is measured by test_scale in a fresh window; here the line must parse
-    assert ratio >= 0 and "merge / bandwidth floor: " in out and ": within" in out
+    # The bound itself is measured by test_scale in a fresh window; inside a long pytest process
+    # the absolute peak is the suite's, so here the lines must be there and parse.
+    assert ratio >= 0 and float(out.split("merge / bandwidth floor: ")[1].split()[0]) > 0
+    assert "bound 1.25 x floor + 1 GiB" in out
     assert "text tower = base rounded to fp16" in out and "load robust_fp16" in out
     assert main(["zoo", "synth", "--arch", "no-such-arch", "--into", str(tmp_path / "y")]) == 2
