@@ -2,7 +2,8 @@
 
 The plain path is what one writes without the engine: for every point, read the checkpoints,
 build task vectors and the merged state dict, create a fresh model, rebuild the text head, and
-run torchattacks on every image. Both paths run the same sweep in one process, side by side;
+run torchattacks on every image. The engine's points are its default, history-free ones (no
+adversarial examples carried between points). Both paths run the same sweep in one process;
 the output gives both times, both robust accuracies and, last, ``speedup ratio: X``.
 """
 from __future__ import annotations
