@@ -124,3 +124,11 @@ def test_pistole_masks_are_memoised_per_merge_time_setting(engine):
     assert memo[key] is held                       # another alpha: the same masks, not rebuilt
     engine.merge(NAMES, MergeSpec.from_alpha(0.7, method="pistole", options=FAST + (("kappa", 3.0),)))
     assert key not in memo and len(memo) == 1      # another kappa: rebuilt, one setting held
+
+
+def test_point_line_prints_the_score_cost():
+    from explorer.cli.common import point_line
+    row = {"method": "pistole", "alpha": 0.8, "keep": 1.0, "clean_acc": 0.5, "robust_acc": 0.25, "n": 8,
+           "attack": "fgsm", "cached": False, "prep_cost": {"forward": 75, "backward": 21, "seconds": 3.25}}
+    assert point_line(row).endswith("scores: 75 fwd + 21 bwd passes, 3.2 s")
+    assert "scores" not in point_line({**row, "prep_cost": None})

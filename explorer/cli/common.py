@@ -70,7 +70,7 @@ def open_service(args: argparse.Namespace) -> Service:
 
 def point_line(p: dict) -> str:
     """One human line per point: method, alpha, keep, accuracies with their 95% intervals, attack
-    label, n, cache state."""
+    label, n, cache state, and the cost of the method's calibration scores when it has them."""
     p = with_intervals(p)
     alpha = "" if p.get("alpha") is None else f" alpha={p['alpha']:.2f}"
     if p.get("failed"):
@@ -78,7 +78,14 @@ def point_line(p: dict) -> str:
         return f"{p['method']}{alpha} keep={p['keep']:g} lambdas=({lam}): FAILED, no accuracy: {p['error']}"
     return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} {fmt_ci(p.get('clean_ci'))} "
             f"robust={p['robust_acc']:.3f} {fmt_ci(p.get('robust_ci'))} [{p['attack']}, n={p['n']}]"
-            f"{' (cached)' if p['cached'] else ''}")
+            f"{' (cached)' if p['cached'] else ''}{_scores_cost(p.get('prep_cost'))}")
+
+
+def _scores_cost(cost: dict | None) -> str:
+    """What the method's calibration scores cost to build (pistole's ``prep_cost``), or nothing."""
+    if not cost:
+        return ""
+    return f" scores: {cost['forward']} fwd + {cost['backward']} bwd passes, {cost['seconds']:.1f} s"
 
 
 def write_points(points: list[dict], out: str | None) -> int:
