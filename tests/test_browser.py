@@ -90,7 +90,7 @@ def test_first_view_shows_the_frontier_without_a_click(page) -> None:
     curve = next(t for t in traces if t["name"] == "task_arithmetic")
     assert len(curve["x"]) >= 3
     status = page.locator("#sweep-status").inner_text()
-    assert "(endpoints 3, task_arithmetic 3)" in status and "pgd-3 Linf eps=4/255, n = 32" in status
+    assert "(pretrained 1, task_arithmetic 5)" in status and "pgd-3 Linf eps=4/255, n = 32" in status
     assert "α = 0.5" in current_text(page)   # the slider's point is highlighted on the curve
 
 
@@ -148,3 +148,36 @@ def test_upload_shows_both_predictions(page, tmp_path) -> None:
         page.wait_for_selector(f"#bars-{i} .js-plotly-plot")
         traces = plot_traces(page, f"bars-{i}")
         assert [t["name"].split(" ")[0] for t in traces] == ["clean", "adversarial"]
+    # The trade-off image by image: a filmstrip over 6 alphas and the 3x3 transfer view.
+    page.wait_for_selector("#filmstrip-plot .js-plotly-plot")
+    film = page.evaluate("() => document.querySelector('#filmstrip-plot .js-plotly-plot').data.map(t => t.type)")
+    assert film == ["image"] * 6
+    notes = page.locator("#filmstrip-plot").inner_text()
+    assert "α = 0.00" in notes and "α = 1.00" in notes and ("fooled" in notes or "held" in notes)
+    page.wait_for_selector("#transfer-plot .js-plotly-plot")
+    z = page.evaluate("() => document.querySelector('#transfer-plot .js-plotly-plot').data[0].z")
+    assert len(z) == 3 and all(len(r) == 3 and set(r) <= {0, 1} for r in z)
+    crafted = page.evaluate("() => document.querySelector('#transfer-images .js-plotly-plot').data.length")
+    assert crafted == 3
+
+
+def test_models_tab_shows_statistics_when_opened(page) -> None:
+    page.get_by_role("tab", name="Models").click()
+    page.wait_for_function("() => document.querySelector('#norms-table').innerText.includes('robust2')")
+    page.wait_for_selector("#cosine-plot .js-plotly-plot")
+    z = page.evaluate("() => document.querySelector('#cosine-plot .js-plotly-plot').data[0].z")
+    assert len(z) == 3 and abs(z[0][0] - 1) < 1e-4          # natural, robust, robust2
+    page.wait_for_selector("#layers-plot .js-plotly-plot")
+    page.get_by_role("tab", name="Frontier").click()
+
+
+def test_dark_theme_keeps_the_endpoints_distinct(page) -> None:
+    page.locator("#theme-radio").get_by_label("dark").check()
+    page.wait_for_function("() => document.body.classList.contains('dark')")
+    page.wait_for_function("() => { const gd = document.querySelector('#frontier-plot .js-plotly-plot');"
+                           " return gd && gd._fullLayout.paper_bgcolor !== '#fff' && gd._fullLayout.paper_bgcolor !== 'white'; }")
+    ends = page.evaluate("""() => document.querySelector('#frontier-plot .js-plotly-plot').data
+        .filter(t => (t.name || '').includes('endpoint') || (t.name || '').startsWith('pretrained'))
+        .map(t => [t.marker.symbol, t.marker.color])""")
+    assert len(ends) == 3 and len({s for s, _ in ends}) == 3 and len({c for _, c in ends}) == 3
+    page.locator("#theme-radio").get_by_label("light").check()

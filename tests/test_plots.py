@@ -104,3 +104,22 @@ def test_stats_figures() -> None:
     assert heat.data[0].zmin == -1 and list(heat.data[0].x) == ["a", "b"]
     lines = plots.layer_magnitude_figure(["visual.block0", "text.block0"], {"a": [1, 2], "b": [3, 4]})
     assert [t.name for t in lines.data] == ["a", "b"]
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_themes_keep_endpoints_distinct_and_text_talk_sized(rows: list[dict], theme: str) -> None:
+    fig = plots.frontier_figure(rows, current=rows[2], theme=theme)
+    ends = [t for t in fig.data if t.name in {s[2] for s in plots.ENDPOINT_STYLE.values()}]
+    assert len(ends) == 3
+    assert len({t.marker.symbol for t in ends}) == 3 and len({t.marker.color for t in ends}) == 3
+    bg = fig.layout.template.layout.paper_bgcolor
+    assert all(t.marker.color != bg for t in ends)
+    assert (bg == "rgb(17,17,17)") == (theme == "dark")
+    assert fig.layout.font.size >= 14 and fig.layout.title.font.size >= 16
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0   # below the plane, not over it
+    for fig in (plots.topk_figure({"a": 0.7, "b": 0.3}, {"a": 0.2, "b": 0.8}, theme=theme),
+                plots.cosine_heatmap(["x", "y"], [[1, 0.5], [0.5, 1]], theme=theme),
+                plots.layer_magnitude_figure(["l1"], {"x": [1.0]}, theme=theme)):
+        assert fig.layout.font.size >= 14
+    with pytest.raises(KeyError, match="light"):
+        plots.frontier_figure(rows, theme="sepia")

@@ -160,6 +160,20 @@ def test_inspect_before_after(ctx, example_png) -> None:
     assert np.array_equal(adv[::k, ::k], native)
 
 
+def test_filmstrip_and_transfer_handlers(ctx, example_png) -> None:
+    h = InspectHandlers(ctx)
+    values = {**inspect_values(example_png, "circle, square, triangle, star", eps="8/255", steps=3), "frames": 5}
+    film = h.filmstrip(values)
+    assert [t.type for t in film.data] == ["image"] * 5
+    titles = [a.text for a in film.layout.annotations]
+    assert titles[0].startswith("α = 0.00") and titles[-1].startswith("α = 1.00")
+    assert all(("fooled" in t) != ("held" in t) for t in titles)
+    strip, matrix = h.transfer(values)
+    assert len(strip.data) == 3 and list(matrix.data[0].y) == ["current merge", "natural (α = 0)", "robust (α = 1)"]
+    with pytest.raises(gr.Error, match="5 to 11"):
+        h.filmstrip({**values, "frames": 12})
+
+
 def test_inspect_errors(ctx, example_png, tmp_path) -> None:
     h = InspectHandlers(ctx)
     bad = tmp_path / "corrupt.png"
@@ -233,7 +247,7 @@ def test_form_names_every_value_and_handlers_read_gradio_dicts(demo, ctx) -> Non
     merge = set(form.read({c: None for c in form.inputs("merge")}))
     assert merge == {"base", "natural", "robust", "method", "alpha", "keep", "scope", "advanced", "options",
                      "attack", "eps", "norm", "task", "n", *(f"lambda_{i}" for i in range(6))}
-    assert form.group("inspect") == ["image", "classes", "kind", "inspect_eps", "steps"]
+    assert form.group("inspect") == ["image", "classes", "kind", "inspect_eps", "steps", "frames"]
     h = FrontierHandlers(ctx, form)
     values = {form[k]: v for k, v in controls(alpha=0.4).items()}
     *_, row, _ = h.preview(values)

@@ -65,8 +65,8 @@ def build_demo(manifest: str | None = None, device: str | None = None,
                 fn, inputs, outputs = build_frontier_tab(service, form)
             with gr.Tab("Inspect", id="inspect"):
                 build_inspect_tab(service, form)
-            with gr.Tab("Models", id="models"):
-                build_models_tab(service, form)
+            with gr.Tab("Models", id="models") as models:
+                build_models_tab(service, form, models)
         # The first view streams while the default curve is computed: not in the engine's queue.
         demo.load(fn, inputs, outputs, api_visibility="private", concurrency_limit=None)
         demo.load(None, js=KEYS_JS)

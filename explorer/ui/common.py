@@ -211,10 +211,10 @@ def at_merge(curve: Sequence[dict], spec: MergeSpec) -> dict | None:
 def caption(curve: Sequence[dict], ref: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> str:
     """What the plot shows, counted: points per curve and endpoints, the attack (with eps) and n,
     and the tier of the highlighted point when it is not the plotted setting's."""
-    kinds: dict[str, int] = {}
+    kinds: dict[str, int] = {}   # as drawn: a curve's points include its α = 0 and α = 1 ends
     for r in curve:
-        kind = plots.endpoint_kind(r)
-        name = "endpoints" if kind else plots.curve_name(r) if r.get("alpha") is not None else "λ points"
+        pre = plots.endpoint_kind(r) == "pretrained"
+        name = "pretrained" if pre else plots.curve_name(r) if r.get("alpha") is not None else "λ points"
         kinds[name] = kinds.get(name, 0) + 1
     parts = ", ".join(f"{k} {v}" for k, v in kinds.items())
     text = (f"{len(curve)} point{'s' * (len(curve) != 1)} plotted" + (f" ({parts})" if parts else "")

@@ -185,7 +185,8 @@ class FrontierHandlers:
             job = self.service.background_sweep(spec)
         while True:
             snap = job.snapshot() if job is not None else None
-            curve = self.curve_rows(v["rows"] or [], sel.ref())
+            # The job's rows too: they are in the store, unless the app runs without one.
+            curve = self.curve_rows([*(v["rows"] or []), *(snap.rows if snap else [])], sel.ref())
             status = common.caption(curve, sel.ref())
             if snap is not None and not snap.done:
                 status = (f"Computing the default curve in the background: {len(snap.rows)}/{snap.total} "

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from .. import plots
+from .. import image_plots, plots
 from ..config import MergeSpec
 from ..attacks import parse_attack
 from ..data import get_task
@@ -24,6 +24,8 @@ from .form import Form
 
 TOP_K = 5
 DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
+FILM_SIDE = 96       # side small images are enlarged to in the filmstrip and transfer panels
+FRAMES = 6           # filmstrip alphas by default (0, 0.2, ..., 1)
 
 
 def parse_classes(text: str | None) -> list[str]:
@@ -66,27 +68,57 @@ class InspectHandlers:
             return gr.skip()
         return ", ".join(get_task(task).classnames)
 
-    @readable_errors
-    def inspect(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
-        """Attack the image on the current merge and both endpoints; plots, images, a PNG."""
+    def prepare(self, values: Mapping[Any, Any]) -> tuple[dict, Any, list[str], common.Selection, Any, dict]:
+        """Values by name, the decoded image, the class names, the selection, the attack, and the
+        three models (current merge, natural and robust endpoints) as ``{label: (vectors, spec)}``."""
         v = self.form.read(values)
         image, names = self.service.decode_image(v["image"]), parse_classes(v["classes"])
         sel = common.selection(v, self.service.default_base)
         attack = parse_attack(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
         nat, rob = sel.natural, sel.robust
-        spec = canonical_spec(sel.merge)   # labelled with what is merged (task arithmetic: keep 1)
         models = {
-            "current merge": (sel.vectors, spec),
+            "current merge": (sel.vectors, canonical_spec(sel.merge)),   # what is merged (TA: keep 1)
             "natural (α = 0)": (sel.vectors, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
             "robust (α = 1)": (sel.vectors, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
         }
+        return v, image, names, sel, attack, models
+
+    @readable_errors
+    def filmstrip(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
+        """The image attacked on the current vectors' merge at ``frames`` alphas from 0 to 1."""
+        v, image, names, sel, attack, _ = self.prepare(values)
+        count = int(v.get("frames") or FRAMES)
+        if not 5 <= count <= 11:
+            raise gr.Error(f"the filmstrip shows 5 to 11 alphas, not {count}")
+        alphas = [round(i / (count - 1), 4) for i in range(count)]
+        frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
+                                        image, names, attack)
+        frames = [{**f, "adv": display_image(f["adv"], FILM_SIDE)[0]} for f in frames]
+        return image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme"))
+
+    @readable_errors
+    def transfer(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
+        """The image attacked on each of the three models, classified by the other two (and itself)."""
+        v, image, names, sel, attack, models = self.prepare(values)
+        res = self.service.transfer(sel.base, models, image, names, attack)
+        strip = image_plots.image_strip(
+            [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
+            [f"crafted on {m}" for m in res["models"]], [False] * len(res["models"]),
+            title=f"Adversarial images ({attack.label})", theme=v.get("theme"))
+        return strip, image_plots.transfer_figure(res, theme=v.get("theme"))
+
+    @readable_errors
+    def inspect(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
+        """Attack the image on the current merge and both endpoints; plots, images, a PNG."""
+        v, image, names, sel, attack, models = self.prepare(values)
+        spec = models["current merge"][1]
         res = self.service.inspect(sel.base, models, image, names, attack)
         figs = []
         for label, (clean, adv) in res["probs"].items():
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)
             title = f"{label}: {top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ robust")
             figs.append(plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
-                                          attack=attack.label))
+                                          attack=attack.label, theme=v.get("theme")))
         out = encode_png(res["adv"], common.export_dir(res["adv"].tobytes()) / "adversarial.png")
         where = spec.alpha if spec.alpha is not None else list(spec.lambdas)
         (clean, k), (adv, _), (delta, _) = (display_image(res[n]) for n in ("clean", "adv", "delta"))

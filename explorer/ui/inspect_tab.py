@@ -44,6 +44,8 @@ def build_inspect_tab(service: Service, form: Form) -> None:
                 kind = gr.Dropdown(ATTACK_KINDS, value="pgd", label="Attack")
                 eps = gr.Textbox(d.eps, label="eps")
                 steps = gr.Number(10, precision=0, minimum=1, label="PGD steps")
+            frames = gr.Slider(5, 11, value=6, step=1, label="Filmstrip: α values from 0 to 1",
+                               elem_id="frames-slider")
             run = gr.Button("Attack and classify", variant="primary", elem_id="inspect-btn")
             gr.Markdown("The *current merge* is the one set on the Frontier tab (vectors, method, α or λ, "
                         "keep, norm).", elem_classes="hint")
@@ -57,7 +59,15 @@ def build_inspect_tab(service: Service, form: Form) -> None:
                 bars = [gr.Plot(label=name, elem_id=f"bars-{i}")
                         for i, name in enumerate(["current merge", "natural endpoint", "robust endpoint"])]
             download = gr.DownloadButton("Download adversarial PNG", size="sm")
+            film = gr.Plot(label="The trade-off, image by image: attacked at each α", elem_id="filmstrip-plot")
+            with gr.Row():
+                crafted = gr.Plot(label="Crafted on each model", elem_id="transfer-images")
+                transfer = gr.Plot(label="Transfer: crafted on one model, classified by each",
+                                   elem_id="transfer-plot")
     source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
-    form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps)
-    run.click(h.inspect, form.inputs("inspect", MERGE),
-              [clean, adv, delta, *bars, summary, download], api_name="inspect", concurrency_id="engine")
+    form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps, frames=frames)
+    inputs = form.inputs("inspect", MERGE, *(["theme"] if "theme" in form else []))
+    run.click(h.inspect, inputs, [clean, adv, delta, *bars, summary, download], api_name="inspect",
+              concurrency_id="engine"
+              ).success(h.filmstrip, inputs, film, api_name="filmstrip", concurrency_id="engine"
+              ).success(h.transfer, inputs, [crafted, transfer], api_name="transfer", concurrency_id="engine")

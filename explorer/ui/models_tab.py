@@ -13,6 +13,7 @@ from .common import readable_errors
 from .form import Form
 
 MODEL_COLUMNS = ["name", "role", "arch", "towers", "normalize", "weights", "provenance"]
+STAT_COLUMNS = ["vector", "role", "L2 norm", "Linf norm", "nonzero fraction", "touches text tower"]
 
 
 def manifest_table(service: Service) -> pd.DataFrame:
@@ -25,20 +26,32 @@ def manifest_table(service: Service) -> pd.DataFrame:
 
 
 class ModelsHandlers:
+    """The tab's handlers; vector statistics are computed once per (base, vectors) and kept
+    (plain values: tables and lists), so opening the tab again costs nothing."""
+
     def __init__(self, service: Service) -> None:
         self.service = service
+        self._stats: dict[tuple[str, tuple[str, ...]], dict] = {}
+
+    def vector_stats(self, base: str, names: list[str]) -> dict:
+        key = (base, tuple(names))
+        if key not in self._stats:
+            self._stats[key] = self.service.vector_stats(base, names)
+        return self._stats[key]
 
     @readable_errors
-    def stats(self, base: str, names: list[str] | None, progress=gr.Progress(track_tqdm=True)):
-        """Norms table, cosine heatmap and per-layer magnitudes of the chosen vectors."""
+    def stats(self, base: str, names: list[str] | None, theme: str | None = None,
+              progress=gr.Progress(track_tqdm=True)):
+        """Norms table, cosine heatmap and per-layer magnitudes of the chosen vectors (on opening
+        the tab and on the button; computed once per base and vectors)."""
         names = list(names or [])
         if not names:
             raise gr.Error("choose at least one task vector")
         progress(0, desc="loading task vectors")
-        s = self.service.vector_stats(base or self.service.default_base, names)
-        table = pd.DataFrame(s["table"]).round(5)
-        return table, plots.cosine_heatmap(names, s["cos"]), plots.layer_magnitude_figure(s["layers"],
-                                                                                           s["layer_norms"])
+        s = self.vector_stats(base or self.service.default_base, names)
+        table = pd.DataFrame(s["table"], columns=STAT_COLUMNS).round(5)
+        return (table, plots.cosine_heatmap(names, s["cos"], theme=theme),
+                plots.layer_magnitude_figure(s["layers"], s["layer_norms"], theme=theme))
 
     @readable_errors
     def add(self, base: str, path: str, name: str, role: str):
@@ -56,8 +69,9 @@ class ModelsHandlers:
                 gr.update(choices=m.names("natural") + m.names("robust")))
 
 
-def build_models_tab(service: Service, form: Form) -> None:
-    """Lay out the tab inside the current ``gr.Tab``; the base and vector lists are the frontier's."""
+def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) -> None:
+    """Lay out the tab inside the current ``gr.Tab``; the base and vector lists are the frontier's.
+    Selecting ``tab`` shows the statistics (computed on the first opening, then kept)."""
     h = ModelsHandlers(service)
     m = service.manifest
     vec_names = m.names("natural") + m.names("robust")
@@ -66,10 +80,11 @@ def build_models_tab(service: Service, form: Form) -> None:
     with gr.Row():
         pick = gr.Dropdown(vec_names, value=vec_names, multiselect=True, label="Task vectors", scale=4)
         stats_btn = gr.Button("Compute statistics", variant="primary", scale=1, elem_id="stats-btn")
-    norms = gr.Dataframe(label="Task-vector norms (τ = θ_ft − θ_pre)", interactive=False)
+    norms = gr.Dataframe(pd.DataFrame(columns=STAT_COLUMNS), label="Task-vector norms (τ = θ_ft − θ_pre)",
+                         interactive=False, elem_id="norms-table")
     with gr.Row():
-        heat = gr.Plot(label="Cosine similarity")
-        layers = gr.Plot(label="Per-layer magnitude")
+        heat = gr.Plot(label="Cosine similarity", elem_id="cosine-plot")
+        layers = gr.Plot(label="Per-layer magnitude", elem_id="layers-plot")
     with gr.Accordion("Add a local checkpoint", open=False):
         gr.Markdown(f"Checked against the base architecture ({m.get(service.default_base).arch}): keys, "
                     "shapes and finite weights. Loaded safely (safetensors or weights-only torch).")
@@ -80,7 +95,11 @@ def build_models_tab(service: Service, form: Form) -> None:
         add_btn = gr.Button("Validate and add", elem_id="add-btn")
         added = gr.Markdown("")
     fc = form
-    stats_btn.click(h.stats, [fc.base, pick], [norms, heat, layers], api_name="vector_stats",
+    stat_inputs = [fc.base, pick, *([fc.theme] if "theme" in fc else [])]
+    stats_btn.click(h.stats, stat_inputs, [norms, heat, layers], api_name="vector_stats",
                     concurrency_id="engine")
+    if tab is not None:
+        tab.select(h.stats, stat_inputs, [norms, heat, layers], api_visibility="private",
+                   concurrency_id="engine")
     add_btn.click(h.add, [fc.base, path, name, role], [table, added, fc.natural, fc.robust, pick],
                   api_name="add_checkpoint", concurrency_id="engine")
