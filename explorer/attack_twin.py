@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +152,21 @@ class AttackTwin(nn.Module):
 
 
 @torch.no_grad()
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full-fp32 CUDA matmuls and convolutions (TF32 off) inside, the caller's settings after.
+
+    The fold check measures the fold's algebra, not the precision the engine attacks with:
+    TF32 alone moves logits by ~1e-4 relative (seen on an H200), the size of ``TOLERANCE``.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def max_disagreement(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     """Largest |logit difference| between two classifiers on x, relative to the logit scale."""
     la, lb = a(x), b(x)
@@ -181,7 +198,8 @@ def make_twin(clf: ZeroShotClassifier, *, seed: int = 0) -> AttackTwin | None:
     probe = torch.rand(4, 3, *clf.image_size, generator=g).to(device)
     with torch.no_grad():   # a model with invalid weights is named as such, not as a bad fold
         check_finite_logits(clf(probe), inputs="random probe images")
-    gap = max_disagreement(twin, clf, probe)
+    with exact_fp32():
+        gap = max_disagreement(twin, clf, probe)
     if not gap <= TOLERANCE:
         raise ValueError(f"folded twin disagrees with its model (relative logit gap {gap:.2e}); "
                          f"this tower's BatchNorm layers do not directly follow their convolutions")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from explorer.attacks.registry import attack_cost  # noqa: E402
+from explorer.attacks import attack_cost  # noqa: E402
 from explorer.bench import step_seconds  # noqa: E402
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas  # noqa: E402
 from explorer.engine import Engine  # noqa: E402
