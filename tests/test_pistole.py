@@ -152,7 +152,8 @@ def test_pci_weights_non_negative_normalised_and_seeded():
     theta = torch.randn(N, generator=torch.Generator().manual_seed(3))
     kw = dict(samples=6, sigma=0.05)
     cost = cal.Cost()
-    w1 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(0), cost=cost, **kw)
+    w1 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(0), cost=cost,
+                         **kw)
     w2 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(0), **kw)
     w3 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(1), **kw)
     assert float(w1.min()) >= 0.0 and float(w1.sum()) == pytest.approx(1.0, abs=1e-6)

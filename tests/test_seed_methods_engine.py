@@ -64,7 +64,8 @@ def test_pistole_merge_touches_only_the_vision_tower_and_kappa_0_is_no_preparati
     vis = [(a, b) for k, (a, b) in zip(engine.layout.keys, engine.layout.segments) if k.startswith("visual.")]
     taus = [engine.vector(n).tau for n in NAMES]
     for a, b in vis:   # kappa = 0: plain weighted addition on the vision tower
-        assert torch.allclose(engine.theta[a:b], pre[a:b] + 0.7 * taus[0][a:b] + 0.3 * taus[1][a:b], atol=1e-6)
+        expect = pre[a:b] + 0.7 * taus[0][a:b] + 0.3 * taus[1][a:b]
+        assert torch.allclose(engine.theta[a:b], expect, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["iso_c", "tsv_m"])
@@ -91,13 +92,15 @@ def test_spectral_methods_on_the_real_layout(engine, method):
 def test_sweep_options_reach_the_methods_that_declare_them():
     from explorer.config import SweepSpec, parse_options
     from explorer.engine import sweep_grid
-    assert parse_options("kappa=2, q=0.05, q_scope=global,") == (("kappa", 2), ("q", 0.05), ("q_scope", "global"))
+    parsed = parse_options("kappa=2, q=0.05, q_scope=global,")
+    assert parsed == (("kappa", 2), ("q", 0.05), ("q_scope", "global"))
     assert parse_options("") == ()
     for bad in ("kappa", "=2", "q=1, q=2"):
         with pytest.raises(ValueError):
             parse_options(bad)
     spec = SweepSpec(manifest="m", base="b", natural=("n",), robust=("r",), alphas=(0.5,),
-                     methods=("task_arithmetic", "pistole", "iso_c"), options=(("kappa", 2), ("conv", "average")))
+                     methods=("task_arithmetic", "pistole", "iso_c"),
+                     options=(("kappa", 2), ("conv", "average")))
     grid = {m.method: dict(m.options) for m in sweep_grid(spec)}
     assert grid == {"task_arithmetic": {}, "pistole": {"kappa": 2}, "iso_c": {"conv": "average"}}
     assert SweepSpec.from_json(spec.to_json()) == spec
@@ -107,7 +110,8 @@ def test_sweep_options_reach_the_methods_that_declare_them():
 
 def test_ui_method_options_text_becomes_the_spec_options():
     from explorer.ui import common
-    spec = common.merge_spec(["natural"], ["robust"], "pistole", 0.8, 1.0, "global", False, [], "kappa=2, q=0.05")
+    spec = common.merge_spec(["natural"], ["robust"], "pistole", 0.8, 1.0, "global", False, [],
+                             "kappa=2, q=0.05")
     assert dict(spec.options) == {"kappa": 2, "q": 0.05} and spec.lambdas == pytest.approx((0.2, 0.8))
     assert common.merge_spec(["natural"], ["robust"], "iso_c", 0.5, 1.0, "global", False, []).options == ()
     with pytest.raises(ValueError, match="no option 'kappa'.*conv"):
