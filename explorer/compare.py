@@ -23,6 +23,7 @@ from typing import Any
 
 from .bootstrap import hypervolume_intervals, resolved
 from .config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
+from .executors import Executor, LocalExecutor, PointJob, run_in_order
 from .hypervolume import hypervolume, pareto_front
 from .intervals import fmt_ci, with_intervals
 from .merging import METHODS
@@ -48,28 +49,34 @@ def calibration_options(manifest_defaults: dict, attack: AttackSpec, ev: EvalSpe
 
 
 def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[str], alphas: Sequence[float],
-                    keep: float, attack: AttackSpec, ev: EvalSpec, *, seed: int = 0,
-                    reuse: bool = False) -> dict[str, list[dict]]:
+                    keep: float, attack: AttackSpec, ev: EvalSpec, *, seed: int = 0, reuse: bool = False,
+                    executor: Executor | None = None) -> dict[str, list[dict]]:
     """The frontier (one row per alpha, ``Engine.point`` rows) of each method.
 
     ``reuse=False`` (default) attacks every point afresh, so no method's numbers depend on the
-    adversarial examples found for the methods that ran before it.
+    adversarial examples found for the methods that ran before it. ``executor`` (default: the
+    local one on ``engine``) says where the points run, e.g. on Ray actors (``reuse`` must then
+    be False: actors do not share adversarial examples).
     """
     if ev.split == "train":
         raise ValueError("compare evaluates on held-out data; the train split is the calibration set")
-    opts = calibration_options(engine.manifest.defaults, attack, ev)
-    out: dict[str, list[dict]] = {}
-    for method in methods:
-        rows = []
-        for alpha in alphas:
-            # The engine drops what a method ignores (task arithmetic's keep) from the point.
-            spec = MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
-                                        options=[(k, v) for k, v in opts if k in METHODS[method].options])
-            rows.append(engine.point([natural], [robust], spec, attack, ev, sweep=f"compare-{method}",
-                                     use_bank=reuse))
-            log.info("%s alpha=%.2f clean=%.3f robust=%.3f", method, alpha, rows[-1]["clean_acc"],
-                     rows[-1]["robust_acc"])
-        out[method] = rows
+    if executor is not None and executor.name != "local" and reuse:
+        raise ValueError(f"--reuse needs the local executor; {executor.name} runs points history-free")
+    runner = executor or LocalExecutor(engine)
+    manifest = engine.manifest if engine is not None else runner.manifest
+    opts = calibration_options(manifest.defaults, attack, ev)
+    # The engine drops what a method ignores (task arithmetic's keep) from the point.
+    jobs = [PointJob((natural,), (robust,),
+                     MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
+                                          options=[(k, v) for k, v in opts if k in METHODS[method].options]),
+                     attack, ev, sweep=f"compare-{method}")
+            for method in methods for alpha in alphas]
+    rows = run_in_order(runner, jobs, use_bank=reuse)
+    out: dict[str, list[dict]] = {m: [] for m in methods}
+    for job, row in zip(jobs, rows):
+        log.info("%s alpha=%.2f clean=%.3f robust=%.3f", job.spec.method, row["alpha"], row["clean_acc"],
+                 row["robust_acc"])
+        out[job.spec.method].append(row)
     return out
 
 

@@ -13,7 +13,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--max-file-size", default="10mb", help="upload size cap")
     p.add_argument("--store", default=None, help="SQLite results store")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run sweeps on Ray actors: join the cluster at ADDRESS (host:port of `ray start "
+                        "--head`), or start Ray on this machine when no ADDRESS is given")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: number of actors (default: one per GPU, else one per CPU)")
     return p
+
 
 
 def serve(args: argparse.Namespace) -> int:

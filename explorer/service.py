@@ -26,6 +26,7 @@ from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolv
 from .engine import Engine, sweep_grid
 from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
                      tensor_to_image)
+from .executors import Executor, LocalExecutor, PointJob, check_executor_options, make_executor, sweep_jobs
 from .store import Store
 from .taskvec import flat_stats
 from .zoo import Manifest, entry_from_path, load_manifest
@@ -70,10 +71,21 @@ class Service:
         device: ``cpu``, ``cuda``, ``cuda:1`` ... (None: the best available).
         store_path: SQLite results store; ``"none"`` for no store (None: the default path).
         max_pixels: images with more pixels are refused before decoding (``decode_image``).
+        executor: where sweeps run: ``local`` (the resident engine) or ``ray`` (Ray actors).
+        ray_address: the Ray cluster to join (``ray`` only; None starts Ray on this machine).
+        workers: number of Ray actors (``ray`` only; default one per GPU, else per CPU).
+
+    Raises:
+        ExecutorError: an unknown executor, or Ray options without ``executor="ray"``.
     """
 
     def __init__(self, manifest_path: str | None = None, device: str | None = None,
-                 store_path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 store_path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                 executor: str = "local", ray_address: str | None = None, workers: int | None = None) -> None:
+        check_executor_options(executor, ray_address, workers)
+        self.executor_kind, self.ray_address, self.workers = executor, ray_address, workers
+        self._ray: dict[str, Executor] = {}
+        self._ray_guard = threading.Lock()
         self.manifest: Manifest = load_manifest(manifest_path)
         self.manifest_path = str(self.manifest.path)
         self.device = device
@@ -109,6 +121,25 @@ class Service:
         """
         return read_image(source, self.max_pixels)
 
+    def executor(self, base: str | None = None) -> Executor:
+        """Where the sweeps of ``base`` run: its resident engine, or this service's Ray actors
+        (joined on first use; ``ExecutorError`` when Ray is missing or unreachable)."""
+        base = base or self.default_base
+        if self.executor_kind == "local":
+            return LocalExecutor(self.engine(base))
+        with self._ray_guard:
+            if base not in self._ray:
+                self._ray[base] = make_executor("ray", manifest=self.manifest, base=base, device=self.device,
+                                                store=self.store, address=self.ray_address, workers=self.workers)
+            return self._ray[base]
+
+    def close(self) -> None:
+        """Release the Ray actors (and Ray, when this service started it)."""
+        with self._ray_guard:
+            for ex in self._ray.values():
+                ex.close()
+            self._ray.clear()
+
     # ------------------------------------------------------------------ points
     def point(self, base: str, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec,
               attack: AttackSpec, ev: EvalSpec, should_stop: Callable[[], bool] | None = None,
@@ -128,10 +159,16 @@ class Service:
     def sweep(self, spec: SweepSpec, should_stop: Callable[[], bool]) -> Iterator[dict]:
         """Stream the points of a sweep, starting with the pretrained model (all lambdas 0).
 
-        The engine lock is held per point only, so other sessions interleave between points.
+        The engine lock is held per point only, so other sessions interleave between points. On
+        Ray, points are history-free and come back as they finish (any order).
         """
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
+        if self.executor_kind == "ray":
+            jobs = [PointJob(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval),
+                    *sweep_jobs(spec)]
+            yield from (row for _, row in self.executor(spec.base).run(jobs, should_stop=should_stop))
+            return
         yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval)
         gen = self.engine(spec.base).sweep(spec, should_stop=should_stop)
         while True:

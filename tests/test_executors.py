@@ -5,8 +5,11 @@ One local Ray (two single-threaded CPU actors) and one ``RayExecutor`` serve the
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +65,7 @@ def test_missing_ray_package_is_one_line(monkeypatch):
 def test_bad_options_are_one_line(tiny_zoo):
     with pytest.raises(ExecutorError, match="unknown executor 'dask'"):
         make_executor("dask", manifest=tiny_zoo)
-    with pytest.raises(ExecutorError, match="needs --executor ray"):
+    with pytest.raises(ExecutorError, match="needs the Ray executor"):
         make_executor("local", manifest=tiny_zoo, address="10.0.0.1:6379")
     with pytest.raises(ExecutorError, match="not host:port"):
         split_address("nohost")
@@ -190,3 +193,85 @@ def test_unreachable_address_is_one_line_fast(ray_mod, tiny_zoo):
         RayExecutor(tiny_zoo, address="127.0.0.1:1")
     assert time.perf_counter() - t0 < 5
     assert str(err.value).startswith("cannot reach a Ray cluster at 127.0.0.1:1") and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- CLI, service, app
+
+SWEEP_FLAGS = ["--natural", "natural", "--robust", "robust", "--alphas", "0,0.5,1", "--attack", "pgd-100",
+               "--eps", "4/255", "--n", "96"]
+
+
+def test_cli_sweep_on_ray_prints_the_local_points(executor, local_rows, tiny_zoo, tmp_path, monkeypatch):
+    """``sweep --executor ray`` goes through the service to a Ray executor (the module's actors,
+    handed out instead of new ones) and writes what the local sweep computed, in grid order."""
+    import explorer.service as service_mod
+    from explorer.cli import main
+
+    asked: dict = {}
+
+    def module_executor(kind: str, **kwargs):
+        asked.update(kwargs, kind=kind)
+        executor.store = kwargs["store"]
+        return executor
+
+    monkeypatch.setattr(service_mod, "make_executor", module_executor)
+    monkeypatch.setattr(executor, "close", lambda: None)
+    out = tmp_path / "ray.json"
+    assert main(["sweep", "--manifest", str(tiny_zoo), *SWEEP_FLAGS, "--store", str(tmp_path / "r.sqlite"),
+                 "--out", str(out), "--executor", "ray", "--ray-address", "auto", "--workers", "2"]) == 0
+    assert (asked["kind"], asked["address"], asked["workers"]) == ("ray", "auto", 2)
+    assert [numbers(r) for r in json.loads(out.read_text())] == [numbers(r) for r in local_rows]
+    assert len(Store(tmp_path / "r.sqlite")) == 3
+
+
+def test_service_sweep_on_ray_streams_the_pretrained_point_and_the_sweep(executor, local_rows, tiny_zoo,
+                                                                         tmp_path, monkeypatch):
+    from explorer.config import MergeSpec
+    from explorer.service import Service
+
+    svc = Service(str(tiny_zoo), "cpu", str(tmp_path / "r.sqlite"), executor="ray", workers=2)
+    monkeypatch.setattr(svc, "executor", lambda base=None: executor)
+    executor.store = svc.store
+    rows = list(svc.sweep(sweep_spec(tiny_zoo), should_stop=lambda: False))
+    pre = [r for r in rows if r["lambdas"] == [0.0, 0.0]]
+    want_pre = Engine(tiny_zoo, device="cpu").point(["natural"], ["robust"], MergeSpec(lambdas=(0.0, 0.0)),
+                                                    PGD, EV, use_bank=False)
+    assert len(rows) == 4 and [numbers(r) for r in pre] == [numbers(want_pre)]
+    assert {r["key"]: numbers(r) for r in rows if r not in pre} == {r["key"]: numbers(r) for r in local_rows}
+    assert len(svc.store) == 4
+
+
+def test_cli_and_app_bad_ray_options_are_one_line(tiny_zoo, tmp_path, capsys):
+    from explorer.cli import main
+
+    base = ["sweep", "--manifest", str(tiny_zoo), *SWEEP_FLAGS, "--no-store"]
+    t0 = time.perf_counter()
+    assert main([*base, "--executor", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach a Ray cluster at 127.0.0.1:1") and "\n" not in err
+    assert main([*base, "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: a Ray address or --workers needs the Ray executor") and "\n" not in err
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[1] / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.main(["--manifest", str(tiny_zoo), "--store", "none", "--ray", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot reach a Ray cluster at 127.0.0.1:1")
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bench_reports_equal_rows_and_the_measured_ratio(executor, tiny_zoo):
+    from explorer.executors.speedup import report_lines, run_ray_bench
+    from explorer.zoo import load_manifest
+
+    executor.store = None
+    r = run_ray_bench(load_manifest(tiny_zoo), "natural", "robust", PGD, EV, [0.0, 0.5, 1.0], executor=executor,
+                      repeat=2)
+    lines = report_lines(r)
+    assert r["same"] and lines[-2] == "same numbers: yes, every point"
+    assert len(r["local_runs"]) == len(r["ray_runs"]) == 2
+    assert r["local_seconds"] == sum(r["local_runs"]) / 2 and r["ray_seconds"] == sum(r["ray_runs"]) / 2
+    assert lines[-1] == f"ray speedup: {r['local_seconds'] / r['ray_seconds']:.2f}"
+    assert all(not row["cached"] for row in r["ray_rows"]) and r["workers"] == 2

@@ -13,6 +13,7 @@ import logging
 import sys
 from types import ModuleType
 
+from ..executors.base import ExecutorError
 from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
 
 # Subcommand name -> module, in the order ``--help`` lists them.
@@ -21,8 +22,9 @@ COMMANDS: dict[str, ModuleType] = {"serve": serve, "sweep": sweep, "evaluate": e
                                    "ablation": ablation}
 
 # What a user can cause by what they typed: one line, exit 2. ``CheckpointError`` is a ValueError;
-# ``FileNotFoundError``/``PermissionError``/``IsADirectoryError`` are OSErrors.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
+# ``FileNotFoundError``/``PermissionError``/``IsADirectoryError`` are OSErrors; ``ExecutorError``:
+# Ray missing or unreachable.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, ExecutorError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import parse_alphas
-from .common import add_eval_flags, resolve_specs
+from .common import add_eval_flags, add_executor_flags, resolve_specs
 
 HELP = "engine vs plain per-model path on the same sweep"
 
@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixture", default=None,
                    help="--scale: folder of the fixture (built there if absent; default: a temp folder)")
     p.add_argument("--no-plain", action="store_true", help="--scale: skip the plain path")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --executor ray: run local and Ray this many times each, in turns (medians)")
+    add_executor_flags(p)    # --executor ray: local engine (1 thread) vs Ray actors, `ray speedup: X`
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     nat = manifest.names("natural")[0]
     rob = manifest.names("robust")[0]
     alphas = parse_alphas(f"0:1:{args.points}")
+    if args.executor != "local" or args.ray_address or args.workers:
+        return run_ray(args, manifest, nat, rob, attack, ev, alphas)
     r = run_bench(manifest, nat, rob, attack, ev, alphas, args.device)
     print(f"device: {r['device']}  model: {r['params'] / 1e6:.2f}M params  sweep: {nat} -> {rob}, "
           f"{r['points']} points, {r['attack']}, n={r['n']}, task={ev.task}")
@@ -87,3 +92,16 @@ def run_scale(args: argparse.Namespace) -> int:
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def run_ray(args: argparse.Namespace, manifest, nat: str, rob: str, attack, ev, alphas) -> int:
+    """``--executor ray``: the same sweep on the local engine (1 thread) and on Ray actors; the
+    rows are checked equal and ``ray speedup: X`` prints last (``explorer.executors.speedup``)."""
+    from ..executors import check_executor_options
+    from ..executors.speedup import report_lines, run_ray_bench
+
+    check_executor_options(args.executor, args.ray_address, args.workers)
+    r = run_ray_bench(manifest, nat, rob, attack, ev, alphas, workers=args.workers or 2,
+                      address=args.ray_address, device=args.device, repeat=args.repeat)
+    print("\n".join(report_lines(r)))
+    return 0

@@ -48,6 +48,18 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the points as JSON here")
 
 
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where the points run: ``--executor local|ray [--ray-address ADDR] [--workers N]``."""
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: the engine in this process (default); ray: Ray actors, one per GPU "
+                        "or per CPU, history-free points, the store written here only")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (host:port printed by `ray start --head`, or auto); "
+                        "default: start Ray on this machine")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray actors (default: one per GPU, else one per CPU)")
+
+
 def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackSpec, EvalSpec]:
     """Attack and eval specs from the flags, falling back to the manifest's defaults.
 
@@ -63,9 +75,11 @@ def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackS
 
 def open_service(args: argparse.Namespace) -> Service:
     """The application service of the flags: ``--manifest``, ``--device``, ``--store``/``--no-store``
-    (engines are built on first use)."""
+    and, where the command has them, the executor flags (engines are built on first use)."""
     from ..service import Service
-    return Service(args.manifest, args.device, "none" if args.no_store else args.store)
+    return Service(args.manifest, args.device, "none" if args.no_store else args.store,
+                   executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
+                   workers=getattr(args, "workers", None))
 
 
 def point_line(p: dict) -> str:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..merging import METHODS
-from .common import add_eval_flags, open_service, resolve_specs, write_json
+from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_json
 
 HELP = "all merge methods on one setting: frontiers + hypervolume with bootstrap intervals"
 
@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on the order methods ran in). Default: every point attacked afresh")
     p.add_argument("--boot", type=int, default=1000,
                    help="paired bootstrap replicates over images for the hypervolume intervals (>= 100)")
+    add_executor_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +42,15 @@ def run(args: argparse.Namespace) -> int:
     alphas = parse_alphas(args.alphas)
     natural = compare.pick_model(manifest, args.natural, "natural")
     robust = compare.pick_model(manifest, args.robust, "robust")
-    engine = service.engine()
-    results = compare.compare_methods(engine, natural, robust, methods, alphas, args.keep, attack, ev,
-                                      seed=args.seed, reuse=args.reuse)
-    flags = {m: compare.point_flags(engine, rows) for m, rows in results.items()}
+    executor = service.executor() if args.executor == "ray" else None
+    try:
+        results = compare.compare_methods(service.engine() if executor is None else None, natural, robust,
+                                          methods, alphas, args.keep, attack, ev, seed=args.seed,
+                                          reuse=args.reuse, executor=executor)
+    finally:
+        service.close()
+    # The per-image flags are in the service's store, written by this process whatever the executor.
+    flags = {m: compare.point_flags(service, rows) for m, rows in results.items()}
     stats, diffs = compare.bootstrap_stats(flags, n_boot=args.boot, seed=args.seed)
     table = compare.summarize(results, stats)
     lines = [compare.difference_line(d, ev.n) for d in diffs]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..config import SweepSpec, parse_alphas, parse_options
+from ..executors import run_in_order, sweep_jobs
 from ..merging import METHODS
-from .common import add_eval_flags, open_service, resolve_specs, write_points
+from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"
 
@@ -24,16 +25,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "those it declares; see python -m explorer ablation --help for pistole's)")
     p.add_argument("--reuse", action="store_true",
                    help="also try adversarial examples found at earlier points (faster; the numbers then "
-                        "depend on what ran before: labelled '+reuse' and stored apart)")
+                        "depend on what ran before: labelled '+reuse' and stored apart; local executor only)")
+    add_executor_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
     service = open_service(args)
     attack, ev = resolve_specs(args, service.manifest)
-    engine = service.engine(args.base)
-    spec = SweepSpec(manifest=service.manifest_path, base=engine.base, natural=tuple(args.natural),
+    base = service.manifest.get(args.base or service.default_base).name     # KeyError: unknown base
+    spec = SweepSpec(manifest=service.manifest_path, base=base, natural=tuple(args.natural),
                      robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
                      scope=args.scope, scale=args.scale, attack=attack, eval=ev,
                      options=parse_options(args.options))
-    return write_points(list(engine.sweep(spec, use_bank=args.reuse)), args.out)
+    if args.reuse and args.executor != "local":
+        raise ValueError("--reuse needs the local executor: Ray actors run every point history-free")
+    try:
+        rows = run_in_order(service.executor(base), sweep_jobs(spec), use_bank=args.reuse, progress=True)
+    finally:
+        service.close()
+    return write_points(rows, args.out)

@@ -18,8 +18,18 @@ if TYPE_CHECKING:
 
 EXECUTORS = ("local", "ray")
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "PointJob", "make_executor",
-           "run_in_order", "run_sweep", "sweep_jobs"]
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "PointJob", "check_executor_options",
+           "make_executor", "run_in_order", "run_sweep", "sweep_jobs"]
+
+
+def check_executor_options(kind: str, address: str | None = None, workers: int | None = None) -> None:
+    """Raise ``ExecutorError`` (one line) for an unknown kind or Ray options on the local executor."""
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+    if kind == "local" and (address is not None or workers is not None):
+        raise ExecutorError("a Ray address or --workers needs the Ray executor (--executor ray; the app: --ray)")
+    if workers is not None and workers < 1:
+        raise ExecutorError(f"--workers must be >= 1, got {workers}")
 
 
 def make_executor(kind: str = "local", *, manifest: Manifest | str | Path | None = None, base: str | None = None,
@@ -38,13 +48,10 @@ def make_executor(kind: str = "local", *, manifest: Manifest | str | Path | None
         ExecutorError: unknown kind, Ray options given to the local executor, Ray missing or
             unreachable.
     """
+    check_executor_options(kind, address, workers)
     if kind == "local":
-        if address is not None:
-            raise ExecutorError("--ray-address needs --executor ray")
         from ..engine import Engine
         return LocalExecutor(Engine(manifest, base=base, device=device, store=store, **engine_kwargs))
-    if kind == "ray":
-        from .ray_executor import RayExecutor
-        return RayExecutor(manifest, base=base, store=store, address=address, workers=workers,
-                           device=device, **engine_kwargs)
-    raise ExecutorError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+    from .ray_executor import RayExecutor
+    return RayExecutor(manifest, base=base, store=store, address=address, workers=workers,
+                       device=device, **engine_kwargs)

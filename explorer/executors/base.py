@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from ..engine import sweep_grid
+from ..zoo import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Executor(Protocol):
     """
 
     name: str
+    manifest: Manifest
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
             should_stop: Callable[[], bool] | None = None,

@@ -11,6 +11,7 @@ from ..attacks import AttackCancelled
 from ..engine import Engine, failed_row
 from ..finite import InvalidPointError
 from ..merging import canonical_spec
+from ..zoo import Manifest
 from .base import PointJob
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class LocalExecutor:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.engine.manifest
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
             should_stop: Callable[[], bool] | None = None,

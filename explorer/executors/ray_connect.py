@@ -48,7 +48,7 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             pass
     except OSError as exc:
         raise ExecutorError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); "
-                            "start one with `ray start --head` or leave out --ray-address") from None
+                            "start one with `ray start --head`, or give no address to start Ray here") from None
 
 
 def connect(ray: Any, address: str | None, workers: int | None, threads: int) -> bool:
@@ -72,7 +72,11 @@ def connect(ray: Any, address: str | None, workers: int | None, threads: int) ->
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local Ray"
-        raise ExecutorError(f"cannot start or join {where}: {str(exc).strip().splitlines()[-1]}") from None
+        why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if not address:
+            raise ExecutorError(f"cannot start a local Ray: {why}") from None
+        # Ray >= 2.59 clusters started by `ray start` check a token; a driver without it is refused.
+        raise ExecutorError(f"cannot join the Ray cluster at {address}: {why} (a cluster with token "
+                            "authentication needs RAY_AUTH_MODE=token and its token here: see README)") from None
     log.info("Ray: %s", ray.cluster_resources())
     return True

@@ -13,8 +13,10 @@ within a batch) and actors that do not answer within ``stop_grace_s`` are killed
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -22,12 +24,23 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..store import Store
-from ..zoo import Manifest, load_manifest
+from ..zoo import Manifest, ModelEntry, load_manifest
 from .base import ExecutorError, PointJob
 from .ray_connect import connect, import_ray
 from .schedule import AffinityQueue
 
 log = logging.getLogger(__name__)
+
+
+def _guarded(method: Callable) -> Callable:
+    """Run ``method`` under the executor's lock (actor bookkeeping is shared between runs)."""
+    @functools.wraps(method)
+    def wrapper(self: "RayExecutor", *args: Any, **kwargs: Any) -> Any:
+        with self._guard:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 MAX_ATTEMPTS = 3       # a point whose actor died this many times fails the run
 
 
@@ -67,6 +80,9 @@ class RayExecutor:
         self.store = store
         self.threads = max(1, int(threads))
         gpus = 0 if device == "cpu" else int(self.ray.cluster_resources().get("GPU", 0))
+        if device is not None and device.startswith("cuda") and not gpus:
+            raise ExecutorError(f"--device {device}, but the Ray cluster has no GPU "
+                                f"(resources: {self.ray.cluster_resources()})")
         self.device = "cuda" if gpus else "cpu"
         cpus = int(self.ray.cluster_resources().get("CPU", 1))
         self.workers = workers or (gpus if gpus else max(1, cpus // self.threads))
@@ -75,6 +91,7 @@ class RayExecutor:
         self._actors: list[Any] = []                       # live actors, warm or still starting
         self._warming: dict[Any, Any] = {}                 # ready() ref -> actor still building its engine
         self._start_error = ""
+        self._guard = threading.RLock()                    # runs of several app sessions share the actors
         self._tickets = itertools.count()
         self.in_flight: dict[int, tuple[int, Any]] = {}   # ticket -> (job index, actor), in send order
         self.sent = 0                                      # points sent to actors (store hits are not)
@@ -93,6 +110,7 @@ class RayExecutor:
         self._actors.append(actor)
         self._warming[actor.ready.remote()] = actor
 
+    @_guarded
     def _top_up(self) -> None:
         """Start actors until there are ``workers`` (a replacement counts against a cap)."""
         while len(self._actors) < self.workers:
@@ -104,10 +122,13 @@ class RayExecutor:
                 self._replaced_since_result += 1
             self._spawn()
 
+    @_guarded
     def _warmed(self, refs: Sequence[Any]) -> None:
         """Note actors whose engine is built; drop those that failed to start."""
         for ref in refs:
-            actor = self._warming.pop(ref)
+            actor = self._warming.pop(ref, None)
+            if actor is None:                      # another run noted it first
+                continue
             try:
                 self.ray.get(ref)
             except self.ray.exceptions.RayError as exc:
@@ -129,6 +150,7 @@ class RayExecutor:
             raise ExecutorError(f"a Ray actor failed to start: {self._start_error}")
         return self.ray.get([a.ready.remote() for a in self._actors])
 
+    @_guarded
     def _drop(self, actor: Any, queue: AffinityQueue | None = None, kill: bool = False) -> None:
         if actor in self._actors:
             self._actors.remove(actor)
@@ -147,7 +169,11 @@ class RayExecutor:
             done, _ = self.ray.wait(list(self._warming), num_returns=1)
             self._warmed(done)
         warm = [a for a in self._actors if a not in self._warming.values()]
-        return self.ray.get(warm[0].keys.remote(list(jobs), use_bank))
+        return self.ray.get(warm[0].keys.remote(list(jobs), use_bank, self._entries(jobs)))
+
+    def _entries(self, jobs: Sequence[PointJob]) -> list[ModelEntry]:
+        """The driver's manifest entries of the jobs' models (actors learn ones added since)."""
+        return [self.manifest.get(n) for n in sorted({n for j in jobs for n in j.names})]
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
             should_stop: Callable[[], bool] | None = None,
@@ -177,8 +203,10 @@ class RayExecutor:
                 if should_stop is not None and should_stop():
                     log.info("stopped by the caller; %d running points cancelled", len(pending))
                     return
-                ready, _ = self.ray.wait([*pending, *self._warming], num_returns=1, timeout=0.2)
-                if ready and ready[0] in self._warming:
+                with self._guard:
+                    waiting = [*pending, *self._warming]
+                ready, _ = self.ray.wait(waiting, num_returns=1, timeout=0.2)
+                if ready and ready[0] not in pending:
                     self._warmed(ready)
                     continue
                 for ref in ready:
@@ -200,6 +228,7 @@ class RayExecutor:
             if pending:
                 self._cancel(pending, jobs)
 
+    @_guarded
     def _dispatch(self, jobs: Sequence[PointJob], queue: AffinityQueue, pending: dict, use_bank: bool) -> None:
         """Give every idle warm actor its next job (one point in flight per actor: best balance);
         an actor still starting gets none, so no point waits behind a cold start."""
@@ -211,7 +240,7 @@ class RayExecutor:
             if i is None:
                 return
             ticket = next(self._tickets)
-            pending[actor.run.remote(ticket, jobs[i], use_bank)] = (ticket, i, actor)
+            pending[actor.run.remote(ticket, jobs[i], use_bank, self._entries([jobs[i]]))] = (ticket, i, actor)
             self.in_flight[ticket] = (i, actor)
             self.sent += 1
 

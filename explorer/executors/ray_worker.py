@@ -20,7 +20,7 @@ from ..attacks import AttackCancelled
 from ..engine import Engine, failed_row
 from ..finite import InvalidPointError
 from ..merging import canonical_spec
-from ..zoo import Manifest
+from ..zoo import Manifest, ModelEntry
 from .base import Outbox, PointJob
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,22 @@ class PointWorker:
         return {"device": str(self.engine.device), "threads": torch.get_num_threads(),
                 "node": ray.get_runtime_context().get_node_id()}
 
-    def keys(self, jobs: Sequence[PointJob], use_bank: bool) -> list[str]:
+    def learn(self, entries: Sequence[ModelEntry]) -> None:
+        """Register manifest entries the driver added after this actor started (app uploads)."""
+        for entry in entries:
+            if self.engine.manifest.models.get(entry.name) != entry:
+                self.engine.add_entry(entry)
+
+    def keys(self, jobs: Sequence[PointJob], use_bank: bool, entries: Sequence[ModelEntry] = ()) -> list[str]:
         """The store key of every job (loads the vectors, which the points need anyway)."""
+        self.learn(entries)
         return [self.engine.point_key(list(j.names), canonical_spec(j.spec), j.attack, j.eval, use_bank)
                 for j in jobs]
 
-    def run(self, ticket: int, job: PointJob, use_bank: bool) -> tuple[str, dict, Any, Any] | None:
+    def run(self, ticket: int, job: PointJob, use_bank: bool,
+            entries: Sequence[ModelEntry] = ()) -> tuple[str, dict, Any, Any] | None:
         """Compute one point; None when ``stop(ticket)`` cancelled it (nothing kept)."""
+        self.learn(entries)
         def should_stop() -> bool:
             with self._lock:
                 return ticket in self._cancelled

@@ -12,6 +12,7 @@ import logging
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -52,9 +53,12 @@ THEME_JS = "(t) => { document.body.classList.toggle('dark', t === 'dark'); retur
 
 
 def build_demo(manifest: str | None = None, device: str | None = None,
-               store_path: str | None = None) -> gr.Blocks:
-    """The app's Blocks (cheap: reads the manifest; engines are built on first use)."""
-    service, form = Service(manifest, device, store_path), Form()
+               store_path: str | None = None, **executor: Any) -> gr.Blocks:
+    """The app's Blocks (cheap: reads the manifest; engines are built on first use).
+
+    ``executor``: ``Service``'s ``executor``/``ray_address``/``workers`` (where sweeps run).
+    """
+    service, form = Service(manifest, device, store_path, **executor), Form()
     with gr.Blocks(title="Trade-off Explorer") as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(INTRO, elem_id="intro")
@@ -116,9 +120,18 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
                 footer_links=["api", "settings"])
 
 
+def _executor_options(args: argparse.Namespace) -> dict:
+    """``Service`` keyword arguments for where sweeps run (``--ray [ADDRESS]``, ``--workers``)."""
+    ray = getattr(args, "ray", None)
+    return {"executor": "local" if ray is None else "ray", "ray_address": ray or None,
+            "workers": getattr(args, "workers", None)}
+
+
 def launch(args: argparse.Namespace, **overrides) -> gr.Blocks:
     """Build and serve the demo with the flags of ``explorer.serve_args.add_serve_args``."""
-    demo = build_demo(args.manifest, args.device, args.store)
+    demo = build_demo(args.manifest, args.device, args.store, **_executor_options(args))
+    if demo.explorer_service.executor_kind == "ray":
+        demo.explorer_service.executor()     # join Ray now: a bad address fails before serving
     warm_up(demo)
     demo.launch(**{**launch_kwargs(args), **overrides})
     return demo
