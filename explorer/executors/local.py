@@ -41,7 +41,7 @@ class LocalExecutor:
             should_stop: Callable[[], bool] | None = None,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(index, row)`` per job in order; return early (nothing stored) on a stop."""
-        for i, job in enumerate(tqdm(jobs, desc="sweep", disable=not progress)):
+        for i, job in enumerate(tqdm(jobs, desc="sweep", disable=not progress, delay=1.0)):
             if should_stop is not None and should_stop():
                 log.info("stopped by the caller; computed points are in the store")
                 return

@@ -194,7 +194,7 @@ class RayExecutor:
                 continue
             yield from ((j, {**row, "cached": True}) for j in [i, *twins.get(i, [])])
         queue = AffinityQueue((i, jobs[i].affinity()) for i in todo)
-        bar = tqdm(total=len(todo), desc="sweep (ray)", disable=not progress)
+        bar = tqdm(total=len(todo), desc="sweep (ray)", disable=not progress, delay=1.0)
         pending: dict[Any, tuple[int, int, Any]] = {}    # ref -> (ticket, job index, actor)
         attempts: dict[int, int] = {}
         try:
