@@ -180,3 +180,13 @@ def test_0_255_inputs_name_the_pixel_range_not_gradient_masking():
     with pytest.raises(ValueError, match=r"images must be float in \[0, 1\]") as err:
         check_gradients(saturated, x, y)
     assert "masking" not in str(err.value)
+
+
+def test_negative_lambdas_leave_the_untouched_text_tower_bit_for_bit(engine):
+    """Issue 11, item 6, on the demo zoo: its vectors are visual-only, so the text tower is theta_pre."""
+    pre = engine.merged_state_dict([], MergeSpec(lambdas=()))
+    text = [k for k in pre if not k.startswith("visual.") and pre[k].is_floating_point()]
+    for lambdas in [(-0.3, 1.0), (-1.0, 0.5), (0.0, -0.7)]:   # each moved them by 2.4e-7 before
+        merged = engine.merged_state_dict(["natural", "tecoa"], MergeSpec(lambdas=lambdas))
+        assert text and all(torch.equal(merged[k], pre[k]) for k in text)
+        assert any(not torch.equal(merged[k], pre[k]) for k in pre if k.startswith("visual."))
