@@ -7,8 +7,11 @@ examples over is a labelled variant with its own store key.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from explorer.cli import main
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from explorer.engine import REUSE_TAG, Engine
 from explorer.service import Service
@@ -69,3 +72,15 @@ def test_service_points_are_history_free_and_the_preview_variant_is_labelled(swe
     assert _acc(streamed[-1]) == _acc(rob) and _acc(streamed[1]) == _acc(rows[0])
     quick = service.point("pretrained", ["natural"], ["tecoa"], MergeSpec.from_alpha(1.0), ATTACK, EV, reuse=True)
     assert quick["attack"] == ATTACK.label + REUSE_TAG and quick["robust_acc"] <= rob["robust_acc"]
+
+
+def test_cli_sweep_at_alpha_one_equals_cli_evaluate_of_the_robust_model(tmp_path):
+    flags = ["--attack", "pgd-3", "--n", "64", "--seed", "0", "--no-store"]
+    assert main(["sweep", "--natural", "natural", "--robust", "tecoa", "--alphas", "0,0.5,1", *flags,
+                 "--out", str(tmp_path / "s.json")]) == 0
+    assert main(["evaluate", "--model", "tecoa", *flags, "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["evaluate", "--model", "natural", *flags, "--out", str(tmp_path / "n.json")]) == 0
+    sweep = json.loads((tmp_path / "s.json").read_text())
+    rob, nat = (json.loads((tmp_path / f).read_text())[0] for f in ("e.json", "n.json"))
+    assert _acc(sweep[-1]) == _acc(rob) and _acc(sweep[0]) == _acc(nat)
+    assert sweep[-1]["robust_ci"] == rob["robust_ci"]
