@@ -157,12 +157,14 @@ def exact_fp32() -> Iterator[None]:
     """Full-fp32 CUDA matmuls and convolutions (TF32 off) inside, the caller's settings after.
 
     The fold check measures the fold's algebra, not the precision the engine attacks with:
-    TF32 alone moves logits by ~1e-4 relative (seen on an H200), the size of ``TOLERANCE``.
+    TF32 alone moves logits by ~1e-4 relative (seen on an H200), the size of ``TOLERANCE``,
+    and bf16 autocast by ~3.5e-3.
     """
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
+    try:   # a caller's bf16 autocast (3.5e-3 relative on an H200) is off here too
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 

@@ -147,3 +147,15 @@ def test_engine_numbers_with_and_without_the_twin(engine):
     assert a["clean_acc"] == b["clean_acc"]
     # Same function, same seeded starts: gradient signs agree up to float rounding.
     assert abs(a["robust_acc"] - b["robust_acc"]) <= 2 / 128
+
+
+def test_the_fold_check_measures_the_fold_not_the_callers_precision(engine):
+    """On an H200 the check refused every twin under TF32 (1e-4) and bf16 autocast (3.5e-3): it
+    now runs in full fp32 whatever the caller set, and restores the caller's settings after."""
+    clf = engine.classifier("shapes")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            low = clf(torch.rand(4, 3, *clf.image_size))
+        twin = make_twin(clf)
+        assert twin is not None and torch.is_autocast_enabled('cpu')
+    assert low.dtype == torch.bfloat16       # the caller's autocast was really on
