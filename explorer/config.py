@@ -225,6 +225,9 @@ class SweepSpec(_Config):
 _NESTED = {("SweepSpec", "attack"): AttackSpec, ("SweepSpec", "eval"): EvalSpec}
 
 
+MAX_ALPHAS = 100_000   # alpha values one text may expand to
+
+
 def parse_alphas(text: str) -> tuple[float, ...]:
     """``"0:1:11"`` (start:stop:count, inclusive) or ``"0,0.5,1"`` -> tuple of floats in [0,1]."""
     text = text.strip()
@@ -233,8 +236,8 @@ def parse_alphas(text: str) -> tuple[float, ...]:
         if len(parts) != 3:
             raise ValueError(f"alphas {text!r}: use start:stop:count, e.g. 0:1:11")
         start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        if count < 1:
-            raise ValueError("alphas: count must be >= 1")
+        if not 1 <= count <= MAX_ALPHAS:   # bounded before a list is built (a served app's input)
+            raise ValueError(f"alphas: count must be between 1 and {MAX_ALPHAS}")
         vals = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
     else:
         vals = [float(v) for v in text.split(",") if v.strip()]

@@ -34,7 +34,8 @@ from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, get_method,
                       merge_coefficients, method_version, validate_spec)
-from .resident import Vector, constant_coefficients, flat_digest, load_base, load_vector, text_segments
+from .resident import (Vector, constant_coefficients, flat_digest, load_base, load_vector, text_segments,
+                       vector_from_tensors)
 from .store import Store
 from .zeroshot import ZeroShotClassifier
 from .zoo import Manifest, ModelEntry, create_model, load_manifest
@@ -114,8 +115,18 @@ class Engine:
         """Drop a resident vector (its memory is freed once no caller holds it)."""
         self._vectors.pop(name, None)
 
-    def add_entry(self, entry: ModelEntry) -> Vector:
-        """Register a new checkpoint (validated against the base architecture) and load it."""
+    def add_entry(self, entry: ModelEntry, tensors: dict[str, torch.Tensor] | None = None) -> Vector:
+        """Register a new checkpoint (validated against the base architecture) and load it.
+
+        ``tensors``: the checkpoint's tensors already read (an upload); the entry's ``weights``
+        is then a label and never opened. Nothing is registered when validation fails.
+        """
+        if tensors is not None:
+            vec = vector_from_tensors(entry, tensors, self.reference, self.layout, self.pre,
+                                      self._text_segments)
+            self.manifest.add(entry)
+            self._vectors[entry.name] = vec
+            return vec
         self.manifest.add(entry)
         self._vectors.pop(entry.name, None)
         try:
@@ -123,6 +134,15 @@ class Engine:
         except Exception:
             self.manifest.models.pop(entry.name, None)
             raise
+
+    def remove_entry(self, name: str) -> None:
+        """Forget a checkpoint added at run time: its manifest entry and its resident vector."""
+        self.manifest.models.pop(name, None)
+        self.unload(name)
+
+    def vector_bytes(self) -> int:
+        """Resident bytes of one task vector (its flat fine-tuned weights)."""
+        return self.pre.numel() * self.pre.element_size()
 
     def vectors(self, names: Sequence[str]) -> list[Vector]:
         return [self.vector(n) for n in names]

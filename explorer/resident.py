@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import MergeSpec
 from .taskvec import FlatLayout, bind_flat
-from .zoo import ModelEntry
+from .zoo import ModelEntry, fit_weights
 from .zoo.flatload import LoadReport, check_fits, load_flat
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,24 @@ def load_vector(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout
     report = load_flat(entry, reference, layout, ft, fill=pre, cache_dir=cache_dir)
     touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
     return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre, report)
+
+
+def vector_from_tensors(entry: ModelEntry, tensors: Mapping[str, torch.Tensor],
+                        reference: Mapping[str, torch.Tensor], layout: FlatLayout, pre: torch.Tensor,
+                        text_segments: Sequence[tuple[int, int]]) -> Vector:
+    """A fine-tune from tensors already read (an upload), validated like a file; as ``load_vector``.
+
+    Raises:
+        CheckpointError: unknown, mis-shaped, missing or non-finite weights.
+    """
+    sd = fit_weights(entry, dict(tensors), dict(reference))
+    check_fits(layout.numel * 4, pre.device, f"loading {entry.name!r}")
+    ft = pre.clone()                       # missing towers = the base's
+    for key, (a, b) in zip(layout.keys, layout.segments):
+        if key in sd:
+            ft[a:b].copy_(sd[key].reshape(-1))
+    touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
+    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre)
 
 
 def text_segments(layout: FlatLayout) -> list[tuple[int, int]]:

@@ -1,7 +1,14 @@
-"""Flags of the web app (shared by ``app.py`` and ``python -m explorer serve``); no gradio here."""
+"""Flags of the web app (shared by ``app.py`` and ``python -m explorer serve``); no gradio here.
+
+The serving caps (``--max-*``) bound what one page user can make the server do; the defaults
+of the job caps depend on the device (``explorer.jobs.Limits.for_device``: generous on a GPU).
+"""
 from __future__ import annotations
 
 import argparse
+
+from .images import DEFAULT_MAX_PIXELS
+from .jobs import Limits
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -11,20 +18,42 @@ def add_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--auth", default=None, help="USER:PASSWORD required to open the app")
     p.add_argument("--share", action="store_true", help="create a public share link (off by default)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--max-file-size", default="10mb", help="upload size cap")
     p.add_argument("--store", default=None, help="SQLite results store")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run sweeps on Ray actors: join the cluster at ADDRESS (host:port of `ray start "
                         "--head`), or start Ray on this machine when no ADDRESS is given")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="with --ray: number of actors (default: one per GPU, else one per CPU)")
+    d = Limits()
+    g = p.add_argument_group("serving safely (caps on what a page user can do)")
+    g.add_argument("--max-file-size", default=None,
+                   help="upload size cap, e.g. 200mb (default: --max-checkpoint-mb)")
+    g.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="page users may add checkpoints by naming a file inside DIR (default: uploads only)")
+    g.add_argument("--allow-any-path", action="store_true",
+                   help="page users may add checkpoints by any path on this machine: single-user local use only")
+    g.add_argument("--share-added-checkpoints", action="store_true",
+                   help="checkpoints a page user adds are visible to every session (default: its own)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"images with more pixels are refused before decoding (default {DEFAULT_MAX_PIXELS:,})")
+    g.add_argument("--max-job-cost", type=float, default=None,
+                   help=f"image-passes per job, points x images x attack cost (default {d.max_job_cost:g} "
+                        "on CPU, 1e8 on a GPU)")
+    g.add_argument("--max-job-seconds", type=float, default=None,
+                   help=f"a running job stops after this long (default {d.max_job_seconds:g} on CPU, 1800 on a GPU)")
+    g.add_argument("--max-points", type=int, default=None, help=f"points per sweep (default {d.max_points})")
+    g.add_argument("--max-queue", type=int, default=32, help="jobs waiting in the queue at most (default 32)")
+    g.add_argument("--max-added", type=int, default=None,
+                   help=f"added checkpoints resident at once, all sessions (default {d.max_added})")
+    g.add_argument("--max-added-mb", type=float, default=None,
+                   help=f"resident MB of added checkpoints' vectors (default {d.max_added_mb:g})")
+    g.add_argument("--max-checkpoint-mb", type=float, default=None,
+                   help=f"size of one checkpoint file (default {d.max_checkpoint_mb:g})")
     return p
 
 
-
-def serve(args: argparse.Namespace) -> int:
-    """Build the demo and block serving it."""
-    from .ui import launch
-
-    launch(args)
-    return 0
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The serving caps of the flags (device defaults for the ones not given)."""
+    return Limits.for_device(getattr(args, "device", None), **{
+        k: getattr(args, k, None) for k in ("max_job_cost", "max_job_seconds", "max_points", "max_added",
+                                            "max_added_mb", "max_checkpoint_mb")})

@@ -27,6 +27,8 @@ from .engine import Engine, sweep_grid
 from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
                      tensor_to_image)
 from .executors import Executor, LocalExecutor, PointJob, check_executor_options, make_executor, sweep_jobs
+from .jobs import Limits
+from .serving import Serving
 from .store import Store
 from .taskvec import flat_stats
 from .zoo import Manifest, entry_from_path, load_manifest
@@ -95,6 +97,7 @@ class Service:
         self.max_pixels = int(max_pixels)
         self._background: dict[str, BackgroundSweep] = {}   # sweep digest -> its background run
         self._background_guard = threading.Lock()
+        self.serving = Serving(self, Limits.for_device(device))
 
     def _build(self, base: str) -> Engine:
         log.info("building the engine for base %r on %s", base, self.device or "auto")
@@ -169,7 +172,10 @@ class Service:
                     *sweep_jobs(spec)]
             yield from (row for _, row in self.executor(spec.base).run(jobs, should_stop=should_stop))
             return
-        yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval)
+        try:
+            yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval, should_stop)
+        except AttackCancelled:
+            return
         gen = self.engine(spec.base).sweep(spec, should_stop=should_stop)
         while True:
             with self.lock(spec.base):
@@ -199,8 +205,8 @@ class Service:
 
     # ------------------------------------------------------------------ inspect
     def inspect(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                classnames: Sequence[str], attack: AttackSpec,
-                templates: Sequence[str] | None = None) -> dict[str, Any]:
+                classnames: Sequence[str], attack: AttackSpec, templates: Sequence[str] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Zero-shot predictions before/after a white-box attack, for each named merged model.
 
         Args:
@@ -208,6 +214,7 @@ class Service:
                 is returned for display.
             image: HxWx3 uint8.
             classnames: at least two class names.
+            should_stop: polled inside each attack (``AttackCancelled`` when it fires).
 
         Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
         "probs": {name: (clean probs, adv probs)}, "linf": float}``.
@@ -229,7 +236,7 @@ class Service:
                 y = torch.tensor([max(range(len(classnames)), key=lambda j: clean[classnames[j]])],
                                  device=eng.device)
                 # Untargeted white-box attack on this model, against its own clean prediction.
-                x_adv = run_attack(clf, x, y, attack)
+                x_adv = run_attack(clf, x, y, attack, should_stop=should_stop)
                 out["probs"][label] = (clean, _probs(clf, x_adv))
                 if i == 0:
                     delta = (x_adv - x).cpu()
@@ -241,7 +248,7 @@ class Service:
 
     def filmstrip(self, base: str, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
                   alphas: Sequence[float], image: np.ndarray, classnames: Sequence[str],
-                  attack: AttackSpec) -> list[dict[str, Any]]:
+                  attack: AttackSpec, should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         """One image attacked on the merge at each alpha (``imagewise.filmstrip``).
 
         Args:
@@ -259,11 +266,12 @@ class Service:
         with self.lock(base):
             eng = self.engine(base)
             x = image_to_tensor(image).to(eng.device)
-            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack)
+            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack, should_stop)
         return [{**f, "adv": tensor_to_image(f["adv"])} for f in frames]
 
     def transfer(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                 classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
+                 classnames: Sequence[str], attack: AttackSpec,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One image attacked on each model, classified by every model (``imagewise.transfer``).
 
         Returns: ``{"models", "adv": {label: HxWx3 uint8}, "clean", "pred", "fooled", "attack"}``.
@@ -273,7 +281,7 @@ class Service:
         with self.lock(base):
             eng = self.engine(base)
             x = image_to_tensor(image).to(eng.device)
-            res = imagewise.transfer(eng, models, x, classnames, attack)
+            res = imagewise.transfer(eng, models, x, classnames, attack, should_stop)
         return {**res, "adv": {k: tensor_to_image(v) for k, v in res["adv"].items()}, "attack": attack.label}
 
     # ------------------------------------------------------------------ models
@@ -296,6 +304,9 @@ class Service:
 
     def add_checkpoint(self, base: str, path: str, name: str | None, role: str) -> str:
         """Validate a local checkpoint against the base architecture and register it; its name.
+
+        For trusted callers (Python, the CLI): any local path. A page user adds checkpoints
+        through ``self.serving.add_checkpoint`` (uploads or an allowed folder, bounded, scoped).
 
         Raises:
             FileNotFoundError: no file at ``path``.

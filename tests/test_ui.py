@@ -197,9 +197,9 @@ def test_models_stats_and_bad_checkpoint(ctx, tmp_path) -> None:
     import torch
     save_file({"foo.weight": torch.zeros(2, 2)}, str(tmp_path / "alien.safetensors"))
     with pytest.raises(gr.Error, match="Checkpoint rejected.*do not belong"):
-        h.add("base", str(tmp_path / "alien.safetensors"), "alien", "robust")
-    with pytest.raises(gr.Error, match="no file"):
-        h.add("base", str(tmp_path / "missing.safetensors"), "", "robust")
+        h.add("base", str(tmp_path / "alien.safetensors"), None, "alien", "robust")   # as uploaded
+    with pytest.raises(gr.Error, match="by name is off on this server"):    # no --checkpoint-dir
+        h.add("base", None, str(tmp_path / "missing.safetensors"), "", "robust")
     assert "alien" not in ctx.manifest.models
 
 
@@ -209,7 +209,7 @@ def test_serve_flags() -> None:
     args = add_serve_args(argparse.ArgumentParser()).parse_args(["--auth", "ann:pw"])
     kw = launch_kwargs(args)
     assert kw["server_name"] == "127.0.0.1" and kw["share"] is False and kw["auth"] == ("ann", "pw")
-    assert kw["max_file_size"] == "10mb"
+    assert kw["max_file_size"] == "512mb" and kw["show_error"] is False   # no exception text in the page
     with pytest.raises(SystemExit):
         parse_auth("no-colon")
 

@@ -14,8 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the manifest before gradio starts (a bad path is one line), then serve until stopped."""
-    from ..serve_args import serve
+    from ..ui import launch
     from ..zoo import load_manifest
 
     load_manifest(args.manifest)
-    return serve(args)
+    launch(args)   # blocks serving
+    return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..serve_args import add_serve_args, limits_from_args
 from ..service import Service
 from .common import THEMES, default_curve
 from .form import Form
@@ -53,13 +54,22 @@ THEME_JS = "(t) => { document.body.classList.toggle('dark', t === 'dark'); retur
 
 
 def build_demo(manifest: str | None = None, device: str | None = None,
-               store_path: str | None = None, **executor: Any) -> gr.Blocks:
+               store_path: str | None = None, args: argparse.Namespace | None = None,
+               **executor: Any) -> gr.Blocks:
     """The app's Blocks (cheap: reads the manifest; engines are built on first use).
 
-    ``executor``: ``Service``'s ``executor``/``ray_address``/``workers`` (where sweeps run).
+    ``args``: the serve flags (``serve_args``): caps, the checkpoint folder, the queue size;
+    their defaults when not given. ``executor``: ``Service``'s ``executor``/``ray_address``/
+    ``workers`` (where sweeps run).
     """
-    service, form = Service(manifest, device, store_path, **executor), Form()
-    with gr.Blocks(title="Trade-off Explorer") as demo:
+    args = args or add_serve_args(argparse.ArgumentParser()).parse_args([])
+    service = Service(manifest, device, store_path, max_pixels=args.max_pixels, **executor)
+    service.serving.configure(limits_from_args(argparse.Namespace(**{**vars(args), "device": device})),
+                              checkpoint_dir=args.checkpoint_dir, allow_any_path=args.allow_any_path,
+                              share_added=args.share_added_checkpoints)
+    form = Form()
+    # delete_cache: uploads (images, checkpoints) leave the server's disk within two hours.
+    with gr.Blocks(title="Trade-off Explorer", delete_cache=(3600, 3600)) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(INTRO, elem_id="intro")
             form.add(theme=gr.Radio(THEMES, value="light", label="Theme", scale=0, min_width=160,
@@ -75,7 +85,9 @@ def build_demo(manifest: str | None = None, device: str | None = None,
         demo.load(fn, inputs, outputs, api_visibility="private", concurrency_limit=None)
         demo.load(None, js=KEYS_JS)
         form.theme.input(None, form.theme, None, js=THEME_JS, queue=False)
-    demo.queue(default_concurrency_limit=1)
+    # One engine job at a time (concurrency id "engine"); a bounded queue; each job priced and
+    # time-capped (explorer.jobs), so no job holds the queue for long.
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
     demo.explorer_service = service  # for tests and warm-up
     demo.explorer_form = form
     return demo
@@ -113,8 +125,11 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 
 def launch_kwargs(args: argparse.Namespace) -> dict:
     """``demo.launch`` keyword arguments from the serve flags (local only unless asked)."""
+    cap_mb = limits_from_args(args).max_checkpoint_mb
+    # show_error=False: an exception that is not a gr.Error (Gradio's own input checks included)
+    # shows no text in the page; our handlers raise gr.Error with one readable line.
     return dict(server_name=args.host, server_port=args.port, auth=parse_auth(args.auth),
-                share=bool(args.share), max_file_size=args.max_file_size, show_error=True,
+                share=bool(args.share), max_file_size=args.max_file_size or f"{cap_mb:g}mb", show_error=False,
                 theme=gr.themes.Soft(), css_paths=[CSS_PATH] if CSS_PATH.exists() else None,
                 allowed_paths=[str(EXAMPLES_DIR)] if EXAMPLES_DIR.exists() else None,
                 footer_links=["api", "settings"])
@@ -129,7 +144,7 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 def launch(args: argparse.Namespace, **overrides) -> gr.Blocks:
     """Build and serve the demo with the flags of ``explorer.serve_args.add_serve_args``."""
-    demo = build_demo(args.manifest, args.device, args.store, **_executor_options(args))
+    demo = build_demo(args.manifest, args.device, args.store, args, **_executor_options(args))
     if demo.explorer_service.executor_kind == "ray":
         demo.explorer_service.executor()     # join Ray now: a bad address fails before serving
     warm_up(demo)

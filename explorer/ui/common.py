@@ -5,6 +5,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,20 +46,33 @@ TABLE_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "cl
                  "robust_ci", "attack", "n", "task", "cached", "seconds"]
 
 
-def readable_errors(fn: Callable) -> Callable:
-    """Turn exceptions into ``gr.Error`` messages (never a stack trace in the page).
+INTERNAL_ERROR = "Something went wrong on the server (the details are in its log); please try again."
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
+
+def one_line(text: object, limit: int = 300) -> str:
+    """A message as one line: ANSI escapes dropped, whitespace collapsed, at most ``limit`` chars."""
+    line = " ".join(_ANSI.sub("", str(text)).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def readable_errors(fn: Callable) -> Callable:
+    """Turn exceptions into one-line ``gr.Error`` messages (never a stack trace in the page).
+
+    User errors are ``ValueError``/``KeyError`` (the project's convention: their messages are
+    written for users); anything else is logged with its traceback and shown as one generic
+    line that reveals nothing of the server (no exception text, no type, no path).
     Works for plain and generator handlers; keeps the signature (gradio reads it for
     ``gr.Progress``/``gr.Request`` parameters).
     """
     def to_error(exc: Exception) -> gr.Error:
         if isinstance(exc, gr.Error):
-            return exc
-        if isinstance(exc, (ValueError, KeyError, FileNotFoundError, TypeError)):
+            return gr.Error(one_line(exc.message))
+        if isinstance(exc, (ValueError, KeyError)):
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            return gr.Error(str(msg))
+            return gr.Error(one_line(msg))
         log.exception("handler %s failed", fn.__name__)
-        return gr.Error(f"Internal error ({type(exc).__name__}): {exc}")
+        return gr.Error(INTERNAL_ERROR)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)

@@ -7,7 +7,6 @@ into config objects, so a new control is read in one place.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -22,6 +21,7 @@ from ..service import Service
 from . import common
 from .common import Selection, readable_errors
 from .form import Form
+from .guard import session_of, start_job, stop
 
 def setting_of(row: dict) -> tuple:
     """Rows are comparable (one plot) when base, vectors, attack, n, task and subset agree."""
@@ -35,14 +35,16 @@ class FrontierHandlers:
     def __init__(self, service: Service, form: Form | None = None) -> None:
         self.service = service
         self.form = form or Form()
-        self._stop: dict[str, threading.Event] = {}   # session -> its sweep was asked to stop
         self._live: dict[str, int] = {}               # session -> live-point generation (newest wins)
 
     # ------------------------------------------------------------------ parsing
-    def read(self, values: Mapping[Any, Any]) -> tuple[dict[str, Any], Selection]:
-        """Values by name, and the selection they make (``ValueError`` naming a bad value)."""
+    def read(self, values: Mapping[Any, Any], request: gr.Request | None = None) -> tuple[dict[str, Any], Selection]:
+        """Values by name, and the selection they make (``ValueError`` naming a bad value, or a
+        vector the caller's session may not use: another session's added checkpoint)."""
         v = self.form.read(values)
-        return v, common.selection(v, self.service.default_base)
+        sel = common.selection(v, self.service.default_base)
+        self.service.serving.check_names(session_of(request), sel.vectors)
+        return v, sel
 
     def curve_rows(self, rows: Sequence[dict], ref: dict) -> list[dict]:
         """Rows of ``ref``'s setting from this session and from the store, one per config."""
@@ -73,16 +75,21 @@ class FrontierHandlers:
         It may reuse adversarial examples of earlier previews (labelled ``+reuse``); the refined
         tier never does: its number depends only on the point's spec.
         """
-        v, sel = self.read(values)
-        session = _session(request)
+        v, sel = self.read(values, request)
+        session = session_of(request)
         self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
         known = self.stored(v["rows"] or [], sel)
         if known is not None:   # on a computed curve: the full-tier point at once
             fig, curve = self._figure(v["rows"] or [], sel.ref(), known, v.get("theme"))
             return fig, common.point_summary(known, "Computed"), known, common.caption(curve, sel.ref(), known)
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
-        row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick,
-                                 replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N)), reuse=True)
+        ev = replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N))
+        job = start_job(self.service, request, "Preview", 1, ev.n, quick)
+        try:
+            row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick, ev, reuse=True,
+                                     should_stop=job.should_stop)
+        except AttackCancelled:
+            return (gr.skip(),) * 3
         row = {**row, "preview": True}
         fig, curve = self._figure(v["rows"] or [], sel.ref(), row, v.get("theme"))
         return fig, common.point_summary(row, "Preview (refining…)"), row, common.caption(curve, sel.ref(), row)
@@ -93,12 +100,14 @@ class FrontierHandlers:
 
         A newer preview in the same session abandons it mid-attack (outputs left as they are).
         """
-        v, sel = self.read(values)
-        session = _session(request)
+        v, sel = self.read(values, request)
+        session = session_of(request)
         generation = self._live.get(session, 0)
+        job = start_job(self.service, request, "Refine", 1, sel.eval.n, sel.attack)
         try:
             row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval,
-                                     should_stop=lambda: self._live.get(session, 0) != generation)
+                                     should_stop=lambda: self._live.get(session, 0) != generation
+                                     or job.should_stop())
         except AttackCancelled:
             return (gr.skip(),) * 6
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
@@ -111,17 +120,16 @@ class FrontierHandlers:
     def sweep(self, values: Mapping[Any, Any], request: gr.Request = None,
               progress=gr.Progress(track_tqdm=True)):
         """Stream the curve of each chosen method: figure, table and status after every point."""
-        v, sel = self.read(values)
+        v, sel = self.read(values, request)
         rows = list(v["rows"] or [])
         sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
                        robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.merge.method]),
                        alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.merge.keep,),
                        scope=sel.merge.scope, attack=sel.attack, eval=sel.eval, options=sel.merge.options)
-        stop = self._stop.setdefault(_session(request), threading.Event())
-        stop.clear()
         total = 1 + len(sw.methods) * len(sw.alphas)
+        job = start_job(self.service, request, "Sweep", total, sel.eval.n, sel.attack)
         done, fresh, failed = 0, 0, []
-        for row in self.service.sweep(sw, should_stop=stop.is_set):
+        for row in self.service.sweep(sw, should_stop=job.should_stop):
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
@@ -132,11 +140,13 @@ class FrontierHandlers:
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
             fig, curve = self._figure(rows, row, row, v.get("theme"))
             yield fig, common.rows_table(curve), rows, self._sweep_status(done, total, fresh, failed, curve, row)
-            if stop.is_set():
+            if job.should_stop():
                 break
-        if stop.is_set():
-            yield gr.skip(), gr.skip(), gr.skip(), (f"Stopped after {done}/{total} points; they are stored, "
-                                                     "a re-run resumes from there.")
+        if job.should_stop():
+            why = {"time limit": f" (this server's time limit per job, "
+                                 f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.reason, "")
+            yield gr.skip(), gr.skip(), gr.skip(), (f"Stopped after {done}/{total} points{why}; they are "
+                                                     "stored, a re-run resumes from there.")
 
     @staticmethod
     def _sweep_status(done: int, total: int, fresh: int, failed: list[str], curve: Sequence[dict],
@@ -148,9 +158,8 @@ class FrontierHandlers:
         return status
 
     def stop(self, request: gr.Request = None) -> str:
-        """Ask this session's sweep to stop (the point being attacked is abandoned, not stored)."""
-        self._stop.setdefault(_session(request), threading.Event()).set()
-        return "Stopping…"
+        """Stop this session's running and queued jobs (the point being attacked is abandoned)."""
+        return stop(self.service, request)
 
     # ------------------------------------------------------------------ page state
     @readable_errors
@@ -179,7 +188,7 @@ class FrontierHandlers:
         except ValueError as exc:
             yield plots.frontier_figure([]), common.rows_table([]), str(exc), gr.skip(), gr.skip()
             return
-        session, spec = _session(request), common.default_curve(self.service)
+        session, spec = session_of(request), common.default_curve(self.service)
         start, job, shown = self._live.get(session, 0), None, -1
         if spec is not None and sel.ref() == _sweep_ref(spec):
             job = self.service.background_sweep(spec)
@@ -232,9 +241,9 @@ class FrontierHandlers:
         return files
 
     @readable_errors
-    def checkpoint(self, values: Mapping[Any, Any]):
+    def checkpoint(self, values: Mapping[Any, Any], request: gr.Request = None):
         """The current merge as ``.safetensors`` (config in its metadata)."""
-        _, sel = self.read(values)
+        _, sel = self.read(values, request)
         spec = sel.merge
         out = (common.export_dir(repr((sel.base, sel.natural, sel.robust, spec.to_json())))
                / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors")
@@ -260,7 +269,3 @@ def _sweep_ref(spec: SweepSpec) -> dict[str, Any]:
     """The ``Selection.ref`` of a sweep's setting."""
     return {"base": spec.base, "natural": list(spec.natural), "robust": list(spec.robust),
             "attack": spec.attack.label, "n": spec.eval.n, "task": spec.eval.task, "eval_seed": spec.eval.seed}
-
-
-def _session(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "default"

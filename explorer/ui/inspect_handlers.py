@@ -5,7 +5,8 @@ steps``) and the frontier's group ``"merge"`` (the current merge; its ``norm`` i
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gradio as gr
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import image_plots, plots
 from ..config import MergeSpec
-from ..attacks import parse_attack
+from ..attacks import AttackCancelled, parse_attack
 from ..data import get_task
 from ..merging import canonical_spec
 from ..images import encode_png
@@ -21,8 +22,10 @@ from ..service import Service
 from . import common
 from .common import readable_errors
 from .form import Form
+from .guard import session_of, start_job, stop
 
 TOP_K = 5
+MAX_CLASSES = 200    # class names one Inspect may encode
 DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
 FILM_SIDE = 96       # side small images are enlarged to in the filmstrip and transfer panels
 FRAMES = 6           # filmstrip alphas by default (0, 0.2, ..., 1)
@@ -32,6 +35,8 @@ def parse_classes(text: str | None) -> list[str]:
     """Comma (or newline) separated class names; at least two distinct ones."""
     names = [c.strip() for c in (text or "").replace("\n", ",").split(",") if c.strip()]
     names = list(dict.fromkeys(names))
+    if len(names) > MAX_CLASSES:
+        raise gr.Error(f"{len(names)} class names: at most {MAX_CLASSES} here.")
     if not names:
         raise gr.Error("The class list is empty: type at least two class names, separated by commas.")
     if len(names) == 1:
@@ -56,6 +61,15 @@ def attack_name(kind: str, steps: float | int | None) -> str:
     return kind
 
 
+@contextlib.contextmanager
+def stopped_as_error(job: Any) -> Iterator[None]:
+    """An attack ended by Stop, the time cap or a departed client, as one readable line."""
+    try:
+        yield
+    except AttackCancelled:
+        raise gr.Error(f"Stopped ({job.reason or 'stopped'}).") from None
+
+
 class InspectHandlers:
     def __init__(self, service: Service, form: Form | None = None) -> None:
         self.service = service
@@ -68,39 +82,53 @@ class InspectHandlers:
             return gr.skip()
         return ", ".join(get_task(task).classnames)
 
-    def prepare(self, values: Mapping[Any, Any]) -> tuple[dict, Any, list[str], common.Selection, Any, dict]:
-        """Values by name, the decoded image, the class names, the selection, the attack, and the
-        three models (current merge, natural and robust endpoints) as ``{label: (vectors, spec)}``."""
+    def stop(self, request: gr.Request = None) -> str:
+        """Stop this session's running or queued Inspect jobs (and its other jobs)."""
+        return stop(self.service, request)
+
+    def prepare(self, values: Mapping[Any, Any], request: gr.Request | None, what: str,
+                attacked: int = 3) -> tuple[dict, Any, list[str], common.Selection, Any, dict, Any]:
+        """Values by name, the decoded image, the class names, the selection, the attack, the
+        three models (current merge, natural and robust endpoints) as ``{label: (vectors, spec)}``
+        and the started job: priced (``attacked`` models x 1 image x the attack's cost) before the
+        image is decoded (its pixel count checked first) or anything is attacked."""
         v = self.form.read(values)
-        image, names = self.service.decode_image(v["image"]), parse_classes(v["classes"])
+        names = parse_classes(v["classes"])
         sel = common.selection(v, self.service.default_base)
+        self.service.serving.check_names(session_of(request), sel.vectors)
         attack = parse_attack(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
+        job = start_job(self.service, request, what, attacked, 1, attack)
+        image = self.service.decode_image(v["image"])
         nat, rob = sel.natural, sel.robust
         models = {
             "current merge": (sel.vectors, canonical_spec(sel.merge)),   # what is merged (TA: keep 1)
             "natural (α = 0)": (sel.vectors, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
             "robust (α = 1)": (sel.vectors, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
         }
-        return v, image, names, sel, attack, models
+        return v, image, names, sel, attack, models, job
 
     @readable_errors
-    def filmstrip(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
+    def filmstrip(self, values: Mapping[Any, Any], request: gr.Request = None,
+                  progress=gr.Progress(track_tqdm=True)):
         """The image attacked on the current vectors' merge at ``frames`` alphas from 0 to 1."""
-        v, image, names, sel, attack, _ = self.prepare(values)
-        count = int(v.get("frames") or FRAMES)
+        count = int(self.form.read(values).get("frames") or FRAMES)
         if not 5 <= count <= 11:
             raise gr.Error(f"the filmstrip shows 5 to 11 alphas, not {count}")
+        v, image, names, sel, attack, _, job = self.prepare(values, request, "Filmstrip", count)
         alphas = [round(i / (count - 1), 4) for i in range(count)]
-        frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
-                                        image, names, attack)
+        with stopped_as_error(job):
+            frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
+                                            image, names, attack, should_stop=job.should_stop)
         frames = [{**f, "adv": display_image(f["adv"], FILM_SIDE)[0]} for f in frames]
         return image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme"))
 
     @readable_errors
-    def transfer(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
+    def transfer(self, values: Mapping[Any, Any], request: gr.Request = None,
+                 progress=gr.Progress(track_tqdm=True)):
         """The image attacked on each of the three models, classified by the other two (and itself)."""
-        v, image, names, sel, attack, models = self.prepare(values)
-        res = self.service.transfer(sel.base, models, image, names, attack)
+        v, image, names, sel, attack, models, job = self.prepare(values, request, "Transfer")
+        with stopped_as_error(job):
+            res = self.service.transfer(sel.base, models, image, names, attack, should_stop=job.should_stop)
         strip = image_plots.image_strip(
             [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
             [f"crafted on {m}" for m in res["models"]], [False] * len(res["models"]),
@@ -108,11 +136,15 @@ class InspectHandlers:
         return strip, image_plots.transfer_figure(res, theme=v.get("theme"))
 
     @readable_errors
-    def inspect(self, values: Mapping[Any, Any], progress=gr.Progress(track_tqdm=True)):
-        """Attack the image on the current merge and both endpoints; plots, images, a PNG."""
-        v, image, names, sel, attack, models = self.prepare(values)
+    def inspect(self, values: Mapping[Any, Any], request: gr.Request = None,
+                progress=gr.Progress(track_tqdm=True)):
+        """Attack the image on the current merge and both endpoints; plots, images, a PNG.
+
+        Stop, the time cap or a departed client end the attack between steps."""
+        v, image, names, sel, attack, models, job = self.prepare(values, request, "Inspect")
         spec = models["current merge"][1]
-        res = self.service.inspect(sel.base, models, image, names, attack)
+        with stopped_as_error(job):
+            res = self.service.inspect(sel.base, models, image, names, attack, should_stop=job.should_stop)
         figs = []
         for label, (clean, adv) in res["probs"].items():
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)

@@ -8,6 +8,7 @@ import gradio as gr
 from ..data import task_names
 from ..service import Service
 from .form import Form
+from .guard import uploaded_image
 from .frontier_tab import MERGE
 from .inspect_handlers import InspectHandlers
 
@@ -32,8 +33,8 @@ def build_inspect_tab(service: Service, form: Form) -> None:
     default_classes = h.task_classes(d.task) if d.task in task_names() else ", ".join(FALLBACK_CLASSES)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"],
-                             height=240, elem_id="inspect-image")
+            image = uploaded_image(label="Image", sources=["upload", "clipboard"], height=240,
+                                   elem_id="inspect-image")
             examples = example_images()
             if examples:
                 gr.Examples(examples, inputs=image, label="Examples (demo tasks)", examples_per_page=12)
@@ -46,7 +47,9 @@ def build_inspect_tab(service: Service, form: Form) -> None:
                 steps = gr.Number(10, precision=0, minimum=1, label="PGD steps")
             frames = gr.Slider(5, 11, value=6, step=1, label="Filmstrip: α values from 0 to 1",
                                elem_id="frames-slider")
-            run = gr.Button("Attack and classify", variant="primary", elem_id="inspect-btn")
+            with gr.Row():
+                run = gr.Button("Attack and classify", variant="primary", elem_id="inspect-btn", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="inspect-stop-btn", scale=1)
             gr.Markdown("The *current merge* is the one set on the Frontier tab (vectors, method, α or λ, "
                         "keep, norm).", elem_classes="hint")
         with gr.Column(scale=2):
@@ -67,7 +70,8 @@ def build_inspect_tab(service: Service, form: Form) -> None:
     source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
     form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps, frames=frames)
     inputs = form.inputs("inspect", MERGE, *(["theme"] if "theme" in form else []))
-    run.click(h.inspect, inputs, [clean, adv, delta, *bars, summary, download], api_name="inspect",
-              concurrency_id="engine"
-              ).success(h.filmstrip, inputs, film, api_name="filmstrip", concurrency_id="engine"
-              ).success(h.transfer, inputs, [crafted, transfer], api_name="transfer", concurrency_id="engine")
+    first = run.click(h.inspect, inputs, [clean, adv, delta, *bars, summary, download], api_name="inspect",
+                      concurrency_id="engine")
+    second = first.success(h.filmstrip, inputs, film, api_name="filmstrip", concurrency_id="engine")
+    third = second.success(h.transfer, inputs, [crafted, transfer], api_name="transfer", concurrency_id="engine")
+    stop_btn.click(h.stop, None, summary, cancels=[first, second, third], queue=False, api_name="stop_inspect")

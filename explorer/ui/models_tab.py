@@ -9,19 +9,23 @@ import pandas as pd
 
 from .. import plots
 from ..service import Service
-from .common import readable_errors
+from ..zoo import LOCAL_SUFFIXES, CheckpointError
+from .common import one_line, readable_errors
 from .form import Form
+from .guard import session_of
 
 MODEL_COLUMNS = ["name", "role", "arch", "towers", "normalize", "weights", "provenance"]
 STAT_COLUMNS = ["vector", "role", "L2 norm", "Linf norm", "nonzero fraction", "touches text tower"]
 
 
-def manifest_table(service: Service) -> pd.DataFrame:
+def manifest_table(service: Service, owner: str = "default") -> pd.DataFrame:
+    """The models ``owner`` may use (the manifest and the checkpoints this session added)."""
+    m = service.manifest
     recs = [{"name": e.name, "role": e.role, "arch": e.arch, "towers": "+".join(e.towers),
              "normalize": e.normalize,
              "weights": Path(e.weights).name if e.is_local() else e.weights,
              "provenance": json.dumps(e.provenance, default=str) if e.provenance else ""}
-            for e in service.manifest.models.values()]
+            for e in (m.models[n] for n in service.serving.names(owner))]
     return pd.DataFrame(recs, columns=MODEL_COLUMNS)
 
 
@@ -36,17 +40,22 @@ class ModelsHandlers:
     def vector_stats(self, base: str, names: list[str]) -> dict:
         key = (base, tuple(names))
         if key not in self._stats:
+            if len(self._stats) >= 64:           # bounded: the oldest setting goes
+                self._stats.pop(next(iter(self._stats)))
             self._stats[key] = self.service.vector_stats(base, names)
         return self._stats[key]
 
     @readable_errors
-    def stats(self, base: str, names: list[str] | None, theme: str | None = None,
+    def stats(self, base: str, names: list[str] | None, theme: str | None = None, request: gr.Request = None,
               progress=gr.Progress(track_tqdm=True)):
         """Norms table, cosine heatmap and per-layer magnitudes of the chosen vectors (on opening
         the tab and on the button; computed once per base and vectors)."""
         names = list(names or [])
         if not names:
             raise gr.Error("choose at least one task vector")
+        if len(names) > 32:
+            raise gr.Error("at most 32 task vectors at a time")
+        self.service.serving.check_names(session_of(request), names)
         progress(0, desc="loading task vectors")
         s = self.vector_stats(base or self.service.default_base, names)
         table = pd.DataFrame(s["table"], columns=STAT_COLUMNS).round(5)
@@ -54,19 +63,34 @@ class ModelsHandlers:
                 plots.layer_magnitude_figure(s["layers"], s["layer_norms"], theme=theme))
 
     @readable_errors
-    def add(self, base: str, path: str, name: str, role: str):
-        """Validate and register a local checkpoint; refresh the tables and vector choices."""
-        if not (path or "").strip():
-            raise gr.Error("type the path of a .safetensors / .pt / .bin checkpoint")
+    def add(self, base: str, upload: str | None, path: str | None, name: str | None, role: str,
+            request: gr.Request = None):
+        """Validate and register an uploaded checkpoint, or one named inside the server's allowed
+        folder, for this session; refresh its tables and vector choices.
+
+        Every refusal of the file itself is one generic line (``explorer.zoo.files``); a file that
+        loads but does not fit the base says which keys or shapes are wrong.
+        """
+        serving, owner = self.service.serving, session_of(request)
+        if base and base not in self.service.manifest.names("base"):
+            raise gr.Error("choose a base model of the manifest")
+        if role not in ("natural", "robust"):
+            raise gr.Error("role must be natural or robust")
+        name = (name or "").strip() or None
+        if not upload and not (path or "").strip():
+            raise gr.Error("upload a .safetensors / .pt / .pth / .bin checkpoint"
+                           + (" or type its name in the server's folder" if serving.checkpoint_dir else ""))
         try:
-            added = self.service.add_checkpoint(base or self.service.default_base, path.strip(),
-                                                (name or "").strip() or None, role)
-        except (ValueError, FileNotFoundError) as exc:   # CheckpointError is a ValueError
-            raise gr.Error(f"Checkpoint rejected: {exc}") from None
-        m = self.service.manifest
-        return (manifest_table(self.service), f"Added **{added}** as a {role} vector.",
-                gr.update(choices=m.names("natural")), gr.update(choices=m.names("robust")),
-                gr.update(choices=m.names("natural") + m.names("robust")))
+            source, label = (str(upload), "upload") if upload else (serving.resolve(path), path.strip()[:80])
+            added = serving.add_checkpoint(owner, base or self.service.default_base, source, role, name,
+                                           label)
+        except CheckpointError as exc:   # CheckpointRefused: the same line whatever the cause
+            raise gr.Error(one_line(f"Checkpoint rejected: {exc}")) from None
+        self._stats.clear()              # a name may now stand for other weights (evicted, re-added)
+        nat, rob = serving.names(owner, "natural"), serving.names(owner, "robust")
+        return (manifest_table(self.service, owner), f"Added **{added}** as a {role} vector (this session only"
+                f"{'' if not serving.added.shared else ', shared'}).",
+                gr.update(choices=nat), gr.update(choices=rob), gr.update(choices=nat + rob))
 
 
 def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) -> None:
@@ -85,11 +109,20 @@ def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) ->
     with gr.Row():
         heat = gr.Plot(label="Cosine similarity", elem_id="cosine-plot")
         layers = gr.Plot(label="Per-layer magnitude", elem_id="layers-plot")
-    with gr.Accordion("Add a local checkpoint", open=False):
+    serving = service.serving
+    by_name = serving.allow_any_path or serving.checkpoint_dir is not None
+    with gr.Accordion("Add a checkpoint", open=False):
         gr.Markdown(f"Checked against the base architecture ({m.get(service.default_base).arch}): keys, "
-                    "shapes and finite weights. Loaded safely (safetensors or weights-only torch).")
+                    "shapes and finite weights. Loaded safely (safetensors or weights-only torch), at most "
+                    f"{serving.limits.max_checkpoint_mb:g} MB; kept for this session while the server has "
+                    f"room ({serving.limits.max_added} added checkpoints at most, least recently used "
+                    "dropped first).")
         with gr.Row():
-            path = gr.Textbox(label="Path", placeholder="/path/to/checkpoint.safetensors", scale=3)
+            upload = gr.File(label="Upload a checkpoint", file_types=list(LOCAL_SUFFIXES), type="filepath",
+                             scale=3, elem_id="add-upload")
+            path = gr.Textbox(label="…or its name in the server's checkpoint folder"
+                              if not serving.allow_any_path else "…or its path on this machine",
+                              placeholder="robust-fare.safetensors", scale=3, visible=by_name)
             name = gr.Textbox(label="Name (default: file name)", scale=2)
             role = gr.Radio(["robust", "natural"], value="robust", label="Role", scale=1)
         add_btn = gr.Button("Validate and add", elem_id="add-btn")
@@ -101,5 +134,6 @@ def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) ->
     if tab is not None:
         tab.select(h.stats, stat_inputs, [norms, heat, layers], api_visibility="private",
                    concurrency_id="engine")
-    add_btn.click(h.add, [fc.base, path, name, role], [table, added, fc.natural, fc.robust, pick],
-                  api_name="add_checkpoint", concurrency_id="engine")
+    # Its own queue: reading a file never waits behind (or holds up) the engine's jobs.
+    add_btn.click(h.add, [fc.base, upload, path, name, role], [table, added, fc.natural, fc.robust, pick],
+                  api_name="add_checkpoint", concurrency_id="checkpoint", concurrency_limit=1)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .layouts import keys_of
-from .manifest import ModelEntry
+from .manifest import LOCAL_SUFFIXES, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,15 @@ def read_checkpoint(source: str, cache_dir: str | None = None) -> dict[str, torc
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+        except Exception as exc:  # safetensors raises its own error types; its text stays in the log
+            log.info("%s: safetensors refused it: %s", path, exc)
+            raise CheckpointError(f"{path} is not a readable safetensors file") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} could not be loaded with weights_only=True (files that need "
-                              f"arbitrary unpickling are refused): {exc}") from exc
+    except Exception as exc:  # torch's message is paragraphs (ANSI escapes, file content): logged only
+        log.info("%s: torch.load(weights_only=True) refused it: %s", path, exc)
+        raise CheckpointError(f"{path} could not be loaded with weights_only=True (not a tensor file, "
+                              "or one that needs arbitrary unpickling, which is refused)") from None
     return unwrap_state_dict(obj, str(path))
 
 
@@ -226,7 +228,22 @@ def load_weights(entry: ModelEntry, reference: dict[str, torch.Tensor] | None = 
     else:
         import open_clip
         register_arch(entry)
+        tags = open_clip.list_pretrained_tags_by_model(entry.arch)
+        if entry.weights not in tags:   # never hand open_clip a path (or junk) as a tag
+            raise CheckpointError(f"{entry.name!r}: weights {entry.weights!r} is not a checkpoint file "
+                                  f"({', '.join(LOCAL_SUFFIXES)}), an hf-hub: id, or a pretrained tag of "
+                                  f"{entry.arch} (tags: {', '.join(tags) or 'none'})")
         raw = open_clip.create_model(entry.arch, pretrained=entry.weights, cache_dir=cache_dir).state_dict()
+    return fit_weights(entry, raw, reference)
+
+
+def fit_weights(entry: ModelEntry, raw: dict[str, torch.Tensor],
+                reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors mapped onto the model's keys, validated, cast to the model's dtypes.
+
+    Raises:
+        CheckpointError: unknown, mis-shaped, missing or non-finite weights (``validate_state_dict``).
+    """
     sd = normalize_keys(raw, reference)
     towers = tuple(entry.towers)
     if "text" in towers and not any(_tower(k) == "text" for k in sd):

@@ -120,6 +120,11 @@ def _entry(name: str, raw: dict[str, Any], root: Path) -> ModelEntry:
     if raw["role"] not in ROLES:
         raise ValueError(f"manifest entry {name!r}: role must be one of {ROLES}, got {raw['role']!r}")
     weights = str(raw["weights"])
+    if (not weights.startswith("hf-hub:") and not weights.endswith(LOCAL_SUFFIXES)
+            and ("/" in weights or "\\" in weights or weights.startswith((".", "~")))):
+        # A path without a checkpoint suffix would reach open_clip's pretrained-tag lookup.
+        raise ValueError(f"manifest entry {name!r}: weights {weights!r} looks like a path but does not end "
+                         f"in {', '.join(LOCAL_SUFFIXES)} (a file), nor is it an hf-hub: id or a tag")
     if weights.endswith(LOCAL_SUFFIXES) and not weights.startswith("hf-hub:"):
         weights = str((root / weights).resolve())
     cfg = raw.get("arch_config")

@@ -1,0 +1,89 @@
+"""The page's side of serving safely: whose job this is, when it was queued, whether its client is
+still there, and an image input that decodes nothing itself.
+
+``start_job`` prices a job with the service's serving policy (``explorer.serving``), and gives
+it a ``should_stop`` that fires when the session pressed Stop after the job was queued, when the
+job runs past its time cap, or when Gradio's queue has marked the job dead (its client went
+away: the queue calls ``clean_events`` on a dropped connection, which sets ``alive = False``).
+Gradio has no public call for "is my client still connected" inside a handler, so the queue's
+event list is read here, in one place, and a test guards it (``tests/test_serving_app.py``).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from ..config import AttackSpec
+from ..jobs import Job
+from ..service import Service
+
+log = logging.getLogger(__name__)
+IMAGE_REFUSED = "Could not read the image: upload a PNG, JPEG, WebP, GIF, BMP or TIFF file."
+
+
+def session_of(request: gr.Request | None) -> str:
+    """The session hash of the caller (``"default"`` outside a served page: direct calls)."""
+    return getattr(request, "session_hash", None) or "default"
+
+
+def _queue_events(request: gr.Request | None) -> list[Any]:
+    """Gradio's running events of the caller's session (empty when not served)."""
+    try:
+        app = request.request.app   # the FastAPI app of the join request
+        queue = app.get_blocks()._queue
+        session = session_of(request)
+        return [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
+    except Exception:   # not served through the queue (direct calls, tests of handlers)
+        return []
+
+
+def client_alive(request: gr.Request | None) -> Callable[[], bool] | None:
+    """A check that the caller's client still waits for its job (None when not served)."""
+    if not _queue_events(request):
+        return None
+
+    def alive() -> bool:
+        return all(e.alive for e in _queue_events(request))
+    return alive
+
+
+def start_job(service: Service, request: gr.Request | None, what: str, points: int, images: int,
+              attack: AttackSpec) -> Job:
+    """Price the job against the caps (``JobRefused``, one line) and start it for the session."""
+    events = [e for e in _queue_events(request) if e.concurrency_id == "engine"] or _queue_events(request)
+    submitted = max((e.enqueue_time for e in events), default=None)
+    return service.serving.job(session_of(request), what, points, images, attack, submitted,
+                               client_alive(request))
+
+
+def stop(service: Service, request: gr.Request | None) -> str:
+    """Stop the caller's running and queued jobs (computed points are kept)."""
+    service.serving.jobs.stop(session_of(request))
+    return "Stopping…"
+
+
+def _path_only(payload: Any) -> str | None:
+    if payload is None:
+        return None
+    path = getattr(payload, "path", None)
+    if not path:   # base64 data URLs and remote URLs are not accepted as uploads
+        raise gr.Error(IMAGE_REFUSED)
+    return str(path)
+
+
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` whose input is the uploaded file's path, undecoded.
+
+    Gradio's own preprocessing opens (and for some modes converts, i.e. decodes) the file
+    before the handler runs: a decompression bomb would be decoded there, and a non-image
+    would fail with Gradio's multi-line message naming every input and a temp path. Here the
+    handler gets the path and ``Service.decode_image`` checks the size before decoding.
+    (An instance attribute, not a subclass: Gradio writes a ``.pyi`` beside any module that
+    defines a component class.)
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    image.preprocess = _path_only
+    return image
