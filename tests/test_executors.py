@@ -242,6 +242,7 @@ def test_service_sweep_on_ray_streams_the_pretrained_point_and_the_sweep(executo
 
 
 def test_cli_and_app_bad_ray_options_are_one_line(tiny_zoo, tmp_path, capsys):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt)")
     from explorer.cli import main
 
     base = ["sweep", "--manifest", str(tiny_zoo), *SWEEP_FLAGS, "--no-store"]
