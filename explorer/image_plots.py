@@ -73,8 +73,7 @@ def transfer_figure(result: Mapping[str, Any], theme: str | None = None) -> go.F
                                textfont=dict(size=FONT_SIZE, color="white"), xgap=3, ygap=3,
                                hovertemplate="crafted on %{y}, classified by %{x}: %{text}<extra></extra>"))
     readable(fig, theme)
-    fig.update_layout(title=dict(text=f"Transfer ({result.get('attack', '')}): crafted on the row's model, "
-                                      "classified by the column's", font=dict(size=FONT_SIZE)),
+    fig.update_layout(title=dict(text=f"Transfer · {result.get('attack', '')}", font=dict(size=FONT_SIZE)),
                       xaxis=dict(title=dict(text="classified by"), side="bottom"),
                       yaxis=dict(title=dict(text="crafted on"), autorange="reversed"),
                       height=380, margin=dict(l=10, r=10, t=60, b=10))

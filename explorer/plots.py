@@ -202,13 +202,15 @@ def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5
     fig = go.Figure([
         go.Bar(y=top, x=[clean.get(c, 0.0) for c in top], orientation="h", name="clean",
                marker_color=ends["natural"], hovertemplate="%{y}: %{x:.3f}<extra>clean</extra>"),
-        go.Bar(y=top, x=[adv.get(c, 0.0) for c in top], orientation="h", name=f"adversarial ({attack})",
-               marker_color=ends["robust"], hovertemplate="%{y}: %{x:.3f}<extra>adversarial</extra>"),
+        go.Bar(y=top, x=[adv.get(c, 0.0) for c in top], orientation="h", name="adversarial",
+               marker_color=ends["robust"], hovertemplate=f"%{{y}}: %{{x:.3f}}<extra>adversarial, {attack}</extra>"),
     ])
     readable(fig, theme)
-    fig.update_layout(title=dict(text=title, font=dict(size=FONT_SIZE)), barmode="group",
-                      xaxis=dict(title=dict(text="probability"), range=[0, 1]), height=340,
-                      legend=dict(orientation="h", y=-0.3), margin=dict(l=10, r=10, t=50, b=10))
+    # Narrow panels (three side by side): the attack goes under the axis, in a smaller font.
+    fig.update_layout(title=dict(text=title, font=dict(size=FONT_SIZE - 1)), barmode="group",
+                      xaxis=dict(title=dict(text=f"probability · {attack}" if attack else "probability",
+                                            font=dict(size=FONT_SIZE - 3)), range=[0, 1]), height=360,
+                      legend=dict(orientation="h", y=-0.32), margin=dict(l=10, r=10, t=65, b=10))
     return fig
 
 
@@ -232,7 +234,7 @@ def layer_magnitude_figure(layers: Sequence[str], norms: Mapping[str, Sequence[f
                      for name, v in norms.items()])
     readable(fig, theme)
     fig.update_layout(title="Per-layer magnitude ‖τ‖₂", yaxis=dict(title=dict(text="L2 norm")),
-                      xaxis=dict(tickangle=-45, tickfont=dict(size=11)), height=400,
+                      xaxis=dict(tickangle=-45, tickfont=dict(size=FONT_SIZE - 2)), height=400,
                       legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"),
                       margin=dict(l=10, r=10, t=70, b=10))
     return fig

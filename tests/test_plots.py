@@ -96,7 +96,8 @@ def test_topk_union_and_order() -> None:
     fig = plots.topk_figure(clean, adv, k=2, title="t", attack=ATTACK)
     assert list(fig.data[0].y) == ["ship", "dog", "cat"]  # top-2 clean + adv's top, best clean on top
     assert list(fig.data[1].x) == [0.8, 0.05, 0.1]
-    assert ATTACK in fig.data[1].name
+    assert fig.data[1].name == "adversarial"   # short legend; the attack under the axis and in the hover
+    assert ATTACK in fig.layout.xaxis.title.text and ATTACK in fig.data[1].hovertemplate
 
 
 def test_stats_figures() -> None:

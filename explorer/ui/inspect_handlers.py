@@ -131,7 +131,7 @@ class InspectHandlers:
             res = self.service.transfer(sel.base, models, image, names, attack, should_stop=job.should_stop)
         strip = image_plots.image_strip(
             [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
-            [f"crafted on {m}" for m in res["models"]], [False] * len(res["models"]),
+            [f"crafted on<br>{m}" for m in res["models"]], [False] * len(res["models"]),
             title=f"Adversarial images ({attack.label})", theme=v.get("theme"))
         return strip, image_plots.transfer_figure(res, theme=v.get("theme"))
 
@@ -148,7 +148,7 @@ class InspectHandlers:
         figs = []
         for label, (clean, adv) in res["probs"].items():
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)
-            title = f"{label}: {top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ robust")
+            title = f"{label}<br>{top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ held")
             figs.append(plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
                                           attack=attack.label, theme=v.get("theme")))
         out = encode_png(res["adv"], common.export_dir(res["adv"].tobytes()) / "adversarial.png")

@@ -1,7 +1,9 @@
-"""Screenshots of each tab of a running app, after a sweep, an inspection and the statistics.
+"""Screenshots of each tab of a running app, as a first-time visitor sees them.
 
-Usage: ``python -m explorer.ui.screenshots URL OUT_DIR IMAGE [ALPHAS]`` (headless system Chromium
-via Playwright) -> OUT_DIR/{frontier,inspect,models}.png, e.g. into assets/screenshots.
+Usage: ``python -m explorer.ui.screenshots URL OUT_DIR IMAGE [WIDTH HEIGHT]`` (headless system
+Chromium via Playwright) -> OUT_DIR/{frontier,inspect,models}.png, e.g. into assets/screenshots:
+the first view once the default curve is in (no click), then α typed into its box; an inspection
+of IMAGE with its filmstrip and transfer view; the Models tab as opened.
 """
 from __future__ import annotations
 
@@ -10,41 +12,36 @@ import time
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ALPHA_BOX = "number input for α: trade-off (0 = natural, 1 = robust)"
 
 
-def main(url: str, out: str, image: str, alphas: str = "0:1:6") -> None:
+def main(url: str, out: str, image: str, width: str = "1280", height: str = "720") -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        pg = b.new_page(viewport={"width": 1440, "height": 1100})
-        pg.set_default_timeout(300_000)
+        pg = b.new_page(viewport={"width": int(width), "height": int(height)})
+        pg.set_default_timeout(900_000)
         pg.goto(url)
         pg.wait_for_selector("#frontier-plot .js-plotly-plot")
-        pg.get_by_label("α values (start:stop:count or a list)").fill(alphas)
-        pg.get_by_label("stability", exact=True).check()
-        keep = pg.locator("#keep-slider input[type=number]")
-        keep.fill("0.2")
-        keep.press("Enter")
-        pg.locator("#sweep-btn").click()
-        pg.wait_for_function("() => document.querySelector('#sweep-status').innerText"
-                             ".match(/Sweep (\\d+)\\/\\1 /)")
-        box = pg.locator("#alpha-slider input[type=range]").bounding_box()
-        pg.mouse.click(box["x"] + 0.3 * box["width"], box["y"] + box["height"] / 2)
-        pg.wait_for_function("() => { const t = document.querySelector('#point-summary').innerText;"
-                             " return t.includes('Refined') && t.includes('α = 0.30'); }")
-        time.sleep(1)
+        # The first view: wait until the background curve is in (the progress line is gone).
+        pg.wait_for_function("() => { const t = document.querySelector('#sweep-status').innerText;"
+                             " return t.includes('points plotted') && !t.includes('Computing'); }")
+        box = pg.get_by_label(ALPHA_BOX)
+        box.fill("0.75")
+        box.press("Enter")
+        pg.wait_for_function("() => document.querySelector('#point-summary').innerText.includes('α = 0.75')")
+        time.sleep(1.5)
         pg.screenshot(path=f"{out}/frontier.png", full_page=True)
         pg.get_by_role("tab", name="Inspect").click()
         pg.locator("#inspect-image input[type=file]").set_input_files(image)
         time.sleep(1)
         pg.locator("#inspect-btn").click()
-        pg.wait_for_function("() => document.querySelector('#inspect-summary').innerText.includes('Attack')")
+        pg.wait_for_selector("#transfer-plot .js-plotly-plot")
         time.sleep(1.5)
         pg.screenshot(path=f"{out}/inspect.png", full_page=True)
         pg.get_by_role("tab", name="Models").click()
-        pg.locator("#stats-btn").click()
-        pg.wait_for_selector("text=Cosine similarity of task vectors")
+        pg.wait_for_selector("#layers-plot .js-plotly-plot")
         time.sleep(1.5)
         pg.screenshot(path=f"{out}/models.png", full_page=True)
         b.close()
