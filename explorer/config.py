@@ -231,20 +231,30 @@ MAX_ALPHAS = 100_000   # alpha values one text may expand to
 def parse_alphas(text: str) -> tuple[float, ...]:
     """``"0:1:11"`` (start:stop:count, inclusive) or ``"0,0.5,1"`` -> tuple of floats in [0,1]."""
     text = text.strip()
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"alphas {text!r}: use start:stop:count, e.g. 0:1:11")
-        start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        if not 1 <= count <= MAX_ALPHAS:   # bounded before a list is built (a served app's input)
-            raise ValueError(f"alphas: count must be between 1 and {MAX_ALPHAS}")
-        vals = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
-    else:
-        vals = [float(v) for v in text.split(",") if v.strip()]
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+            if not 1 <= count <= MAX_ALPHAS:   # bounded before a list is built (a served app's input)
+                raise ValueError(f"alphas: count must be between 1 and {MAX_ALPHAS}")
+            vals = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
+        else:
+            items = [v for v in text.split(",") if v.strip()]
+            if len(items) > MAX_ALPHAS:
+                raise ValueError(f"alphas: at most {MAX_ALPHAS} values")
+            vals = [float(v) for v in items]
+    except ValueError as exc:
+        if exc.args and str(exc.args[0]).startswith("alphas:"):
+            raise
+        raise ValueError(f"alphas {shown!r}: use start:stop:count (e.g. 0:1:11) or a comma list of "
+                         f"numbers in [0, 1] (e.g. 0,0.5,1)") from None
     vals = [round(v, 10) for v in vals]
     bad = [v for v in vals if not 0.0 <= v <= 1.0]
     if not vals or bad:
-        raise ValueError(f"alphas must be in [0, 1]; got {text!r}")
+        raise ValueError(f"alphas must be in [0, 1]; got {shown!r}")
     return tuple(vals)
 
 

@@ -54,6 +54,13 @@ def test_parse_alphas():
     for bad in ["0:2:3", "0:1", "", "1.5"]:
         with pytest.raises(ValueError):
             parse_alphas(bad)
+    # Malformed text names the expected forms, not Python's float() message (a page user's input).
+    for bad in ["a:b:c", "x,1", "0:1:z"]:
+        with pytest.raises(ValueError, match=r"use start:stop:count \(e.g. 0:1:11\) or a comma list") as err:
+            parse_alphas(bad)
+        assert "could not convert" not in str(err.value) and "invalid literal" not in str(err.value)
+    with pytest.raises(ValueError, match="count must be between 1 and 100000"):
+        parse_alphas("0:1:1000000")
 
 
 def test_from_alpha_endpoints_and_shares():
