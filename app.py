@@ -21,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         launch(args)
-    except ExecutorError as exc:      # Ray missing or unreachable: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+    # A bad manifest or flag value, Ray missing or unreachable: one line, no traceback.
+    except (ExecutorError, ValueError, KeyError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     return 0
 

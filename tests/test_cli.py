@@ -125,3 +125,17 @@ def test_bench_prints_both_paths_and_the_ratio_last(tiny_zoo, capsys):
     assert int(steps.split()[2]) >= int(floor.split(": ")[1]) > 0
     bound = next(l for l in lines if "plain path / floor" in l)
     assert float(bound.rsplit("= ", 1)[1].rstrip("x")) > 0
+
+
+def test_app_entry_answers_a_bad_manifest_in_one_line(tmp_path, capsys) -> None:
+    """``python app.py --manifest missing.toml``: one ``error:`` line, exit 2, no traceback."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("app_entry", Path(__file__).resolve().parents[1] / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.main(["--manifest", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: manifest ") and "does not exist" in err and "\n" not in err
+    assert "Traceback" not in err
