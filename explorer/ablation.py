@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .bootstrap import hypervolume_intervals
-from .compare import calibration_options
+from .compare import calibration_options, point_flags
 from .config import AttackSpec, EvalSpec, MergeSpec
 from .merging import get_method
 
@@ -50,23 +50,6 @@ def frontier(engine: Any, natural: str, robust: str, method: str, alphas: Sequen
         log.info("%s %s alpha=%.2f clean=%.3f robust=%.3f", method, dict(options), alpha,
                  rows[-1]["clean_acc"], rows[-1]["robust_acc"])
     return rows
-
-
-def point_flags(engine: Any, rows: Sequence[dict]) -> list[tuple]:
-    """The per-image (clean, robust) flags of each row, from the engine's store.
-
-    Raises:
-        ValueError: the engine has no store or a point's flags are missing.
-    """
-    if engine.store is None:
-        raise ValueError("hypervolume intervals need the per-image flags: run with a store")
-    out = []
-    for r in rows:
-        f = engine.store.flags(r["key"])
-        if f is None:
-            raise ValueError(f"point {r['key'][:12]} has no per-image flags in the store")
-        out.append(f)
-    return out
 
 
 def run_ablation(engine: Any, natural: str, robust: str, alphas: Sequence[float], attack: AttackSpec,
