@@ -27,15 +27,15 @@ from tqdm.auto import tqdm
 from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .data import get_task
-from .evaluate import AdversarialBank, EvalResult, evaluate
-from .intervals import with_intervals
+from .evaluate import AdversarialBank, evaluate
 from .finite import InvalidPointError, check_merged
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
-from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec, get_method,
+from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec,
                       merge_coefficients, method_version, validate_spec)
 from .resident import (Vector, constant_coefficients, flat_digest, load_base, load_vector, text_segments,
                        vector_from_tensors)
+from .points import failed_row, point_row, sweep_grid
 from .store import Store
 from .zeroshot import ZeroShotClassifier
 from .zoo import Manifest, ModelEntry, create_model, load_manifest
@@ -52,7 +52,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["Engine", "Vector", "default_device", "flat_digest", "point_row"]
+__all__ = ["Engine", "Vector", "default_device", "flat_digest"]
 
 
 class Engine:
@@ -367,63 +367,3 @@ class Engine:
             if on_point is not None:
                 on_point(row)
             yield row
-
-
-def sweep_grid(spec: SweepSpec) -> list[MergeSpec]:
-    """The merges of a sweep, alpha x keep x method in that nesting, each canonical and once.
-
-    Shared by ``Engine.sweep`` and the executors (``explorer.executors``), so every executor
-    runs the same points under the same store keys.
-    """
-    n_nat, n_rob = len(spec.natural), len(spec.robust)
-    grid: list[MergeSpec] = []
-    seen: set[MergeSpec] = set()
-    unused = sorted({k for k, _ in spec.options} - {o for m in spec.methods for o in get_method(m).options})
-    if unused:
-        raise ValueError(f"no method of the sweep ({', '.join(spec.methods)}) has option {', '.join(unused)}")
-    for m in spec.methods:
-        opts = tuple((key, v) for key, v in spec.options if key in get_method(m).options)
-        for k in spec.keeps:
-            for a in spec.alphas:
-                ms = canonical_spec(MergeSpec.from_alpha(a, n_nat, n_rob, spec.scale, method=m, keep=k,
-                                                         scope=spec.scope, seed=spec.merge_seed, options=opts))
-                if ms not in seen:
-                    seen.add(ms)
-                    grid.append(ms)
-    return grid
-
-
-def point_row(res: EvalResult, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
-              natural: Sequence[str], robust: Sequence[str], base: str, key: str, *,
-              seconds: float, merge_seconds: float, device: str) -> dict[str, Any]:
-    """The JSON row of one point: accuracies with their Wilson 95% intervals (``clean_ci``,
-    ``robust_ci`` = [lo, hi]), the full config, attack label, timings."""
-    return with_intervals({
-        "method": spec.method, "alpha": spec.alpha, "keep": spec.keep, "scope": spec.scope,
-        "lambdas": list(spec.lambdas), "clean_acc": res.clean_acc, "robust_acc": res.robust_acc,
-        "attack": attack.label, "attack_name": attack.name, "eps": attack.eps, "norm": attack.norm,
-        "n": res.n, "seed": attack.seed, "eval_seed": ev.seed, "task": ev.task, "split": ev.split,
-        "base": base, "natural": list(natural), "robust": list(robust),
-        "seconds": round(seconds, 4), "merge_seconds": round(merge_seconds, 5),
-        "attack_seconds": round(res.seconds.get("attack", 0.0), 4),
-        "n_reused": res.n_reused, "n_attacked": res.n_attacked, "cached": False, "key": key,
-        "code_version": CODE_VERSION, "device": device,
-        "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
-    })
-
-
-def failed_row(exc: Exception, spec: MergeSpec, attack: AttackSpec, ev: EvalSpec, natural: Sequence[str],
-               robust: Sequence[str], base: str) -> dict[str, Any]:
-    """The row of a point that has no accuracy: its settings, ``failed: True`` and the ``error``.
-
-    ``clean_acc`` and ``robust_acc`` are None (JSON null), never a number; nothing is stored.
-    """
-    return {
-        "method": spec.method, "alpha": spec.alpha, "keep": spec.keep, "scope": spec.scope,
-        "lambdas": list(spec.lambdas), "clean_acc": None, "robust_acc": None, "clean_ci": None,
-        "robust_ci": None, "attack": attack.label, "attack_name": attack.name, "eps": attack.eps, "norm": attack.norm,
-        "n": ev.n, "seed": attack.seed, "eval_seed": ev.seed, "task": ev.task, "split": ev.split,
-        "base": base, "natural": list(natural), "robust": list(robust), "cached": False,
-        "failed": True, "error": str(exc), "code_version": CODE_VERSION,
-        "config": {"merge": spec.to_dict(), "attack": attack.to_dict(), "eval": ev.to_dict()},
-    }

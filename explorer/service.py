@@ -23,10 +23,10 @@ from .attacks import AttackCancelled, find_attack, run_attack
 from .attacks.stages import STAGES
 from .background import BackgroundSweep
 from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .engine import Engine, sweep_grid
-from .images import (DEFAULT_MAX_PIXELS, ImageError, encode_png, image_to_tensor, read_image,
-                     tensor_to_image)
+from .engine import Engine
+from .images import DEFAULT_MAX_PIXELS, image_to_tensor, read_image, tensor_to_image
 from .executors import Executor, LocalExecutor, PointJob, check_executor_options, make_executor, sweep_jobs
+from .points import sweep_grid
 from .jobs import Limits
 from .serving import Serving
 from .store import Store

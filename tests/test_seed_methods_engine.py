@@ -91,7 +91,7 @@ def test_spectral_methods_on_the_real_layout(engine, method):
 
 def test_sweep_options_reach_the_methods_that_declare_them():
     from explorer.config import SweepSpec, parse_options
-    from explorer.engine import sweep_grid
+    from explorer.points import sweep_grid
     parsed = parse_options("kappa=2, q=0.05, q_scope=global,")
     assert parsed == (("kappa", 2), ("q", 0.05), ("q_scope", "global"))
     assert parse_options("") == ()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from ..engine import sweep_grid
+from ..points import sweep_grid
 from ..zoo import Manifest
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..attacks import AttackCancelled
-from ..engine import Engine, failed_row
+from ..engine import Engine
+from ..points import failed_row
 from ..finite import InvalidPointError
 from ..merging import canonical_spec
 from ..zoo import Manifest
@@ -22,7 +23,7 @@ class LocalExecutor:
 
     The engine's own store (if any) serves known points and records new ones, exactly as
     ``Engine.sweep`` does; a point whose merge or logits are invalid comes back as a failure row
-    (``engine.failed_row``, nothing stored) and the jobs after it still run.
+    (``points.failed_row``, nothing stored) and the jobs after it still run.
 
     Args:
         engine: the resident engine (its manifest, base, device and store are used as they are).

@@ -17,7 +17,8 @@ import ray
 import torch
 
 from ..attacks import AttackCancelled
-from ..engine import Engine, failed_row
+from ..engine import Engine
+from ..points import failed_row
 from ..finite import InvalidPointError
 from ..merging import canonical_spec
 from ..zoo import Manifest, ModelEntry
