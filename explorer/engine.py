@@ -168,7 +168,8 @@ class Engine:
                                  names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
             coeffs = merge_coefficients(inputs, spec)
             del inputs
-        apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta)
+        apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta,
+                           untouched=[v.untouched for v in vecs])
         # Before anything reads the weights (twins, text head, an attack): no NaN, no negative variance.
         check_merged(self.theta, self.layout.keys, self.layout.segments, spec.lambdas,
                      what=f"{spec.method} merge of {', '.join(names)}")

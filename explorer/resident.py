@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import MergeSpec
+from .merging.untouched import Untouched, find_untouched
 from .taskvec import FlatLayout, bind_flat
 from .zoo import ModelEntry, fit_weights
 from .zoo.flatload import LoadReport, check_fits, load_flat
@@ -48,6 +49,8 @@ class Vector:
     touches_text: bool
     pre: torch.Tensor = field(repr=False)
     report: LoadReport | None = field(default=None, repr=False)
+    # Where ft == pre (found once at load; ``merging.untouched``): lets a merge skip comparing.
+    untouched: Untouched | None = field(default=None, repr=False)
 
     @property
     def tau(self) -> torch.Tensor:
@@ -93,8 +96,7 @@ def load_vector(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout
     check_fits(layout.numel * 4, pre.device, f"loading {entry.name!r}")
     ft = torch.empty_like(pre)
     report = load_flat(entry, reference, layout, ft, fill=pre, cache_dir=cache_dir)
-    touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
-    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre, report)
+    return _vector(entry, ft, pre, layout, text_segments, report)
 
 
 def vector_from_tensors(entry: ModelEntry, tensors: Mapping[str, torch.Tensor],
@@ -111,8 +113,14 @@ def vector_from_tensors(entry: ModelEntry, tensors: Mapping[str, torch.Tensor],
     for key, (a, b) in zip(layout.keys, layout.segments):
         if key in sd:
             ft[a:b].copy_(sd[key].reshape(-1))
+    return _vector(entry, ft, pre, layout, text_segments, None)
+
+
+def _vector(entry: ModelEntry, ft: torch.Tensor, pre: torch.Tensor, layout: FlatLayout,
+            text_segments: Sequence[tuple[int, int]], report: LoadReport | None) -> Vector:
     touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
-    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre)
+    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre, report,
+                  find_untouched(pre, ft, layout.segments))
 
 
 def text_segments(layout: FlatLayout) -> list[tuple[int, int]]:

@@ -71,7 +71,8 @@ def merge_and_copy(engine: Engine, names: list[str], spec: MergeSpec, reps: int 
     coeffs = constant_coefficients(spec)
     if coeffs is None:
         raise ValueError("merge_and_copy measures constant-coefficient merges (task arithmetic)")
-    fts = [engine.vector(n).ft for n in names]
+    vecs = engine.vectors(names)
+    fts, untouched = [v.ft for v in vecs], [v.untouched for v in vecs]
     best_copy = best_merge = float("inf")
     for _ in range(reps):
         _sync(engine.device)
@@ -80,7 +81,7 @@ def merge_and_copy(engine: Engine, names: list[str], spec: MergeSpec, reps: int 
         _sync(engine.device)
         best_copy = min(best_copy, time.perf_counter() - t)
         t = time.perf_counter()
-        apply_coefficients(engine.pre, fts, coeffs, out=engine.theta)
+        apply_coefficients(engine.pre, fts, coeffs, out=engine.theta, untouched=untouched)
         _sync(engine.device)
         best_merge = min(best_merge, time.perf_counter() - t)
     return best_merge, best_copy
