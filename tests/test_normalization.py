@@ -75,3 +75,22 @@ def test_merging_different_declarations_is_refused(engine, manifest_path, capsys
                  "--alphas", "0,1", "--attack", "none", "--n", "16", "--no-store"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot merge vectors with different input normalisations")
+
+
+def test_calibration_sees_the_vectors_declared_normalisation(engine):
+    """Data-aware methods (stability, PISTOLE, VTVC) calibrate on the same function the point is
+    evaluated with: the vectors' normalisation, not the base's; their cache keys say which."""
+    from explorer.calibrate.batch import FlatModel
+    from explorer.calibrate.cache import vector_identity
+
+    x, _ = get_task("shapes").load("test", 8, 0)
+    names = ["tecoa_in", "fare_in"]
+    engine.merge(names, MergeSpec(lambdas=(0.5, 0.5)))
+    with torch.no_grad():
+        got = FlatModel(engine, "shapes", names)(engine.theta, x)
+        want = engine.classifier("shapes", "imagenet")(x)
+        base_norm = FlatModel(engine, "shapes", ["tecoa", "fare"])(engine.theta, x)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert (got - base_norm).abs().max() > 1e-2
+    assert vector_identity(engine, names)[0] == {"base": engine.base_digest, "normalize": "imagenet"}
+    assert vector_identity(engine, ["tecoa", "fare"])[0] == {"base": engine.base_digest}   # old keys hold

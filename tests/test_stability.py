@@ -124,8 +124,8 @@ def test_scores_cached_reused_deterministic_and_train_split_only(engine, monkeyp
     cache = engine.calibration.kind("stability")
     cache.memory.clear()
 
-    def spy(name):
-        task = real(name)
+    def spy(name, preprocess=None):
+        task = real(name, preprocess=preprocess)
         return type("T", (), {"load": lambda self, split, n, seed: (splits.append(split), task.load(split, n, seed))[1]})()
     monkeypatch.setattr(calib_batch, "get_task", spy)
     names = ["natural", "robust"]

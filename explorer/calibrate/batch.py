@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ def calibration_batch(host: CalibrationHost, settings: CalibSettings) -> tuple[T
     Shape:
         returns x ``[n, 3, H, W]`` in [0, 1] and y ``[n]`` int64, on the host's device.
     """
-    x, y = get_task(settings.task).load(CALIBRATION_SPLIT, settings.n, settings.seed)
+    x, y = get_task(settings.task, preprocess=host.preprocess_cfg()).load(CALIBRATION_SPLIT, settings.n, settings.seed)
     return x.to(host.device), y.to(host.device)
 
 
@@ -74,8 +74,8 @@ class FlatModel:
         -> logits ``[B, n_classes]``.
     """
 
-    def __init__(self, host: CalibrationHost, task: str) -> None:
-        clf = host.classifier(task)
+    def __init__(self, host: CalibrationHost, task: str, names: Sequence[str]) -> None:
+        clf = host.classifier(task, host.normalization(names))   # the vectors' declared normalisation
         self.host, self.clf = host, clf
         self.n_classes, self.n_templates = len(clf.classnames), len(clf.templates)
         prompts = [t.format(c) for c in clf.classnames for t in clf.templates]

@@ -40,9 +40,12 @@ def scores_dir() -> Path:
 
 
 def vector_identity(host: CalibrationHost, names: Sequence[str]) -> list[dict[str, str]]:
-    """Digest and role of each named vector (what a score depends on), plus the base's digest."""
-    return [{"base": host.base_digest}] + [{"digest": host.vector(n).digest,
-                                            "role": host.vector(n).role} for n in names]
+    """Digest and role of each named vector (what a score depends on), plus the base's digest
+    and, when it is not CLIP's (keys computed before it was named stay valid), the input
+    normalisation the vectors are evaluated with."""
+    normalize = host.normalization(names)
+    head = {"base": host.base_digest, **({"normalize": normalize} if normalize != "clip" else {})}
+    return [head] + [{"digest": host.vector(n).digest, "role": host.vector(n).role} for n in names]
 
 
 class ScoreCache:

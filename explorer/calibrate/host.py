@@ -47,7 +47,11 @@ class CalibrationHost(Protocol):
     tokenizer: Callable[[list[str]], Tensor]
     manifest: DefaultsView
 
-    def classifier(self, task: str) -> ClassifierView: ...
+    def classifier(self, task: str, normalize: str | None = None) -> ClassifierView: ...
+
+    def normalization(self, names: Sequence[str]) -> str: ...   # the vectors' declared input normalisation
+
+    def preprocess_cfg(self) -> dict: ...   # the model's open_clip eval preprocessing (size, resize)
 
     def vector(self, name: str) -> VectorView: ...
 

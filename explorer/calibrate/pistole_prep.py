@@ -71,7 +71,7 @@ def compute_scores(host: CalibrationHost, names: Sequence[str],
     """``{"grad_i": (N,) float32 per vector, "cost": float64 [forward, backward, seconds]}``."""
     calib = CalibSettings(**settings["calib"])
     segments = vision_segments(host.layout.keys, host.layout.segments)
-    fm = FlatModel(host, calib.task)
+    fm = FlatModel(host, calib.task, names)
     x, y = calibration_batch(host, calib)
 
     def run(cost: Cost) -> dict[str, Tensor]:

@@ -72,7 +72,7 @@ def compute_scores(host: CalibrationHost, names: Sequence[str], settings: dict[s
     for lam, v in zip(lams, vecs):
         theta.add_(v.tau, alpha=lam)
     rho = settings["traj_radius"] * float((theta - host.pre).norm())
-    fm = FlatModel(host, calib.task)
+    fm = FlatModel(host, calib.task, names)
     x, y = calibration_batch(host, calib)
     steps, logp0 = [], None
     for t in range(settings["traj_steps"] + 1):

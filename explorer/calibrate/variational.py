@@ -70,7 +70,7 @@ def infer_posterior(host: CalibrationHost, names: Sequence[str], settings: dict[
     blocks = block_index(host.layout.keys, settings["blocks"])
     V, B = len(vecs), max(blocks) + 1
     taus = torch.stack([v.tau for v in vecs])
-    fm = FlatModel(host, calib.task)
+    fm = FlatModel(host, calib.task, names)
     x, _ = calibration_batch(host, calib)
     anchor = host.pre + (lams[:, None] * taus).sum(0)
     with torch.no_grad():
