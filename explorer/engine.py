@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .activation import BatchPlan, budget_for, plan_batch
 from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from .data import get_task
@@ -63,7 +64,13 @@ class Engine:
         base: manifest name of the pretrained model (default: the manifest's default).
         device: ``"cuda"``/``"cpu"`` (default: cuda when available).
         store: results store (default: none, nothing persisted).
-        batch_size: evaluation/attack batch size.
+        batch_size: the most images per evaluation/attack batch (default 256 on CPU, 512 on
+            CUDA); the batch used is smaller where autograd's saved activations of that many
+            images would exceed ``activation_budget`` (``batch_plan``; results do not depend on it
+            for the preview attacks, which seed every image by its id).
+        activation_budget: bytes of saved activations one attack batch may hold (default
+            ``activation.BUDGETS``: 256 MiB on CPU, 1 GiB on CUDA; a constant per device type, so
+            a point's batch, hence its AutoAttack numbers, never depend on free memory).
         fast_attack: compute attack gradients on an ``AttackTwin`` (BatchNorm folded,
             channels-last) where the tower has one; proofs are still checked on the model.
         precision: ``"tf32"`` (default) lets CUDA matmuls/convolutions use TF32; ``"fp32"``
@@ -72,7 +79,8 @@ class Engine:
 
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
                  device: str | None = None, store: Store | None = None, batch_size: int | None = None,
-                 fast_attack: bool = True, precision: str = "tf32") -> None:
+                 fast_attack: bool = True, precision: str = "tf32",
+                 activation_budget: int | None = None) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
         self.device = torch.device(device or default_device())
@@ -83,6 +91,8 @@ class Engine:
             torch.backends.cudnn.allow_tf32 = precision == "tf32"
         self.store = store
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
+        self.activation_budget = activation_budget or budget_for(self.device)
+        self._plans: dict[tuple, BatchPlan] = {}
         entry = self.manifest.get(self.base)
         model, self.tokenizer = create_model(entry)
         # At the memory floor (explorer.resident): meta reference, flat pre + theta, the model's
@@ -262,6 +272,17 @@ class Engine:
         from open_clip import get_model_preprocess_cfg
         return dict(get_model_preprocess_cfg(self.model))
 
+    def batch_plan(self, ev: EvalSpec, normalize: str | None = None, attacked: bool = True) -> BatchPlan:
+        """The batch for ``ev``'s images: measured once per (task, normalize, attacked, image
+        shape) on the network the attack differentiates (``activation.plan_batch``)."""
+        normalize = normalize or self.manifest.get(self.base).normalize
+        x = self.eval_data(ev)[0]
+        key = (ev.task, normalize, attacked, tuple(x.shape[1:]))
+        if key not in self._plans:
+            net = (self.attack_model(ev.task, normalize) if attacked else None) or self.classifier(ev.task, normalize)
+            self._plans[key] = plan_batch(net, x, self.activation_budget, self.batch_size)
+        return self._plans[key]
+
     def bank(self, ev: EvalSpec, attack: AttackSpec) -> AdversarialBank:
         """Adversarial examples found so far on this eval set under this norm (all radii)."""
         key = (ev.task, ev.split, ev.n, ev.seed, attack.norm)
@@ -315,7 +336,7 @@ class Engine:
         x, y = self.eval_data(ev)
         attacked = attack.name != "none" and attack.eps > 0
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
-                       batch_size=self.batch_size, progress=progress,
+                       batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
                        attack_model=self.attack_model(ev.task, normalize) if attacked else None,
                        should_stop=should_stop)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,

@@ -91,8 +91,8 @@ class AdversarialBank:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted labels. Shape: x [N,3,H,W] in [0,1] -> [N] int64 (on x's device).
 
-    Batches are padded to a multiple of ``BUCKET`` rows (repeats of a real row; each row's
-    prediction is its own), so the few batch shapes seen reuse their kernels.
+    Batches are padded to a multiple of ``BUCKET`` rows, at most ``batch_size`` (repeats of a
+    real row; each row's prediction is its own), so the few batch shapes seen reuse their kernels.
 
     Raises:
         NonFiniteLogitsError: the model returned NaN/inf logits (argmax would call them class 0).
@@ -100,7 +100,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     out = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
-        rows = bucketed(torch.arange(len(xb), device=x.device))
+        rows = bucketed(torch.arange(len(xb), device=x.device), limit=batch_size)
         logits = model(xb[rows] if len(rows) > len(xb) else xb)[:len(xb)]
         check_finite_logits(logits, offset=i, total=x.shape[0])
         out.append(logits.argmax(1))
@@ -170,7 +170,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     t0 = time.perf_counter()
     if checks:
         with torch.no_grad():
-            check_logits(model(x[: min(8, x.shape[0])]))
+            check_logits(model(x[: min(8, batch_size, x.shape[0])]))
     pred = predict(model, x, batch_size)
     correct = pred == y
     t1 = time.perf_counter()
@@ -180,7 +180,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     if attack.name != "none" and attack.eps > 0 and bool(correct.any()):
         net = model if attack_model is None else attack_model
         if checks:   # on the function whose gradients the attack follows
-            check_gradients(net, x[correct][:8], y[correct][:8])
+            check_gradients(net, x[correct][:min(8, batch_size)], y[correct][:min(8, batch_size)])
         todo = correct.nonzero().flatten()
         for bx, has in (bank.candidates(attack) if bank is not None else []):
             cand = todo[has[todo]]

@@ -11,7 +11,8 @@ On the synthetic fixture (``zoo.synth``; random weights, accuracies meaningless)
 - merge seconds per point (the weight write alone) against a bandwidth floor from the same run:
   ``(2 + k)`` model sizes moved (pre and k fine-tunes read, theta written) at the bandwidth of a
   model-size tensor copy timed alternately with the merge;
-- forward+backward seconds per image, and the engine against the plain path on the same points.
+- the attack batch the engine chose from its activation budget (``activation``) and the
+  forward+backward seconds per image at that batch; the engine against the plain path on the same points.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 GiB = 2 ** 30
 NATURAL, ROBUST = "natural", "robust"          # k = 2: full safetensors + wrapped visual-only .pt
 OTHER_LAYOUTS = ("natural_bin", "natural_hub", "robust_raw", "robust_fp16")
-BATCH = 8     # attack batch: ViT-B/32 activations for forward+backward ~0.2 GiB at 8 images
 
 
 def _status_kib(field: str) -> int:
@@ -96,7 +96,7 @@ def measure_engine(manifest_path: Path, device: str, alphas: tuple[float, ...], 
         torch.cuda.reset_peak_memory_stats(dev)
     cuda0 = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
     t = time.perf_counter()
-    engine = Engine(load_manifest(manifest_path), device=device, store=None, batch_size=min(ev.n, BATCH))
+    engine = Engine(load_manifest(manifest_path), device=device, store=None)   # its own batch choice
     loads = {engine.base: (time.perf_counter() - t, engine.base_report)}
     for name in (NATURAL, ROBUST):
         t = time.perf_counter()
@@ -108,7 +108,8 @@ def measure_engine(manifest_path: Path, device: str, alphas: tuple[float, ...], 
     rows = list(engine.sweep(spec, progress=False, use_bank=False))
     sweep_s = time.perf_counter() - t
     out = {"rss_before": rss0, "rss_peak": peak_rss(), "rows": rows, "sweep_seconds": sweep_s,
-           "params": engine.layout.numel, "device": str(engine.device)}
+           "params": engine.layout.numel, "device": str(engine.device),
+           "plan": engine.batch_plan(ev, attacked=attack.name != "none" and attack.eps > 0)}
     if dev.type == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated(dev) - cuda0
     timed = [merge_and_copy(engine, [NATURAL, ROBUST], MergeSpec.from_alpha(a)) for a in alphas]
@@ -124,7 +125,7 @@ def measure_engine(manifest_path: Path, device: str, alphas: tuple[float, ...], 
     out["loads"] = loads
     from .bench import step_seconds
     net = engine.attack_model(ev.task) or engine.classifier(ev.task)
-    out["step_seconds"] = step_seconds(net, *engine.eval_data(ev), batch=min(ev.n, 16), reps=3)
+    out["step_seconds"] = step_seconds(net, *engine.eval_data(ev), batch=out["plan"].batch, reps=3)
     del engine, net
     gc.collect()
     return out
@@ -164,7 +165,10 @@ def format_report(r: dict, arch: str) -> list[str]:
         lines.append(f"  alpha={row['alpha']:.2f}  clean={row['clean_acc']:.3f} robust={row['robust_acc']:.3f}  "
                      f"point {row['seconds']:.2f} s, weight merge {m * 1e3:.1f} ms")
     lines.append("  (load = file read + digest; the base's also creates the architecture)")
-    lines.append(f"forward+backward: {r['step_seconds'] * 1e3:.2f} ms per image")
+    plan = r["plan"]
+    lines.append(f"attack batch: {plan.batch} images (the engine's choice: {plan.per_image / 2 ** 20:.1f} MiB of "
+                 f"saved activations per image, budget {plan.budget / 2 ** 20:.0f} MiB)")
+    lines.append(f"forward+backward: {r['step_seconds'] * 1e3:.2f} ms per image at batch {plan.batch}")
     if "plain_rows" in r:
         lines.append(f"engine: {r['sweep_seconds']:.2f} s for {len(r['rows'])} points (after loading); "
                      f"plain path: {r['plain_seconds']:.2f} s (loads every point)")

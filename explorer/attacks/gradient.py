@@ -37,9 +37,12 @@ def check_stop(should_stop: Callable[[], bool] | None) -> None:
 BUCKET = 16
 
 
-def bucketed(idx: torch.Tensor) -> torch.Tensor:
-    """``idx`` padded with repeats of its first entry to a multiple of ``BUCKET`` entries."""
+def bucketed(idx: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+    """``idx`` padded with repeats of its first entry to a multiple of ``BUCKET`` entries, but
+    to no more than ``limit`` entries (the caller's batch: padding never exceeds its memory)."""
     pad = (-len(idx)) % BUCKET
+    if limit is not None:
+        pad = max(0, min(pad, limit - len(idx)))
     return torch.cat([idx, idx[:1].expand(pad)]) if pad and len(idx) else idx
 
 
@@ -133,7 +136,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
     active = torch.arange(len(x), device=x.device)
     for _ in range(steps):
         check_stop(should_stop)
-        rows = bucketed(active)
+        rows = bucketed(active, limit=len(x))
         xa = x_adv[rows].clone().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xa)

@@ -1,0 +1,82 @@
+"""The attack batch from an activation budget (explorer.activation) on a tiny real ViT: the
+measured bytes, the batch within the budget, no forward beyond it, and numbers that do not
+depend on it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.activation import BUDGETS, MiB, batch_for, budget_for, bytes_per_image, saved_bytes
+from explorer.attacks.gradient import BUCKET, bucketed
+from explorer.attacks.safety import AttackModel, attack_context
+from explorer.config import AttackSpec, EvalSpec, MergeSpec
+from explorer.engine import Engine
+from explorer.store import Store
+
+EV = EvalSpec("shapes", n=40, seed=3)
+PGD = AttackSpec("pgd-3", 16 / 255, seed=1)   # here: 4 of 40 clean-correct, 1 survives
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_zoo) -> Engine:
+    return Engine(tiny_zoo, device="cpu", store=None)
+
+
+def test_per_image_bytes_are_the_growth_of_what_autograd_saves(engine):
+    clf = engine.classifier("shapes")
+    x = engine.eval_data(EV)[0]
+    per = bytes_per_image(clf, x)
+    # At least the input the first layer saves (3 x 32 x 32 float32 after resizing).
+    assert per >= 3 * 32 * 32 * 4
+    net = AttackModel(clf)
+    with attack_context(net):       # frozen parameters, as in an attack
+        one, three = saved_bytes(net, x[:1]), saved_bytes(net, x[:3])
+    assert three - one == 2 * per   # linear in the batch: what grows is per image
+    assert engine.batch_plan(EV).per_image == per
+
+
+def test_batch_for_respects_budget_cap_and_buckets():
+    assert batch_for(10, 35, 256) == 3
+    assert batch_for(10, 5, 256) == 1                  # one image even over budget
+    assert batch_for(1, 10 ** 9, 256) == 256           # the configured batch caps it
+    assert batch_for(10, 10 * (2 * BUCKET + 5), 256) == 2 * BUCKET   # a multiple of BUCKET
+    assert batch_for(10, 10 * 20, 20) == 20            # ... unless the cap is smaller
+    assert budget_for("cpu") == BUDGETS["cpu"] == 256 * MiB and budget_for("cuda:1") == BUDGETS["cuda"]
+
+
+def test_bucket_padding_never_exceeds_the_batch():
+    assert len(bucketed(torch.arange(5))) == BUCKET
+    assert len(bucketed(torch.arange(5), limit=7)) == 7
+    assert len(bucketed(torch.arange(BUCKET + 1), limit=BUCKET + 3)) == BUCKET + 3
+    assert len(bucketed(torch.arange(9), limit=9)) == 9
+
+
+def test_engine_batch_fits_the_budget_and_no_forward_exceeds_it(tiny_zoo):
+    per = Engine(tiny_zoo, device="cpu").batch_plan(EV).per_image
+    eng = Engine(tiny_zoo, device="cpu", activation_budget=3 * per + per // 2)
+    plan = eng.batch_plan(EV)
+    assert plan.batch == 3 and plan.batch * plan.per_image <= plan.budget < 4 * plan.per_image
+    rows: list[int] = []
+    hook = eng.model.visual.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    try:
+        eng.point(["natural"], ["robust"], MergeSpec.from_alpha(0.5), PGD, EV)
+    finally:
+        hook.remove()
+    assert rows and max(rows) <= 3
+
+
+def test_a_point_is_the_same_at_any_batch(tiny_zoo, tmp_path):
+    """Per-sample seeded attacks: budgeted batches give the numbers of one whole batch, bit for bit."""
+    flags = []
+    for budget, cap, batch in ((None, None, 256), (1, None, 1), (None, 7, 7)):
+        store = Store(tmp_path / f"{batch}.db")
+        eng = Engine(tiny_zoo, device="cpu", store=store, activation_budget=budget, batch_size=cap)
+        row = eng.point(["natural"], ["robust"], MergeSpec.from_alpha(0.5), PGD, EV)
+        assert eng.batch_plan(EV).batch == batch
+        flags.append((row["clean_acc"], row["robust_acc"], *store.flags(row["key"])))
+    clean, robust = flags[0][2], flags[0][3]
+    assert clean.sum() > robust.sum() > 0    # the attack fooled some points, not all
+    for other in flags[1:]:
+        assert other[:2] == flags[0][:2]
+        assert np.array_equal(other[2], clean) and np.array_equal(other[3], robust)
