@@ -3,8 +3,9 @@
 On the synthetic fixture (``zoo.synth``; random weights, accuracies meaningless) it measures:
 
 - load seconds per checkpoint (each layout: safetensors, .bin, hf-hub, .pt wrapped and raw, fp16);
-- peak resident memory over load + sweep against the floor ``(2 + k) x`` the model's float32
-  bytes (theta_pre, the merged theta, one flat copy per vector), as ``memory / floor``, where
+- peak resident memory over load + sweep + one full attack batch's forward+backward against the
+  floor ``(2 + k) x`` the model's float32 bytes (theta_pre, the merged theta, one flat copy per
+  vector), as ``memory / floor``, where
   memory is the peak resident set minus the resident set before loading (the interpreter,
   torch and open_clip libraries), and the absolute peak against the bound ``1.25 x floor + 1 GiB``;
   on CUDA the same for device memory (peak allocated; nothing is resident before loading);
@@ -107,9 +108,14 @@ def measure_engine(manifest_path: Path, device: str, alphas: tuple[float, ...], 
     t = time.perf_counter()
     rows = list(engine.sweep(spec, progress=False, use_bank=False))
     sweep_s = time.perf_counter() - t
+    # Random weights are right on ~1 image in n_classes, so the sweep's attack may see fewer
+    # images than a batch: a full attack batch's forward+backward is timed inside the window.
+    from .bench import step_seconds
+    plan = engine.batch_plan(ev, attacked=True)
+    net = engine.attack_model(ev.task) or engine.classifier(ev.task)
+    step_s = step_seconds(net, *engine.eval_data(ev), batch=plan.batch, reps=3)
     out = {"rss_before": rss0, "rss_peak": peak_rss(), "rows": rows, "sweep_seconds": sweep_s,
-           "params": engine.layout.numel, "device": str(engine.device),
-           "plan": engine.batch_plan(ev, attacked=attack.name != "none" and attack.eps > 0)}
+           "params": engine.layout.numel, "device": str(engine.device), "plan": plan, "step_seconds": step_s}
     if dev.type == "cuda":
         out["cuda_peak"] = torch.cuda.max_memory_allocated(dev) - cuda0
     timed = [merge_and_copy(engine, [NATURAL, ROBUST], MergeSpec.from_alpha(a)) for a in alphas]
@@ -123,9 +129,6 @@ def measure_engine(manifest_path: Path, device: str, alphas: tuple[float, ...], 
             del v
             engine.unload(name)
     out["loads"] = loads
-    from .bench import step_seconds
-    net = engine.attack_model(ev.task) or engine.classifier(ev.task)
-    out["step_seconds"] = step_seconds(net, *engine.eval_data(ev), batch=out["plan"].batch, reps=3)
     del engine, net
     gc.collect()
     return out
