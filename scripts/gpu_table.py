@@ -6,8 +6,9 @@ frontier <= 2 min. Every measurement prints (flushed) as soon as it exists, in t
 
 1. one-time costs: engine (base load + model build), the two vectors, eval data + text head,
    and the first point (CUDA/cuDNN warm-up);
-2. forward+backward ms per image at batch n, and from it the worst case of each target (every
-   image attacked for the attack's full cost; forward+backward alone, no attack overhead);
+2. the engine's attack batch (from its activation budget), forward+backward ms per image there
+   (and per step at the fixture's attacked batch), and from it the worst case of each target
+   (every image attacked for the attack's full cost; forward+backward alone, no attack overhead);
 3. each slider point (pgd-10, alphas 0.3..0.8) with its seconds;
 4. each frontier point (autoattack-fast, alphas 0..1) with its seconds, images attacked and
    image-steps, then ``finished: ...`` or ``not finished: N of 11 points in X s`` (the sweep
@@ -90,7 +91,7 @@ def setup(fixture: Path, device: str, n: int) -> tuple[Engine, EvalSpec]:
     t = time.perf_counter()
     eng = Engine(fixture / "manifest.toml", device=device, store=None)
     emit(f"one-time: engine (base load + model build) {time.perf_counter() - t:.2f} s; "
-         f"{eng.layout.numel / 1e6:.1f}M params, batch {eng.batch_size}")
+         f"{eng.layout.numel / 1e6:.1f}M params")
     for name in (*NAT, *ROB):
         t = time.perf_counter()
         eng.vector(name)
@@ -121,15 +122,19 @@ def describe(kind: str, row: dict, seconds: float) -> str:
 
 
 def measure_step(eng: Engine, ev: EvalSpec, tab: Table) -> None:
-    """Forward+backward per image at batch n (and per step at the batch a point attacks);
-    prints them and both worst cases."""
+    """Forward+backward per image at the engine's attack batch (and per step at the batch a
+    fixture point attacks); prints them and both worst cases."""
     row, s = timed_point(eng, ev, tab.slider_attack, 0.5)
     emit(describe("one-time: first point (warm-up)", row, s))
+    plan = eng.batch_plan(ev, eng.normalization([*NAT, *ROB]), attacked=True)
+    batch = min(plan.batch, ev.n)
+    emit(f"attack batch: {batch} images (the engine's plan {plan.batch}: {plan.per_image / 2 ** 20:.2f} MiB "
+         f"saved activations per image, budget {plan.budget / 2 ** 20:.0f} MiB)")
     net, data = attack_net(eng, ev), eng.eval_data(ev)
-    tab.step_s = step_seconds(net, *data, batch=ev.n, reps=3)
-    emit(f"forward+backward: {tab.step_s * 1e3:.4f} ms per image at batch {ev.n}")
+    tab.step_s = step_seconds(net, *data, batch=batch, reps=3)
+    emit(f"forward+backward: {tab.step_s * 1e3:.4f} ms per image at batch {batch}")
     small = row.get("n_attacked") or 0
-    if 0 < small < ev.n:   # the batch the fixture's attacks run at: per-step latency, not throughput
+    if 0 < small < batch:   # the batch the fixture's attacks run at: per-step latency
         step = step_seconds(net, *data, batch=small, reps=3)
         emit(f"forward+backward: {step * small * 1e3:.2f} ms per step at batch {small} "
              f"(the {small} images attacked at a point; {step * 1e3:.4f} ms per image)")
