@@ -83,6 +83,7 @@ class Table:
 
 
 def emit(line: str) -> None:
+    """Print one measured line at once (flushed: a later kill keeps it in the log)."""
     print(line, flush=True)
 
 
