@@ -434,3 +434,26 @@ def test_cached_random_starts_equal_fresh_draws(norm):
     assert torch.equal(gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 7, ids[1:2])[0], fresh[1])
     other_seed = gradient.random_start(torch.Size([1, 3, 4, 4]), 0.5, norm, 8, ids[1:2])[0]
     assert not torch.equal(other_seed, fresh[1])
+
+
+def test_a_stop_check_leaves_batchnorm_in_eval_mode(fast_stages):
+    """Page jobs pass ``should_stop``, which wraps the model once more for torchattacks' stages.
+    That wrapper must report eval mode: torchattacks calls ``model.train()`` afterwards on a
+    model that said it was training, which put every BatchNorm in training mode mid-attack (one
+    image: "Expected more than 1 value per channel when training"; more: batch statistics in the
+    predictions and running statistics overwritten). With or without the check, the same
+    adversarial batch and untouched BatchNorm buffers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        model[2].running_mean.uniform_(-0.1, 0.1)
+    x, y = make_data(model, 8, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    spec = AttackSpec("autoattack-fast", eps=8 / 255)
+    plain = run_attack(model, x, y, spec)
+    checked = run_attack(model, x, y, spec, should_stop=lambda: False)
+    one = run_attack(model, x[:1], y[:1], spec, should_stop=lambda: False)   # raised before the fix
+    assert torch.equal(plain, checked) and torch.equal(one, plain[:1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m.training for m in model.modules())

@@ -50,6 +50,10 @@ class AttackModel(nn.Module):
                 raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
             model = _CallableModule(model)
         self.net = model
+        # The wrapper reports its model's mode: torchattacks ends every attack with
+        # ``model.train()`` when the model it was given said it was training, which would put a
+        # model in eval mode (BatchNorm and all) into training mode mid-attack.
+        self.training = model.training
         if next(self.net.parameters(), None) is None:
             # torchattacks reads the device from the first parameter (and prints otherwise).
             self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
