@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import threading
@@ -162,6 +163,44 @@ def test_images_are_checked_before_decoding_and_errors_are_one_line(app, tiny_zo
     Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(ok)
     out = c.predict(*api_args(app, "inspect", image=handle_file(str(ok))), api_name="/inspect")
     assert "pgd-2 Linf eps=4/255" in text_of(out)
+
+
+def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_path: Path, capfd, caplog,
+                                                                       monkeypatch) -> None:
+    """A page user's bad input is not a server fault: one INFO line, no traceback on the console
+    (Gradio prints one for every gr.Error unless told not to). A real fault: its traceback, once."""
+    from explorer.ui.common import INTERNAL_ERROR
+    from explorer.ui.guard import IMAGE_REFUSED, uploaded_image
+
+    caplog.set_level(logging.INFO, logger="explorer.ui")
+    c = client(app)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    calls = [("inspect", dict(image=handle_file(str(corrupt)))), ("inspect", dict(classes="cat")),
+             ("preview_point", dict(eps="four")), ("sweep", dict(alphas="0:1:50000"))]
+    for api, change in calls:
+        err = error_of(lambda: c.predict(*api_args(app, api, **change), api_name="/" + api))
+        assert "\n" not in err and err != INTERNAL_ERROR
+    with pytest.raises(Exception) as info:    # a payload that is not an uploaded file, refused in preprocess
+        uploaded_image().preprocess({"url": "data:image/png;base64,AAAA"})
+    assert info.value.message == IMAGE_REFUSED and info.value.print_exception is False
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == len(calls) + 1
+    assert all(r.levelno == logging.INFO and not r.exc_info and "\n" not in r.getMessage() for r in refused)
+    caplog.clear()
+    # A real fault (here: the service breaks) keeps its traceback in the log, and shows nothing of it.
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire at /srv/secret")
+    monkeypatch.setattr(app.explorer_service, "decode_image", broken)
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(ok)
+    err = error_of(lambda: c.predict(*api_args(app, "inspect", image=handle_file(str(ok))), api_name="/inspect"))
+    assert err == INTERNAL_ERROR
+    faults = [r for r in caplog.records if r.exc_info]
+    assert len(faults) == 1 and isinstance(faults[0].exc_info[1], RuntimeError)
+    assert capfd.readouterr().err.count("Traceback") <= 1    # Gradio does not print a second one
 
 
 # ---------------------------------------------------------------------------- 3: runaway jobs

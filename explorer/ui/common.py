@@ -56,23 +56,35 @@ def one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+def user_error(message: object, where: str = "page") -> gr.Error:
+    """A page user's bad input as the page's one-line error, logged as one INFO line.
+
+    A bad input is not a server fault: Gradio prints a traceback for every ``gr.Error`` whose
+    ``print_exception`` is left True (``gradio.queueing``), so that is turned off here.
+    """
+    line = one_line(message)
+    log.info("%s refused: %s", where, line)
+    return gr.Error(line, print_exception=False)
+
+
 def readable_errors(fn: Callable) -> Callable:
     """Turn exceptions into one-line ``gr.Error`` messages (never a stack trace in the page).
 
-    User errors are ``ValueError``/``KeyError`` (the project's convention: their messages are
-    written for users); anything else is logged with its traceback and shown as one generic
-    line that reveals nothing of the server (no exception text, no type, no path).
+    User errors are ``gr.Error``/``ValueError``/``KeyError`` (the project's convention: their
+    messages are written for users): one INFO line in the log, no traceback (``user_error``).
+    Anything else is logged once with its traceback and shown as one generic line that reveals
+    nothing of the server (no exception text, no type, no path).
     Works for plain and generator handlers; keeps the signature (gradio reads it for
     ``gr.Progress``/``gr.Request`` parameters).
     """
     def to_error(exc: Exception) -> gr.Error:
         if isinstance(exc, gr.Error):
-            return gr.Error(one_line(exc.message))
+            return user_error(exc.message, fn.__name__)
         if isinstance(exc, (ValueError, KeyError)):
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            return gr.Error(one_line(msg))
+            return user_error(msg, fn.__name__)
         log.exception("handler %s failed", fn.__name__)
-        return gr.Error(INTERNAL_ERROR)
+        return gr.Error(INTERNAL_ERROR, print_exception=False)   # its traceback is logged just above
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)

@@ -19,6 +19,7 @@ import gradio as gr
 from ..config import AttackSpec
 from ..jobs import Job
 from ..service import Service
+from .common import user_error
 
 log = logging.getLogger(__name__)
 IMAGE_REFUSED = "Could not read the image: upload a PNG, JPEG, WebP, GIF, BMP or TIFF file."
@@ -70,7 +71,7 @@ def _path_only(payload: Any) -> str | None:
         return None
     path = getattr(payload, "path", None)
     if not path:   # base64 data URLs and remote URLs are not accepted as uploads
-        raise gr.Error(IMAGE_REFUSED)
+        raise user_error(IMAGE_REFUSED, "image upload")
     return str(path)
 
 
