@@ -131,6 +131,10 @@ class ZeroShotClassifier(nn.Module):
                  text_key: str | None = None, disk_cache: bool | None = None) -> None:
         super().__init__()
         self.model = model
+        # The wrapper reports the wrapped model's mode: a fresh Module says "training", and
+        # torchattacks restores a model that said so with a recursive .train(), which put every
+        # BatchNorm of an eval-mode model into training mode after the first attack.
+        self.training = model.training
         self.tokenizer = tokenizer
         self.classnames = tuple(classnames)
         self.templates = tuple(templates)

@@ -69,6 +69,31 @@ def test_fast_path_never_above_plain_path(engine, tiny_zoo):
         assert row["robust_acc"] <= plain.robust_acc
 
 
+def test_a_torchattacks_attack_leaves_every_batchnorm_in_eval_mode():
+    """The plain path's torchattacks restored the classifier's mode with a recursive .train()
+    (a fresh wrapper said "training"): its robust accuracy was then measured with BatchNorm on
+    batch statistics, and the running statistics moved (demo zoo, pgd-2, n = 16: plain 0.56 vs
+    the engine's 0.75 on the same images)."""
+    from explorer.bench import torchattacks_attack
+
+    from explorer.zoo import default_manifest_path, load_weights
+
+    manifest = load_manifest(default_manifest_path())          # a ResNet tower: BatchNorm
+    ref = plain_classifier(manifest, "pretrained", {}, EV.task).model.state_dict()
+    clf = plain_classifier(manifest, "pretrained", load_weights(manifest.get("tecoa"), ref), EV.task)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules())   # the fault needs one
+    assert not clf.training
+    from explorer.data import get_task
+    x, y = get_task(EV.task).load("test", 16, 0)
+    with torch.no_grad():
+        before = clf(x)
+    torchattacks_attack(clf, AttackSpec("pgd-2", eps=4 / 255), len(clf.classnames))(x[:8], y[:8])
+    assert not any(m.training for m in clf.modules())
+    with torch.no_grad():
+        assert torch.equal(clf(x), before)            # running statistics untouched
+        assert torch.allclose(clf(x[:3]), before[:3], atol=1e-5)   # each row its own (eval BatchNorm)
+
+
 def test_store_serves_reruns_and_interrupted_sweep_resumes(tiny_zoo, tmp_path):
     store = Store(tmp_path / "r.sqlite")
     spec = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust2",),
