@@ -6,11 +6,20 @@ the model's parameters are views into theta, checkpoints are read tensor by tens
 flat buffers (``zoo.flatload``), and a vector keeps only ``ft`` (``tau = ft - pre`` is made on
 demand, by the merge methods that read it). Keeping ft rather than tau is what keeps alpha = 0 / 1
 bit-exact: the merge evaluates ``(1 - sum c) pre + sum c ft`` (``merging.apply_coefficients``).
+
+Freed memory goes back to the OS after the base and after each vector (``release_freed_heap``:
+glibc's ``malloc_trim(0)``, a no-op elsewhere). glibc keeps freed blocks below its mmap threshold
+in the process heap, and the threshold rises to 32 MiB as soon as one large block is freed, so
+the model's random-init tensors (freed when theta is bound) and a loader's per-tensor scratch
+stayed resident: measured on ViT-B/32, 0.2 GiB over the floor after loading base + 2 vectors.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -86,6 +95,7 @@ def load_base(entry: ModelEntry, model: nn.Module, device: torch.device, cache_d
     for k, v in report.ints.items():      # integer buffers (BatchNorm counters) from the file
         if k in sd:
             sd[k].copy_(v)
+    release_freed_heap()                 # the random-init weights and the loader's scratch
     return reference, layout, pre, theta, report
 
 
@@ -96,7 +106,9 @@ def load_vector(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout
     check_fits(layout.numel * 4, pre.device, f"loading {entry.name!r}")
     ft = torch.empty_like(pre)
     report = load_flat(entry, reference, layout, ft, fill=pre, cache_dir=cache_dir)
-    return _vector(entry, ft, pre, layout, text_segments, report)
+    vec = _vector(entry, ft, pre, layout, text_segments, report)
+    release_freed_heap()
+    return vec
 
 
 def vector_from_tensors(entry: ModelEntry, tensors: Mapping[str, torch.Tensor],
@@ -133,3 +145,26 @@ def constant_coefficients(spec: MergeSpec) -> list[float] | None:
     if spec.method == "task_arithmetic" or (spec.method in _CONSTANT_AT_FULL_KEEP and spec.keep >= 1.0):
         return [float(lam) for lam in spec.lambdas]
     return None
+
+
+def release_freed_heap() -> bool:
+    """Return the C heap's freed pages to the OS: glibc ``malloc_trim(0)`` (module docstring).
+
+    Returns True when it ran (glibc), False elsewhere (musl, macOS, Windows: nothing to call).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
