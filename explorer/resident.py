@@ -7,19 +7,15 @@ flat buffers (``zoo.flatload``), and a vector keeps only ``ft`` (``tau = ft - pr
 demand, by the merge methods that read it). Keeping ft rather than tau is what keeps alpha = 0 / 1
 bit-exact: the merge evaluates ``(1 - sum c) pre + sum c ft`` (``merging.apply_coefficients``).
 
-Freed memory goes back to the OS after the base and after each vector (``release_freed_heap``:
-glibc's ``malloc_trim(0)``, a no-op elsewhere). glibc keeps freed blocks below its mmap threshold
-in the process heap, and the threshold rises to 32 MiB as soon as one large block is freed, so
-the model's random-init tensors (freed when theta is bound) and a loader's per-tensor scratch
-stayed resident: measured on ViT-B/32, 0.2 GiB over the floor after loading base + 2 vectors.
+Freed memory goes back to the OS after the base and after each vector
+(``heap.release_freed_heap``: glibc's ``malloc_trim(0)``, a no-op elsewhere): glibc keeps freed
+blocks under 32 MiB in the process heap, so the model's random-init tensors (freed when theta is
+bound) and the loaders' per-tensor scratch stayed resident, 0.2 GiB over the floor on ViT-B/32.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import logging
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import MergeSpec
+from .heap import release_freed_heap
 from .merging.untouched import Untouched, find_untouched
 from .taskvec import FlatLayout, bind_flat
 from .zoo import ModelEntry, fit_weights
@@ -145,26 +142,3 @@ def constant_coefficients(spec: MergeSpec) -> list[float] | None:
     if spec.method == "task_arithmetic" or (spec.method in _CONSTANT_AT_FULL_KEEP and spec.keep >= 1.0):
         return [float(lam) for lam in spec.lambdas]
     return None
-
-
-def release_freed_heap() -> bool:
-    """Return the C heap's freed pages to the OS: glibc ``malloc_trim(0)`` (module docstring).
-
-    Returns True when it ran (glibc), False elsewhere (musl, macOS, Windows: nothing to call).
-    """
-    libc = _glibc()
-    if libc is None:
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _glibc() -> ctypes.CDLL | None:
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None

@@ -13,6 +13,7 @@ from explorer.attacks.safety import AttackModel, attack_context
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
 from explorer.engine import Engine
 from explorer.store import Store
+from explorer.zeroshot import TEXT_UNITS, build_text_head, prompt_bytes
 
 EV = EvalSpec("shapes", n=40, seed=3)
 PGD = AttackSpec("pgd-3", 16 / 255, seed=1)   # here: 4 of 40 clean-correct, 1 survives
@@ -80,3 +81,22 @@ def test_a_point_is_the_same_at_any_batch(tiny_zoo, tmp_path):
     for other in flags[1:]:
         assert other[:2] == flags[0][:2]
         assert np.array_equal(other[2], clean) and np.array_equal(other[3], robust)
+
+
+def test_text_head_batches_by_budget_and_equals_one_batch(engine, monkeypatch):
+    model, tok = engine.model, engine.tokenizer
+    names, templates = [f"class {i}" for i in range(10)], ("a photo of a {}.", "a {}.", "art of a {}.")
+    assert prompt_bytes(model) == TEXT_UNITS * 12 * 32 * 4     # tiny tower: context 12, width 32
+    calls: list[int] = []
+    real = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda t: calls.append(len(t)) or real(t))
+    whole = build_text_head(model, tok, names, templates, budget=10 ** 12)
+    assert calls == [30]
+    calls.clear()
+    parts = build_text_head(model, tok, names, templates, budget=7 * prompt_bytes(model))
+    assert calls == [6] * 5                                  # 7 prompts fit: 2 whole classes
+    calls.clear()
+    build_text_head(model, tok, names, templates, budget=1)  # over budget: still one class
+    assert calls == [3] * 10
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)
+    assert torch.equal(parts.argmax(1), whole.argmax(1))

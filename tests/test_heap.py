@@ -1,4 +1,4 @@
-"""Freed heap goes back to the OS after loading (explorer.resident.release_freed_heap)."""
+"""Freed heap goes back to the OS after loading and after a text head (explorer.heap)."""
 from __future__ import annotations
 
 import gc
@@ -8,7 +8,7 @@ import platform
 import pytest
 import torch
 
-from explorer import resident
+from explorer import heap, resident
 from explorer.engine import Engine
 from explorer.scale_bench import _status_kib
 
@@ -25,7 +25,7 @@ def test_freed_heap_blocks_are_returned():
     del blocks
     gc.collect()
     before = _status_kib("VmRSS") * 1024
-    assert resident.release_freed_heap() is True
+    assert heap.release_freed_heap() is True
     after = _status_kib("VmRSS") * 1024
     assert before - after >= 100 * MiB, ((before - after) / MiB)
     assert float(keep.sum()) == MiB // 4
