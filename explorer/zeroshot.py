@@ -34,10 +34,10 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}
 DISK_MIN_PROMPTS = 1000    # heads of at least this many prompts are cached on disk (auto mode)
 # Activation bytes one prompt holds at the peak of a no-grad text-tower forward, in float32
 # [context_length, width] tensors. Measured on ViT-B/32's text tower (width 512, context 77, CPU):
-# peak resident over the weights 61 / 127 / 208 MiB at 15 / 30 / 60 prompts, 17-23 such tensors a
-# prompt (the MLP's 4 x width hidden before and after the GELU, q/k/v, the attention weights, and
-# glibc's reuse slack); 24 keeps a batch within its budget.
-TEXT_UNITS = 24
+# peak resident over the weights 61 / 127 / 208 / 343 MiB at 15 / 30 / 60 / 120 prompts, 26-29
+# such tensors a prompt at small batches (the MLP's 4 x width hidden before and after the GELU,
+# q/k/v, the attention weights, glibc's slack); 32 keeps a batch within its budget.
+TEXT_UNITS = 32
 
 
 def text_digest(model: nn.Module) -> str:
@@ -72,7 +72,7 @@ def build_text_head(
 
     Prompts go through the text tower in batches of whole classes, as many as fit ``budget``
     bytes of activations (``prompt_bytes`` each; default ``activation.budget_for`` the device:
-    256 MiB on CPU, e.g. 71 ViT-B/32 prompts where a fixed 1000 held ~2 GiB), at least one class;
+    128 MiB on CPU: 26 ViT-B/32 prompts, where a fixed 1000 held ~2 GiB), at least one class;
     each class's mean reads only its own prompts, so the batching changes the head by float
     rounding at most. A tqdm bar when ``progress``; freed heap goes back to the OS afterwards
     (``heap.release_freed_heap``). Shape: returns [n_classes, embed_dim], rows of unit norm.

@@ -43,7 +43,7 @@ def test_batch_for_respects_budget_cap_and_buckets():
     assert batch_for(1, 10 ** 9, 256) == 256           # the configured batch caps it
     assert batch_for(10, 10 * (2 * BUCKET + 5), 256) == 2 * BUCKET   # a multiple of BUCKET
     assert batch_for(10, 10 * 20, 20) == 20            # ... unless the cap is smaller
-    assert budget_for("cpu") == BUDGETS["cpu"] == 256 * MiB and budget_for("cuda:1") == BUDGETS["cuda"]
+    assert budget_for("cpu") == BUDGETS["cpu"] == 128 * MiB and budget_for("cuda:1") == BUDGETS["cuda"]
 
 
 def test_bucket_padding_never_exceeds_the_batch():
