@@ -30,6 +30,7 @@ from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, re
 from .data import get_task
 from .evaluate import AdversarialBank, evaluate
 from .finite import InvalidPointError, check_merged
+from .heap import release_freed_heap
 from .attack_twin import AttackTwin, make_twin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec,
@@ -339,6 +340,7 @@ class Engine:
                        batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
                        attack_model=self.attack_model(ev.task, normalize) if attacked else None,
                        should_stop=should_stop)
+        release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.heap)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
