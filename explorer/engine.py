@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .activation import BatchPlan, budget_for, plan_batch
+from .activation import BatchPlan, budget_for
 from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .data import get_task
+from .engine_inputs import EvalInputs
 from .evaluate import AdversarialBank, evaluate
 from .finite import InvalidPointError, check_merged
 from .heap import release_freed_heap
-from .attack_twin import AttackTwin, make_twin
+from .attack_twin import AttackTwin
 from .calibrate import CalibrationCache, prepare_context
 from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec,
                       merge_coefficients, method_version, validate_spec)
@@ -57,7 +57,7 @@ def default_device() -> str:
 __all__ = ["Engine", "Vector", "default_device", "flat_digest"]
 
 
-class Engine:
+class Engine(EvalInputs):
     """Resident merge + evaluation engine for one manifest and base model.
 
     Args:
@@ -219,77 +219,6 @@ class Engine:
                if not v.is_floating_point()}
         out.update({k: v.detach().cpu().clone() for k, v in self.layout.unflatten(self.theta).items()})
         return {k: out[k] for k in self.reference if k in out}
-
-    # ------------------------------------------------------------------ data
-    def normalization(self, names: Sequence[str]) -> str:
-        """The input normalisation a merge of ``names`` is evaluated with (``"clip"``/``"imagenet"``).
-
-        Every vector's manifest declaration must agree (a model fine-tuned on ImageNet-normalised
-        pixels merged with one fine-tuned on CLIP-normalised pixels has no single correct input);
-        no vectors: the base's.
-
-        Raises:
-            ValueError: the named vectors declare different normalisations (the message lists them).
-        """
-        if not names:
-            return self.manifest.get(self.base).normalize
-        declared = {n: self.manifest.get(n).normalize for n in names}
-        if len(set(declared.values())) > 1:
-            listed = ", ".join(f"{n} ({v})" for n, v in declared.items())
-            raise ValueError(f"cannot merge vectors with different input normalisations: {listed}; "
-                             "merge only models fine-tuned with the same mean/std (manifest 'normalize')")
-        return next(iter(declared.values()))
-
-    def classifier(self, task: str, normalize: str | None = None) -> ZeroShotClassifier:
-        """The zero-shot classifier of ``task`` over the resident model, with ``normalize``
-        (default: the base's declaration) applied inside its forward."""
-        normalize = normalize or self.manifest.get(self.base).normalize
-        key = (task, normalize)
-        if key not in self._classifiers:
-            t = get_task(task, preprocess=self.preprocess_cfg())
-            self._classifiers[key] = ZeroShotClassifier(
-                self.model, self.tokenizer, t.classnames, t.templates, normalize=normalize,
-                text_key=repr(self._text_key))
-        return self._classifiers[key]
-
-    def attack_model(self, task: str, normalize: str | None = None) -> AttackTwin | None:
-        """The classifier's attack twin (None: attack the classifier itself)."""
-        if not self.fast_attack:
-            return None
-        key = (task, normalize or self.manifest.get(self.base).normalize)
-        if key not in self._twins:
-            self._twins[key] = make_twin(self.classifier(*key))
-        return self._twins[key]
-
-    def eval_data(self, ev: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (ev.task, ev.split, ev.n, ev.seed)
-        if key not in self._data:
-            x, y = get_task(ev.task, preprocess=self.preprocess_cfg()).load(ev.split, ev.n, ev.seed)
-            self._data[key] = (x.to(self.device), y.to(self.device))
-        return self._data[key]
-
-    def preprocess_cfg(self) -> dict:
-        """The model's open_clip eval preprocessing (input size, resize mode, interpolation)."""
-        from open_clip import get_model_preprocess_cfg
-        return dict(get_model_preprocess_cfg(self.model))
-
-    def batch_plan(self, ev: EvalSpec, normalize: str | None = None, attacked: bool = True) -> BatchPlan:
-        """The batch for ``ev``'s images: measured once per (task, normalize, attacked, image
-        shape) on the network the attack differentiates (``activation.plan_batch``)."""
-        normalize = normalize or self.manifest.get(self.base).normalize
-        x = self.eval_data(ev)[0]
-        key = (ev.task, normalize, attacked, tuple(x.shape[1:]))
-        if key not in self._plans:
-            net = (self.attack_model(ev.task, normalize) if attacked else None) or self.classifier(ev.task, normalize)
-            self._plans[key] = plan_batch(net, x, self.activation_budget, self.batch_size)
-        return self._plans[key]
-
-    def bank(self, ev: EvalSpec, attack: AttackSpec) -> AdversarialBank:
-        """Adversarial examples found so far on this eval set under this norm (all radii)."""
-        key = (ev.task, ev.split, ev.n, ev.seed, attack.norm)
-        if key not in self._banks:
-            self._banks[key] = AdversarialBank(self.eval_data(ev)[0], attack.norm)
-        return self._banks[key]
 
     # ------------------------------------------------------------------ points
     def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
