@@ -110,7 +110,7 @@ COEFFS = [
 ]
 
 
-@pytest.mark.parametrize("block", [997, 1 << 18])
+@pytest.mark.parametrize("block", [997, 1 << 22])
 @pytest.mark.parametrize("lams", COEFFS)
 def test_blocked_merge_is_bit_identical_to_the_unblocked_form(monkeypatch, block, lams):
     monkeypatch.setattr(merge_base, "BLOCK", block)
@@ -126,7 +126,7 @@ def test_blocked_merge_is_bit_identical_to_the_unblocked_form(monkeypatch, block
         assert torch.equal(want, fts[lams.index(1.0)])  # endpoints are the fine-tunes exactly
 
 
-@pytest.mark.parametrize("block", [997, 1 << 18])
+@pytest.mark.parametrize("block", [997, 1 << 22])
 def test_blocked_merge_with_mask_coefficients_matches(monkeypatch, block):
     monkeypatch.setattr(merge_base, "BLOCK", block)
     pre, fts = _fixture(seed=7)

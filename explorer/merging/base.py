@@ -33,12 +33,11 @@ from explorer.merging.untouched import Untouched, complement, intersect
 
 logger = logging.getLogger(__name__)
 
-# Coordinates per block of a merge: on CPU, 2^18 float32 (1 MiB) per operand keeps a block of
-# pre, two fine-tunes and theta in the 2 MiB L2 caches of a 2-core machine (measured on ViT-B/32:
-# 2^16 -> 1.25x the bandwidth floor, 2^18 -> 0.99x; unblocked 1.5x). On a GPU a block only bounds
-# the comparison masks' scratch.
-BLOCK = 1 << 18
-DEVICE_BLOCK = 1 << 24
+# Coordinates per block when untouched coordinates must be found by comparison (bounds the
+# masks' scratch). Without comparisons a span is written whole, a few ops in all: cache-sized
+# blocks (2^18) were 1.28x the bandwidth floor on a quiet 2-core CPU against 1.5x whole, but
+# 5-50x under CPU contention, where every op's OpenMP barrier waits for a descheduled thread.
+BLOCK = 1 << 22
 
 Coefficient = Union[Tensor, float]
 
@@ -146,13 +145,12 @@ def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coef
     (a float) are skipped, so ``ft_i`` is not even read. Where every merged vector is zero
     (``c_i == 0`` or ``ft_i == pre`` for all i) the result is ``pre`` bit for bit.
 
-    Speed: the work runs block by block (``BLOCK`` coordinates on CPU, sized so every operand's
-    block stays in cache), so main memory sees each of ``pre``, ``ft_i`` and ``out`` once, and the
-    result is bit-identical to the unblocked form (elementwise ops; tested). With ``untouched``
-    (one :func:`~explorer.merging.untouched.find_untouched` set per ft, computed once per vector)
-    the coordinates no active vector changes are copied from ``pre`` without arithmetic, and for
-    float coefficients no coordinate is compared at all; without it (or for a None entry, or
-    tensor coefficients) untouched coordinates are found by comparison inside each block.
+    Speed: with ``untouched`` (one :func:`~explorer.merging.untouched.find_untouched` set per
+    ft, computed once per vector) the coordinates no active vector changes are copied from
+    ``pre`` without arithmetic, and for float coefficients no coordinate is compared at all: the
+    rest is one multiply and one add per active vector. Without it (or for a None entry, or
+    tensor coefficients) untouched coordinates are found by comparison, ``BLOCK`` coordinates at
+    a time (bounded scratch). Blocks and spans change no bit (elementwise ops; tested).
 
     Args:
         pre: pretrained weights. Shape ``(N,)`` float32.
@@ -194,9 +192,9 @@ def apply_coefficients(pre: Tensor, fts: Sequence[Tensor], coeffs: Sequence[Coef
     known = untouched is not None and bool(active) and all(untouched[i] is not None for i in active)
     common = intersect([untouched[i] for i in active]) if known else None
     compare = not exact and (tensors or common is None)    # find untouched coordinates per block
-    block = BLOCK if pre.device.type == "cpu" else DEVICE_BLOCK
     spans = complement(common.ranges, pre.numel()) if common is not None else [(0, pre.numel())]
     for a, b in spans:
+        block = BLOCK if compare else max(b - a, 1)
         for s in range(a, b, block):
             e = min(s + block, b)
             _combine(out[s:e], pre[s:e], [(coeffs[i] if not isinstance(coeffs[i], Tensor) else coeffs[i][s:e],
