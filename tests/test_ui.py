@@ -1,6 +1,7 @@
 """The web app's handlers driven directly, and its API through gradio_client (tiny zoo, CPU)."""
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.ui import build_demo, launch_kwargs, parse_auth
+from explorer.ui import build_demo, common, launch_kwargs, parse_auth
 from explorer.ui.frontier_handlers import FrontierHandlers
 from explorer.ui.inspect_handlers import InspectHandlers
 from explorer.ui.models_tab import ModelsHandlers
@@ -72,6 +73,27 @@ def test_sweep_streams_and_stores_then_resumes(ctx) -> None:
     assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= kinds
     again = list(h.sweep(controls(methods=["task_arithmetic"], alphas="0,0.5,1")))
     assert "4 from the store" in again[-1][3]
+    assert_accuracies_carry_intervals(table, rows)
+
+
+ACC_CELL = re.compile(r"(\d\.\d{3}) \[(\d\.\d{3}),\s(\d\.\d{3})\]")
+
+
+def assert_accuracies_carry_intervals(table, rows) -> None:
+    """Every accuracy cell of the page's table is ``acc [lo, hi]`` (lo <= acc <= hi, the row's own
+    Wilson interval), on a row naming its attack (with eps) and n."""
+    from explorer.intervals import acc_interval
+
+    by_alpha = {r["alpha"]: r for r in rows if r.get("alpha") is not None}
+    for _, rec in table.iterrows():
+        assert "eps=" in rec["attack"] and rec["n"] >= 1
+        for col, key in ((common.CLEAN_COL, "clean"), (common.ROBUST_COL, "robust")):
+            acc, lo, hi = map(float, ACC_CELL.fullmatch(rec[col]).groups())
+            assert lo <= acc <= hi
+            row = by_alpha.get(rec["α"])
+            if row is not None and row["method"] == rec["method"]:
+                want = acc_interval(row[f"{key}_acc"], row["n"])
+                assert (acc, lo, hi) == (round(row[f"{key}_acc"], 3), round(want[0], 3), round(want[1], 3))
 
 
 def test_stop_keeps_computed_points(ctx) -> None:
@@ -122,7 +144,8 @@ def test_exports(ctx, tmp_path) -> None:
     *_, rows, row, _ = h.refine(controls(alpha=1.0))
     files = h.export(rows, row)
     assert [Path(f).suffix for f in files[:3]] == [".csv", ".json", ".html"]
-    assert "pgd-2 Linf eps=4/255" in Path(files[0]).read_text()
+    csv = Path(files[0]).read_text()
+    assert "pgd-2 Linf eps=4/255" in csv and csv.startswith(",".join(common.EXPORT_COLUMNS))
     ckpt = h.checkpoint(controls(alpha=1.0))
     from safetensors.torch import load_file
     sd = load_file(ckpt)

@@ -229,7 +229,7 @@ class FrontierHandlers:
         fig, curve = self._figure(rows or [], {**ref, "preview": False}, current)
         text = json.dumps(curve, indent=1, default=str)
         out = common.export_dir(text)
-        common.rows_table(curve).to_csv(out / "frontier.csv", index=False)
+        common.export_table(curve).to_csv(out / "frontier.csv", index=False)
         (out / "frontier.json").write_text(text)
         fig.write_html(out / "frontier.html", include_plotlyjs=True)
         files = [str(out / f) for f in ("frontier.csv", "frontier.json", "frontier.html")]

@@ -93,8 +93,9 @@ def _results_column() -> dict:
     summary = gr.Markdown("Move α (or any control) to compute the current merge.", elem_id="point-summary")
     plot = gr.Plot(plots.frontier_figure([]), label="Clean vs robust accuracy", elem_id="frontier-plot")
     status = gr.Markdown("", elem_id="sweep-status")
-    table = gr.Dataframe(common.rows_table([]), label="Points (every number with its attack and n)",
-                         interactive=False, max_height=320, elem_id="points-table")
+    table = gr.Dataframe(common.rows_table([]), interactive=False,
+                         label="Points: accuracies with their 95% intervals, attack, eps and n",
+                         column_widths=common.TABLE_WIDTHS, max_height=320, wrap=True, elem_id="points-table")
     with gr.Row():
         export_btn = gr.Button("Export points (CSV, JSON, HTML figure)", size="sm")
         ckpt_btn = gr.Button("Merged checkpoint (.safetensors)", size="sm")
