@@ -8,6 +8,7 @@ vertically) and its hover card gives them; rows without intervals get them from 
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,47 @@ def theme_of(name: str | None) -> dict[str, Any]:
     if name not in THEMES:
         raise KeyError(f"unknown theme {name!r}; choose one of {sorted(THEMES)}")
     return THEMES[name]
+
+
+# px from a figure's top edge to its title's anchor: the text starts about 14 px higher (Plotly's
+# top-anchored titles), just below the label Gradio draws over the figure's top left corner (35 px).
+TITLE_TOP = 54
+PANEL_PX = 230   # text width every title line must fit: a top-k panel at 1440 px (256) less its margins
+
+
+def fit_lines(text: str, size: int, width: int = PANEL_PX) -> list[str]:
+    """``text`` broken at spaces (and at its ``<br>``) into lines of about ``width`` px at font
+    ``size`` (0.6 em per character: Plotly's sans fonts average less); a longer word stays whole."""
+    chars = max(8, int(width / (0.6 * size)))
+    return [line for part in text.split("<br>")
+            for line in textwrap.wrap(part, chars, break_long_words=False, break_on_hyphens=False) or [""]]
+
+
+def fitted_title(main: str, detail: str = "", size: int = FONT_SIZE + 1,
+                 width: int = PANEL_PX) -> tuple[dict[str, Any], int]:
+    """A title that fits a narrow plot (Plotly never wraps one): ``main`` on top, ``detail`` (what
+    produced the numbers: attack, eps, n) below in a smaller font, each wrapped at spaces to
+    ``width`` px. Returns the layout's ``title`` and the top margin its lines need (``set_title``
+    pins it to the top of a figure of known height)."""
+    small = size - 3
+    lines = fit_lines(main, size, width)
+    extra = [f"<span style='font-size:{small}px'>{line}</span>" for line in fit_lines(detail, small, width)] \
+        if detail else []
+    height = round(1.3 * (size * len(lines) + small * len(extra))) + TITLE_TOP
+    title = dict(text="<br>".join(lines + extra), font=dict(size=size), x=0.02, xanchor="left",
+                 yref="container", yanchor="top")
+    return title, height
+
+
+def set_title(fig: go.Figure, main: str, detail: str = "", size: int = FONT_SIZE + 1,
+              width: int = PANEL_PX, body: int = 300) -> go.Figure:
+    """``fitted_title`` on ``fig``: the top margin grows with its lines, the figure by as much
+    (``body``: the height below the title), the title's top line ``TITLE_TOP`` px under the top
+    edge (Gradio's plot label sits over the figure's top left corner)."""
+    title, top = fitted_title(main, detail, size, width)
+    total = body + top
+    fig.update_layout(title={**title, "y": 1 - TITLE_TOP / total}, height=total, margin=dict(t=top))
+    return fig
 
 
 def readable(fig: go.Figure, theme: str | None = None) -> go.Figure:
@@ -126,14 +168,16 @@ def _scatter(rows: Sequence[Row], errors: bool = True, **kwargs: Any) -> go.Scat
 
 
 def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str | None = None,
-                    attack: str | None = None, theme: str | None = None) -> go.Figure:
+                    attack: str | None = None, theme: str | None = None,
+                    setting: str | None = None) -> go.Figure:
     """Clean (x) vs robust (y) accuracy: one curve per method, endpoints, Pareto front, current point.
 
     Args:
         rows: result rows of one setting (same attack, eps, n, task).
         current: the point to highlight (may be a preview of another setting; its hover says so).
-        title: overrides the default title, which names the attack, eps and n.
+        title: overrides the default title's first line (the second names the attack, eps and n).
         attack: attack label for the y axis when there are no rows yet.
+        setting: the second line when there are no rows yet (``setting_label``'s form).
         theme: ``light`` (default) or ``dark`` (``THEMES``).
     """
     style, fig = theme_of(theme), go.Figure()
@@ -161,21 +205,23 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
                 line=dict(color=style["outline"], width=1.5))))
     if current is not None:
         tag = "current (preview)" if current.get("preview") else "current"
-        fig.add_trace(_scatter([current], name=f"{tag}: {current.get('attack')}, n={current.get('n')}",
+        name = "<br>".join(fit_lines(f"{tag}: {current.get('attack')}, n={current.get('n')}", FONT_SIZE - 1, 280))
+        fig.add_trace(_scatter([current], name=name,
                                mode="markers", marker=dict(symbol="star", size=24, color="#ffd400",
                                                            line=dict(color="black", width=1.5))))
     ref = rows[0] if rows else current
-    setting = setting_label(ref) if ref else "no points yet"
+    setting = setting_label(ref) if ref else (setting or "no points yet")
     attack = ref.get("attack") if ref else (attack or "no attack chosen")
     shown = [*rows, *([current] if current is not None else [])]
     readable(fig, theme)
+    # Sized for a phone's 326-px plot too: the setting on its own, smaller lines.
     fig.update_layout(
-        title=dict(text=title or f"Clean vs robust accuracy — {setting}", font=dict(size=FONT_SIZE + 2)),
         xaxis=dict(title=dict(text="clean accuracy (no attack)"), range=_axis(shown, "clean_acc")),
-        yaxis=dict(title=dict(text=f"robust accuracy ({attack})"), range=_axis(shown, "robust_acc")),
+        yaxis=dict(title=dict(text=f"robust accuracy<br><span style='font-size:{FONT_SIZE - 2}px'>{attack}</span>"),
+                   range=_axis(shown, "robust_acc"), automargin=True),
         legend=dict(orientation="h", yanchor="top", y=-0.14, x=0, font=dict(size=FONT_SIZE - 1)),
-        margin=dict(l=70, r=20, t=60, b=10), height=560, uirevision="frontier")
-    return fig
+        margin=dict(l=70, r=20, b=10), uirevision="frontier")
+    return set_title(fig, title or "Clean vs robust accuracy", setting, FONT_SIZE + 2, 290, 500)
 
 
 def _axis(rows: Sequence[Row], key: str) -> list[float]:
@@ -206,12 +252,10 @@ def topk_figure(clean: Mapping[str, float], adv: Mapping[str, float], k: int = 5
                marker_color=ends["robust"], hovertemplate=f"%{{y}}: %{{x:.3f}}<extra>adversarial, {attack}</extra>"),
     ])
     readable(fig, theme)
-    # Narrow panels (three side by side): the attack goes under the axis, in a smaller font.
-    fig.update_layout(title=dict(text=title, font=dict(size=FONT_SIZE - 1)), barmode="group",
-                      xaxis=dict(title=dict(text=f"probability · {attack}" if attack else "probability",
-                                            font=dict(size=FONT_SIZE - 3)), range=[0, 1]), height=360,
-                      legend=dict(orientation="h", y=-0.32), margin=dict(l=10, r=10, t=65, b=10))
-    return fig
+    # Narrow panels (three side by side): title and attack wrapped to the panel, the attack smaller.
+    fig.update_layout(barmode="group", xaxis=dict(title=dict(text="probability"), range=[0, 1]),
+                      legend=dict(orientation="h", y=-0.32), margin=dict(l=10, r=10, b=10))
+    return set_title(fig, title, attack, FONT_SIZE - 1, body=300)
 
 
 def cosine_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]],

@@ -7,6 +7,7 @@ Skipped, with the reason, when the ``playwright`` package or ``/usr/bin/chromium
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -32,12 +33,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url(tiny_zoo: Path, tmp_path_factory):
-    from explorer.ui import build_demo
+    from explorer.ui import CSS_PATH, build_demo
 
     store = tmp_path_factory.mktemp("browser_store") / "results.sqlite"
     demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
-                quiet=True, show_error=True)
+                quiet=True, show_error=True, css_paths=[CSS_PATH])   # the app's stylesheet, as served
     yield demo.local_url
     demo.close()
 
@@ -75,6 +76,48 @@ def move_alpha(page, fraction: float) -> None:
     rng = page.locator("#alpha-slider input[type=range]")
     box = rng.bounding_box()
     page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+
+
+# Every text of the plot in ``#id`` that leaves the plot's box, and where the title sits against
+# the label Gradio draws over the plot's top left corner (Plotly never wraps or clips a title).
+CLIPPED_JS = """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot');
+  const box = gd.querySelector('svg.main-svg').getBoundingClientRect();
+  const out = [...gd.querySelectorAll('svg text')].filter(t => t.textContent.trim()).map(t => [t, t.getBoundingClientRect()])
+    .filter(([t, r]) => r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5)
+    .map(([t, r]) => t.textContent);
+  const title = gd.querySelector('.gtitle'), label = gd.closest('.block').querySelector('[data-testid="block-label"]');
+  return {outside: out, title: title ? title.textContent : '', title_top: title ? title.getBoundingClientRect().top : 0,
+          label_bottom: label ? label.getBoundingClientRect().bottom : 0, width: box.width}; }"""
+
+
+def assert_plot_text_inside(page, elem: str, title_has: str = "") -> None:
+    """The title of ``#elem`` (and every other text of it) lies inside the plot's box, below its label."""
+    page.wait_for_selector(f"#{elem} .js-plotly-plot .gtitle")
+    page.wait_for_timeout(300)   # a resize relayout settles
+    got = page.evaluate(CLIPPED_JS, "#" + elem)
+    assert got["outside"] == [] and got["title_top"] >= got["label_bottom"], (elem, got)
+    assert title_has in got["title"], (elem, got["title"])
+
+
+ACC_CELL = re.compile(r"\d\.\d{3} \[\d\.\d{3},\s\d\.\d{3}\]")
+TABLE_JS = """() => { const t = document.querySelector('#points-table'); const view = t.querySelector('.table-wrap, [role=grid]') || t;
+  const vb = t.getBoundingClientRect();
+  return [...t.querySelectorAll('[role=gridcell]')].map(c => { const s = c.querySelector('span.text') || c; const r = c.getBoundingClientRect();
+    return {col: +c.getAttribute('aria-colindex'), text: s.innerText.trim(), clipped: s.scrollWidth > c.clientWidth,
+            inside: r.left >= vb.left - 0.5 && r.right <= vb.right + 0.5}; }); }"""
+
+
+def assert_table_accuracies(page, columns_inside: int) -> None:
+    """Every accuracy cell of the points table is ``acc [lo, hi]``, none clipped, and the first
+    ``columns_inside`` columns (α, clean, robust, attack, n) are in view without scrolling."""
+    header = page.evaluate("() => [...document.querySelectorAll('#points-table th[aria-colindex]')]"
+                           ".map(h => h.innerText.trim())")
+    assert header[:5] == ["α", "clean acc. [95% CI]", "robust acc. [95% CI]", "attack", "n"], header
+    cells = page.evaluate(TABLE_JS)
+    acc = [c for c in cells if c["col"] in (2, 3)]
+    assert acc and all(ACC_CELL.fullmatch(c["text"]) for c in acc), acc
+    assert not any(c["clipped"] for c in cells if c["text"]), [c for c in cells if c["clipped"]]
+    assert all(c["inside"] for c in cells if c["col"] <= columns_inside), cells
 
 
 def summary_has(page, text: str) -> None:
@@ -131,6 +174,8 @@ def test_sweep_draws_the_curve(page) -> None:
     curve = next(t for t in plot_traces(page, "frontier-plot") if t["name"] == "task_arithmetic")
     assert len(curve["x"]) >= 3
     assert page.locator("#points-table").inner_text().count("pgd-3 Linf eps=4/255") >= 4
+    assert_table_accuracies(page, columns_inside=5)
+    assert_plot_text_inside(page, "frontier-plot", "pgd-3 Linf eps=4/255, n=32")
 
 
 def test_upload_shows_both_predictions(page, tmp_path) -> None:
@@ -153,12 +198,30 @@ def test_upload_shows_both_predictions(page, tmp_path) -> None:
     film = page.evaluate("() => document.querySelector('#filmstrip-plot .js-plotly-plot').data.map(t => t.type)")
     assert film == ["image"] * 6
     notes = page.locator("#filmstrip-plot").inner_text()
-    assert "α = 0.00" in notes and "α = 1.00" in notes and ("fooled" in notes or "held" in notes)
+    assert "α=0.00" in notes and "α=1.00" in notes and ("fooled" in notes or "held" in notes)
     page.wait_for_selector("#transfer-plot .js-plotly-plot")
     z = page.evaluate("() => document.querySelector('#transfer-plot .js-plotly-plot').data[0].z")
     assert len(z) == 3 and all(len(r) == 3 and set(r) <= {0, 1} for r in z)
     crafted = page.evaluate("() => document.querySelector('#transfer-images .js-plotly-plot').data.length")
     assert crafted == 3
+    # Every title fits its plot and names the attack, at 1440 px and on a phone (390 px).
+    for width in (1440, 390):
+        page.set_viewport_size({"width": width, "height": 1000})
+        for elem in ("bars-0", "bars-1", "bars-2", "filmstrip-plot", "transfer-images", "transfer-plot"):
+            assert_plot_text_inside(page, elem, "pgd-10 Linf eps=4/255")
+    page.set_viewport_size({"width": 1440, "height": 1000})
+
+
+def test_phone_width_shows_accuracies_with_their_setting(page) -> None:
+    """At 390 px the frontier's texts stay inside the plot and the table shows α and both
+    accuracies with their intervals without scrolling."""
+    page.get_by_role("tab", name="Frontier").click()
+    page.set_viewport_size({"width": 390, "height": 900})
+    try:
+        assert_plot_text_inside(page, "frontier-plot", "pgd-3 Linf eps=4/255, n=32")
+        assert_table_accuracies(page, columns_inside=3)
+    finally:
+        page.set_viewport_size({"width": 1440, "height": 1000})
 
 
 def test_models_tab_shows_statistics_when_opened(page) -> None:

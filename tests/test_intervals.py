@@ -103,9 +103,11 @@ def test_plot_error_bars_and_hover_show_the_intervals():
 def test_ui_table_and_csv_carry_the_intervals(tmp_path):
     pytest.importorskip("gradio")
     from explorer.ui import common
-    table = common.rows_table(rows_of())
-    assert list(table.columns[5:9]) == ["clean_acc", "clean_ci", "robust_acc", "robust_ci"]
     lo, hi = acc_interval(0.4375, 64)
+    shown = common.rows_table(rows_of())            # the page: accuracy and interval in one cell
+    assert shown[common.ROBUST_COL][1] == f"0.438 [{lo:.3f},\u00a0{hi:.3f}]"
+    table = common.export_table(rows_of())          # the CSV: numbers, intervals beside them
+    assert list(table.columns[5:9]) == ["clean_acc", "clean_ci", "robust_acc", "robust_ci"]
     assert table["robust_ci"][1] == f"[{lo:.3f}, {hi:.3f}]"
     table.to_csv(tmp_path / "t.csv", index=False)
     assert f"[{lo:.3f}, {hi:.3f}]" in (tmp_path / "t.csv").read_text()

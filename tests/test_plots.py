@@ -1,6 +1,8 @@
 """Figure builders on hand-made rows: endpoints, one trace per method, Pareto front, hover."""
 from __future__ import annotations
 
+import re
+
 import plotly.graph_objects as go
 import pytest
 
@@ -96,8 +98,22 @@ def test_topk_union_and_order() -> None:
     fig = plots.topk_figure(clean, adv, k=2, title="t", attack=ATTACK)
     assert list(fig.data[0].y) == ["ship", "dog", "cat"]  # top-2 clean + adv's top, best clean on top
     assert list(fig.data[1].x) == [0.8, 0.05, 0.1]
-    assert fig.data[1].name == "adversarial"   # short legend; the attack under the axis and in the hover
-    assert ATTACK in fig.layout.xaxis.title.text and ATTACK in fig.data[1].hovertemplate
+    assert fig.data[1].name == "adversarial"   # short legend; the attack in the title and in the hover
+    assert ATTACK in fig.layout.title.text and ATTACK in fig.data[1].hovertemplate
+
+
+def test_titles_are_wrapped_to_a_narrow_panel() -> None:
+    """Plotly never wraps a title: lines are cut at spaces to about PANEL_PX at their font size
+    (0.6 em a character), the attack on its own smaller lines, and the top margin holds them."""
+    long_attack = "autoattack-fast Linf eps=4/255 +reuse (preview)"
+    head, top = plots.fitted_title("a photo of a very long class name → automobile ✗ fooled", long_attack, 14)
+    lines = head["text"].split("<br>")
+    plain = [re.sub(r"<[^>]+>", "", line) for line in lines]
+    assert " ".join(plain) == "a photo of a very long class name → automobile ✗ fooled " + long_attack
+    small = [line for line in lines if "font-size:11px" in line]
+    assert len(small) == 2 and all(len(p) <= int(plots.PANEL_PX / (0.6 * 11)) for p in plain[-2:])
+    assert all(len(p) <= int(plots.PANEL_PX / (0.6 * 14)) for p in plain[:-2])
+    assert top >= 1.3 * (14 * (len(lines) - 2) + 11 * 2) and head["yanchor"] == "top"
 
 
 def test_stats_figures() -> None:

@@ -189,7 +189,7 @@ def test_filmstrip_and_transfer_handlers(ctx, example_png) -> None:
     film = h.filmstrip(values)
     assert [t.type for t in film.data] == ["image"] * 5
     titles = [a.text for a in film.layout.annotations]
-    assert titles[0].startswith("α = 0.00") and titles[-1].startswith("α = 1.00")
+    assert titles[0].startswith("α=0.00") and titles[-1].startswith("α=1.00")
     assert all(("fooled" in t) != ("held" in t) for t in titles)
     strip, matrix = h.transfer(values)
     assert len(strip.data) == 3 and list(matrix.data[0].y) == ["current merge", "natural (α = 0)", "robust (α = 1)"]

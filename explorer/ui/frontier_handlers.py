@@ -172,8 +172,7 @@ class FrontierHandlers:
         curve = self.curve_rows(v["rows"] or [], sel.ref())
         label = sel.attack.label
         fig = plots.frontier_figure(curve, current=self.stored(v["rows"] or [], sel), attack=label,
-                                    title=f"Clean vs robust accuracy — {label}, n={sel.eval.n}, "
-                                          f"task {sel.eval.task}", theme=v.get("theme"))
+                                    setting=f"{label}, n={sel.eval.n}, task {sel.eval.task}", theme=v.get("theme"))
         return fig, common.rows_table(curve), common.caption(curve, sel.ref())
 
     # ------------------------------------------------------------------ first view

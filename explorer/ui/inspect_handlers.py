@@ -132,7 +132,7 @@ class InspectHandlers:
         strip = image_plots.image_strip(
             [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
             [f"crafted on<br>{m}" for m in res["models"]], [False] * len(res["models"]),
-            title=f"Adversarial images ({attack.label})", theme=v.get("theme"))
+            title="Adversarial images", detail=attack.label, theme=v.get("theme"))
         return strip, image_plots.transfer_figure(res, theme=v.get("theme"))
 
     @readable_errors

@@ -56,17 +56,17 @@ def build_inspect_tab(service: Service, form: Form) -> None:
             summary = gr.Markdown("", elem_id="inspect-summary")
             with gr.Row(elem_id="inspect-images"):
                 clean = gr.Image(label="clean", interactive=False, height=200)
-                adv = gr.Image(label="adversarial (current merge)", interactive=False, height=200)
-                delta = gr.Image(label="perturbation (amplified)", interactive=False, height=200)
+                # Short labels: the image's toolbar covers the right half of a longer one.
+                adv = gr.Image(label="adversarial", interactive=False, height=200)
+                delta = gr.Image(label="δ amplified", interactive=False, height=200)
             with gr.Row():
                 bars = [gr.Plot(label=name, elem_id=f"bars-{i}")
                         for i, name in enumerate(["current merge", "natural endpoint", "robust endpoint"])]
             download = gr.DownloadButton("Download adversarial PNG", size="sm")
-            film = gr.Plot(label="The trade-off, image by image: attacked at each α", elem_id="filmstrip-plot")
+            film = gr.Plot(label="Image by image: attacked at each α", elem_id="filmstrip-plot")
             with gr.Row():
                 crafted = gr.Plot(label="Crafted on each model", elem_id="transfer-images")
-                transfer = gr.Plot(label="Transfer: crafted on one model, classified by each",
-                                   elem_id="transfer-plot")
+                transfer = gr.Plot(label="Transfer between the models", elem_id="transfer-plot")
     source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
     form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps, frames=frames)
     inputs = form.inputs("inspect", MERGE, *(["theme"] if "theme" in form else []))
