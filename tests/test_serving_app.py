@@ -177,10 +177,14 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     calls = [("inspect", dict(image=handle_file(str(corrupt)))), ("inspect", dict(classes="cat")),
-             ("preview_point", dict(eps="four")), ("sweep", dict(alphas="0:1:50000"))]
+             ("preview_point", dict(eps="four")), ("sweep", dict(alphas="0:1:50000")),
+             ("preview_point", dict(alpha=5.0)), ("inspect", dict(steps=0))]   # Gradio's own range checks
+    errs = []
     for api, change in calls:
-        err = error_of(lambda: c.predict(*api_args(app, api, **change), api_name="/" + api))
-        assert "\n" not in err and err != INTERNAL_ERROR
+        errs.append(error_of(lambda: c.predict(*api_args(app, api, **change), api_name="/" + api)))
+        assert "\n" not in errs[-1] and errs[-1] != INTERNAL_ERROR
+    assert errs[-2].startswith("α: trade-off") and "greater than maximum value 1" in errs[-2]   # names the control
+    assert errs[-1] == "PGD steps: Value 0 is less than minimum value 1."
     with pytest.raises(Exception) as info:    # a payload that is not an uploaded file, refused in preprocess
         uploaded_image().preprocess({"url": "data:image/png;base64,AAAA"})
     assert info.value.message == IMAGE_REFUSED and info.value.print_exception is False

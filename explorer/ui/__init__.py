@@ -21,6 +21,7 @@ from ..service import Service
 from .common import THEMES, default_curve
 from .form import Form
 from .frontier_tab import build_frontier_tab
+from .guard import quiet_input_checks
 from .inspect_tab import EXAMPLES_DIR, build_inspect_tab
 from .models_tab import build_models_tab
 
@@ -87,6 +88,7 @@ def build_demo(manifest: str | None = None, device: str | None = None,
         form.theme.input(None, form.theme, None, js=THEME_JS, queue=False)
     # One engine job at a time (concurrency id "engine"); a bounded queue; each job priced and
     # time-capped (explorer.jobs), so no job holds the queue for long.
+    quiet_input_checks(demo)   # Gradio's range/choice checks: one line naming the control, no traceback
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
     demo.explorer_service = service  # for tests and warm-up
     demo.explorer_form = form

@@ -66,6 +66,32 @@ def stop(service: Service, request: gr.Request | None) -> str:
     return "Stopping…"
 
 
+def quiet_input_checks(demo: gr.Blocks) -> None:
+    """Gradio's own checks of an input (a number typed outside its slider's range, a value not
+    among a dropdown's choices) raise ``gr.Error`` with a traceback in the server log and a
+    message naming no control ("Value 5 is greater than maximum value 1."). Each input's
+    ``preprocess`` is wrapped so the page gets one line naming the control and the log one
+    INFO line (``user_error``); errors already quiet (the image check) pass as they are."""
+    for block in demo.blocks.values():
+        pre = getattr(block, "preprocess", None)
+        if pre is not None and not getattr(pre, "quiet", False):
+            block.preprocess = _named_checks(block, pre)
+
+
+def _named_checks(block: Any, pre: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    label = getattr(block, "label", None) or getattr(block, "elem_id", None) or type(block).__name__
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return pre(payload)
+        except gr.Error as exc:
+            if not exc.print_exception:
+                raise
+            raise user_error(f"{label}: {exc.message}", "input check") from None
+    preprocess.quiet = True
+    return preprocess
+
+
 def _path_only(payload: Any) -> str | None:
     if payload is None:
         return None
@@ -86,5 +112,6 @@ def uploaded_image(**kwargs: Any) -> gr.Image:
     defines a component class.)
     """
     image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    image.preprocess = _path_only
+    image.preprocess = _path_only   # its refusals are user_error already (quiet_input_checks skips it)
+    _path_only.quiet = True
     return image
