@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -142,6 +143,8 @@ class AttackSpec(_Config):
     def __post_init__(self) -> None:
         if self.norm not in ("Linf", "L2"):
             raise ValueError(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         object.__setattr__(self, "eps", parse_eps(self.eps, 1.0 if self.norm == "Linf" else 64.0))
 
     @property
@@ -162,6 +165,8 @@ class EvalSpec(_Config):
     def __post_init__(self) -> None:
         if int(self.n) < 1:
             raise ValueError(f"sample count n must be >= 1, got {self.n}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,11 @@ class MergeSpec(_Config):
     def __post_init__(self) -> None:
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
         object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in self.options)))
+        if not all(math.isfinite(v) for v in self.lambdas):
+            raise ValueError(f"lambdas must be finite numbers, got {self.lambdas}")
+        bad = [k for k, v in self.options if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"method option {bad[0]} must be a finite number, got {dict(self.options)[bad[0]]}")
         if not 0.0 < float(self.keep) <= 1.0:
             raise ValueError(f"keep must lie in (0, 1], got {self.keep}")
         if self.scope not in ("global", "per_tensor"):
@@ -220,6 +230,8 @@ class SweepSpec(_Config):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in self.options)))
+        if not math.isfinite(float(self.scale)):
+            raise ValueError(f"scale must be a finite number, got {self.scale}")
 
 
 _NESTED = {("SweepSpec", "attack"): AttackSpec, ("SweepSpec", "eval"): EvalSpec}
@@ -265,7 +277,8 @@ def parse_options(text: str) -> tuple[tuple[str, Any], ...]:
     method accepts is checked against its record (``explorer.merging.validate_spec``).
 
     Raises:
-        ValueError: an item without ``=`` or with an empty key, or a key given twice.
+        ValueError: an item without ``=`` or with an empty key, a key given twice, or a
+            non-finite number (``nan``, ``inf``).
     """
     out: dict[str, Any] = {}
     for item in (t.strip() for t in text.split(",")):
@@ -284,4 +297,6 @@ def parse_options(text: str) -> tuple[tuple[str, Any], ...]:
                 continue
         else:
             out[key] = raw
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise ValueError(f"method option {key} must be a finite number, got {raw!r}")
     return tuple(out.items())

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .activation import BatchPlan, budget_for
 from .attacks import AttackCancelled
 from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from .device import check_device, default_device
 from .engine_inputs import EvalInputs
 from .evaluate import AdversarialBank, evaluate
 from .finite import InvalidPointError, check_merged
@@ -48,11 +49,6 @@ log = logging.getLogger(__name__)
 # Suffix of the attack label of points whose attack also tried adversarial examples carried over
 # from earlier points (the ``use_bank=True`` variant).
 REUSE_TAG = " +reuse"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 __all__ = ["Engine", "Vector", "default_device", "flat_digest"]
 
@@ -84,7 +80,7 @@ class Engine(EvalInputs):
                  activation_budget: int | None = None) -> None:
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
-        self.device = torch.device(device or default_device())
+        self.device = torch.device(check_device(device) or default_device())
         if precision not in ("fp32", "tf32"):
             raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
         if self.device.type == "cuda":   # process-wide switches; tests/test_cuda.py bounds TF32's effect

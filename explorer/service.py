@@ -23,6 +23,7 @@ from .attacks import AttackCancelled, find_attack, run_attack
 from .attacks.stages import STAGES
 from .background import BackgroundSweep
 from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from .device import check_device
 from .engine import Engine
 from .images import DEFAULT_MAX_PIXELS, image_to_tensor, read_image, tensor_to_image
 from .executors import Executor, LocalExecutor, PointJob, check_executor_options, make_executor, sweep_jobs
@@ -90,7 +91,7 @@ class Service:
         self._ray_guard = threading.Lock()
         self.manifest: Manifest = load_manifest(manifest_path)
         self.manifest_path = str(self.manifest.path)
-        self.device = device
+        self.device = check_device(device)
         self.store: Store | None = Store(store_path) if store_path != "none" else None
         self.defaults: Defaults = resolve_defaults(self.manifest.defaults, self.manifest.names("base"))
         self.engines = EngineCache(self._build)

@@ -57,6 +57,20 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
      "held-out"),
     (["evaluate", "--model", "nobody", "--attack", "none", "--no-store"], "nobody"),
     (["sweep", "--natural", "natural", "--robust", "robust", "--n", "0"], "n must be >= 1"),
+    # bad numbers and devices found by trying them (each once a traceback or a run of failed points)
+    (["sweep", "--natural", "natural", "--robust", "robust", "--scale", "nan"],
+     "scale must be a finite number, got nan"),
+    (["sweep", "--natural", "natural", "--robust", "robust", "--scale", "inf"],
+     "scale must be a finite number, got inf"),
+    (["sweep", "--natural", "natural", "--robust", "robust", "--method", "pistole", "--options", "kappa=inf"],
+     "method option kappa must be a finite number, got 'inf'"),
+    (["evaluate", "--model", "robust", "--attack", "none", "--no-store", "--seed", "-1"],
+     "seed must be >= 0, got -1"),
+    (["evaluate", "--model", "robust", "--attack", "none", "--no-store", "--device", "nope"],
+     "device 'nope': use cpu, cuda or cuda:N"),
+    (["zoo", "list", "--device", "mps"], "device 'mps': use cpu, cuda or cuda:N"),
+    (["evaluate", "--model", "robust", "--attack", "none", "--no-store", "--n", "99999999"],
+     "n=99999999 synthetic images need about 30517.6 GiB of host memory to render"),
 ])
 def test_every_command_reports_a_user_error_in_one_line(tiny_zoo, capsys, argv, message):
     assert main([*argv[:1], "--manifest", str(tiny_zoo), *argv[1:]]) == 2
@@ -139,3 +153,20 @@ def test_app_entry_answers_a_bad_manifest_in_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: manifest ") and "does not exist" in err and "\n" not in err
     assert "Traceback" not in err
+
+
+def test_cuda_device_without_cuda_is_one_line(tiny_zoo, capsys, monkeypatch):
+    """``--device cuda`` on a machine without CUDA: one line naming the fix, before any work."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["evaluate", "--manifest", str(tiny_zoo), "--model", "robust", "--device", "cuda",
+                 "--no-store"]) == 2
+    assert capsys.readouterr().err == ("error: device 'cuda': CUDA is not available on this machine; "
+                                       "use --device cpu\n")
+
+
+def test_help_shows_each_commands_whole_summary(capsys):
+    """The zoo's two-line summary is printed whole (it was cut at 'list or measure a')."""
+    with pytest.raises(SystemExit):
+        main(["zoo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "build the demo zoo, list or measure a manifest, or write a synthetic scale fixture" in out

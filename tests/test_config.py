@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, eps_label, parse_alphas, parse_eps
+from explorer.config import (AttackSpec, EvalSpec, MergeSpec, SweepSpec, eps_label, parse_alphas, parse_eps,
+                             parse_options)
 
 
 def test_sweep_spec_json_round_trip_and_stable_digest():
@@ -73,6 +74,32 @@ def test_from_alpha_endpoints_and_shares():
 def test_merge_spec_rejects_out_of_range(kwargs):
     with pytest.raises(ValueError):
         MergeSpec(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"lambdas": (float("nan"), 1.0)}, "lambdas must be finite numbers, got (nan, 1.0)"),
+    ({"lambdas": (0.0, float("inf"))}, "lambdas must be finite numbers, got (0.0, inf)"),
+    ({"options": (("kappa", float("inf")),)}, "method option kappa must be a finite number, got inf"),
+])
+def test_merge_spec_rejects_non_finite(kwargs, message):
+    """NaN/inf coefficients were accepted and every point failed after the merge; now the spec says it."""
+    with pytest.raises(ValueError) as err:
+        MergeSpec(**kwargs)
+    assert str(err.value) == message
+
+
+def test_non_finite_scale_seed_and_option_text_are_refused():
+    with pytest.raises(ValueError, match=r"^scale must be a finite number, got nan$"):
+        SweepSpec(manifest="m.toml", base="b", natural=("n",), robust=("r",), scale=float("nan"))
+    with pytest.raises(ValueError, match=r"^lambdas must be finite numbers, got \(inf, inf\)$"):
+        MergeSpec.from_alpha(0.5, scale=float("inf"))
+    with pytest.raises(ValueError, match=r"^seed must be >= 0, got -1$"):
+        EvalSpec(seed=-1)
+    with pytest.raises(ValueError, match=r"^seed must be >= 0, got -3$"):
+        AttackSpec("none", eps=0, seed=-3)
+    with pytest.raises(ValueError, match=r"^method option q must be a finite number, got 'NaN'$"):
+        parse_options("kappa=2, q=NaN")
+    assert parse_options("kappa=2, q=0.05") == (("kappa", 2), ("q", 0.05))
 
 
 def test_eval_spec_rejects_empty():

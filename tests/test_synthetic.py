@@ -111,3 +111,17 @@ def test_render_is_fast_and_examples_are_written(tmp_path):
     assert img.size == (32, 32) and img.mode == "RGB"
     shape, colour = paths[0].stem.split("_")
     assert shape in S.SHAPES and colour in S.COLORS
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-mixed"])
+def test_render_too_large_for_free_memory_is_refused_before_rendering(name, monkeypatch):
+    """``--n 99999999`` once died in the allocator (a traceback, 1.6 TB asked for); now it is
+    refused from the measured per-image bound before anything is drawn."""
+    free = 10 * S.RENDER_BYTES_PER_IMAGE
+    monkeypatch.setattr("explorer.zoo.flatload.free_bytes", lambda device: free)
+    with pytest.raises(ValueError) as err:
+        get_task(name).load("test", 11, 0)
+    assert str(err.value) == ("n=11 synthetic images need about 0.0 GiB of host memory to render, "
+                              "but 0.0 GiB is free; use a smaller n")
+    x, _ = get_task(name).load("test", 10, 0)
+    assert x.shape == (10, 3, 32, 32)

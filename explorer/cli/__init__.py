@@ -13,6 +13,7 @@ import logging
 import sys
 from types import ModuleType
 
+from ..device import check_device
 from ..executors.base import ExecutorError
 from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
 
@@ -33,10 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__.splitlines()[0])
+        p = sub.add_parser(name, help=module.HELP, description=first_paragraph(module.__doc__))
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return ap
+
+
+def first_paragraph(doc: str) -> str:
+    """A docstring's first paragraph as one line (a summary wrapped over two lines stays whole)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def error_line(exc: BaseException) -> str:
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_device(getattr(args, "device", None))   # every command's --device, before any work
         return args.run(args)
     except USER_ERRORS as exc:
         logging.getLogger("explorer.cli").debug("user error", exc_info=True)
