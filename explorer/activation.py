@@ -36,9 +36,11 @@ MiB = 2 ** 20
 # Saved-activation bytes one attack batch may hold, per device type. A step's whole transient is
 # ~1.4 x its saved bytes plus ~40 MiB (the backward's gradients; measured on ViT-B/32, CPU: 360 MiB
 # peak at 13 images, 18.5 MiB saved each). CPU: 128 MiB, ViT-B/32 at 6 images (~0.2 GiB, 1.1 x
-# the 2-vector floor; a CPU gains little from larger batches). CUDA: 1 GiB keeps the device within
-# the bound of 1.25 x the resident floor + 1 GB for any model size.
-BUDGETS = {"cpu": 128 * MiB, "cuda": 1024 * MiB}
+# the 2-vector floor; a CPU gains little from larger batches). CUDA: 640 MiB, a transient of
+# ~0.9 GiB, which keeps the device within the bound of 1.25 x the resident floor + 1 GB
+# for any model size (1 GiB, ~1.44 GiB transient, would not for models of floor < 1.8 GiB, e.g. a
+# CLIP RN50 with two vectors); ViT-B/32 at 32 images.
+BUDGETS = {"cpu": 128 * MiB, "cuda": 640 * MiB}
 DEFAULT_BUDGET = 128 * MiB   # any other device type
 
 

@@ -66,7 +66,7 @@ class Engine(EvalInputs):
             images would exceed ``activation_budget`` (``batch_plan``; results do not depend on it
             for the preview attacks, which seed every image by its id).
         activation_budget: bytes of saved activations one attack batch may hold (default
-            ``activation.BUDGETS``: 128 MiB on CPU, 1 GiB on CUDA; a constant per device type, so
+            ``activation.BUDGETS``: 128 MiB on CPU, 640 MiB on CUDA; a constant per device type, so
             a point's batch, hence its AutoAttack numbers, never depend on free memory).
         fast_attack: compute attack gradients on an ``AttackTwin`` (BatchNorm folded,
             channels-last) where the tower has one; proofs are still checked on the model.
