@@ -457,3 +457,17 @@ def test_a_stop_check_leaves_batchnorm_in_eval_mode(fast_stages):
     assert torch.equal(plain, checked) and torch.equal(one, plain[:1])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m.training for m in model.modules())
+
+
+def test_nothing_clean_correct_returns_the_images_unchanged():
+    """Tied logits (two class names the tokenizer reads alike) left no row to attack, and PGD's
+    random start stacked an empty list (a RuntimeError in the Inspect tab); now x comes back."""
+    from explorer.attacks import run_attack
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x = torch.rand(2, 3, 4, 4)
+    with torch.no_grad():
+        wrong = (net(x).argmax(1) + 1) % 3
+    for name in ("pgd-3", "fgsm", "apgd-ce"):
+        x_adv = run_attack(net, x, wrong, AttackSpec(name, eps="4/255"))
+        assert torch.equal(x_adv, x)

@@ -170,3 +170,36 @@ def test_help_shows_each_commands_whole_summary(capsys):
         main(["zoo", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "build the demo zoo, list or measure a manifest, or write a synthetic scale fixture" in out
+
+
+def test_interrupted_sweep_keeps_its_points_and_the_rerun_resumes(tiny_zoo, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after two of four points: their lines and JSON are written, the one error line says
+    how many and where they are, and the same command then serves them from the store."""
+    from explorer.executors import LocalExecutor
+
+    real_run = LocalExecutor.run
+
+    def interrupted_run(self, jobs, **kwargs):
+        for k, item in enumerate(real_run(self, jobs, **kwargs)):
+            yield item
+            if k == 1:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "f.json"
+    argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
+            "--alphas", "0:1:4", "--attack", "pgd-2", "--n", "8", "--store", str(tmp_path / "s.sqlite"),
+            "--out", str(out)]
+    monkeypatch.setattr(LocalExecutor, "run", interrupted_run)
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == ("error: interrupted after 2 of 4 points (in the store; "
+                                             "the same command resumes from them)")
+    first = json.loads(out.read_text())
+    assert [p["alpha"] for p in first] == [0.0, pytest.approx(1 / 3)]
+    assert captured.out.count("\n") == 2
+    monkeypatch.setattr(LocalExecutor, "run", real_run)
+    assert main(argv) == 0
+    again = json.loads(out.read_text())
+    assert [p["cached"] for p in again] == [True, True, False, False]
+    assert [(p["clean_acc"], p["robust_acc"]) for p in again[:2]] == [(p["clean_acc"], p["robust_acc"])
+                                                                      for p in first]

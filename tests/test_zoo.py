@@ -211,3 +211,28 @@ def test_weights_beside_a_wrapper_are_refused(tmp_path):
     torch.save({"state_dict": {"a": torch.zeros(2)}, "ema": torch.zeros(4)}, tmp_path / "amb.pt")
     with pytest.raises(CheckpointError, match="ema.*ambiguous"):
         read_checkpoint(str(tmp_path / "amb.pt"))
+
+
+class _RunsCode:  # unpickling this would run a command
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("content", ["text", "pickle"])
+def test_lazy_conversion_refuses_in_one_short_line(tmp_path, monkeypatch, content):
+    """The manifest path (``cached_safetensors``) once embedded torch's paragraphs, advice to retry
+    with ``weights_only=False`` included; now the line is the same as ``read_checkpoint``'s."""
+    from explorer.zoo.lazy import cached_safetensors
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.pt"
+    if content == "text":
+        bad.write_text("hello, this is not a checkpoint")
+    else:
+        torch.save({"a": _RunsCode()}, bad)
+    with pytest.raises(CheckpointError) as err:
+        cached_safetensors(bad)
+    assert str(err.value) == (f"{bad} could not be loaded with weights_only=True (not a tensor file, "
+                              "or one that needs arbitrary unpickling, which is refused)")
+    assert not (tmp_path / "PWNED").exists()

@@ -89,7 +89,8 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
         idx = robust.nonzero().flatten()
         log.info("%s on %d/%d clean-correct points", spec.label, len(idx), len(x))
         options = RunOptions(batch_size, progress, rand_init, should_stop)
-        x_adv[idx] = record.run(net, x[idx], y[idx], ids[idx], spec, n_classes, options).to(x)
+        if len(idx):   # nothing clean-correct (e.g. tied logits): nothing to attack
+            x_adv[idx] = record.run(net, x[idx], y[idx], ids[idx], spec, n_classes, options).to(x)
     return _enforce_ball(x_adv, x, spec.eps, spec.norm)
 
 

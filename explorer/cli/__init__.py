@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("explorer.cli").debug("user error", exc_info=True)
         print(error_line(exc), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:   # a command may say what it kept (sweep: points done, stored)
+        print(f"error: interrupted {exc}".rstrip(), file=sys.stderr)
         return 130
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import SweepSpec, parse_alphas, parse_options
-from ..executors import run_in_order, sweep_jobs
+from ..executors import sweep_jobs
 from ..merging import METHODS
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
 
@@ -40,8 +40,16 @@ def run(args: argparse.Namespace) -> int:
                      options=parse_options(args.options))
     if args.reuse and args.executor != "local":
         raise ValueError("--reuse needs the local executor: Ray actors run every point history-free")
+    jobs, done = sweep_jobs(spec), {}
     try:
-        rows = run_in_order(service.executor(base), sweep_jobs(spec), use_bank=args.reuse, progress=True)
+        for i, row in service.executor(base).run(jobs, use_bank=args.reuse, progress=True):
+            done[i] = row
+    except KeyboardInterrupt:
+        # Ctrl-C: print and write the points finished so far, and say where they are kept.
+        write_points([done[i] for i in sorted(done)], args.out)
+        kept = ("not stored (--no-store)" if args.no_store
+                else "in the store; the same command resumes from them")
+        raise KeyboardInterrupt(f"after {len(done)} of {len(jobs)} points ({kept})") from None
     finally:
         service.close()
-    return write_points(rows, args.out)
+    return write_points([done[i] for i in sorted(done)], args.out)
