@@ -203,3 +203,18 @@ def test_interrupted_sweep_keeps_its_points_and_the_rerun_resumes(tiny_zoo, tmp_
     assert [p["cached"] for p in again] == [True, True, False, False]
     assert [(p["clean_acc"], p["robust_acc"]) for p in again[:2]] == [(p["clean_acc"], p["robust_acc"])
                                                                       for p in first]
+
+
+@pytest.mark.parametrize("where,message", [
+    ("missing/x.json", "folder {tmp}/missing does not exist"),
+    (".", "is a folder; name a file, e.g. {tmp}/points.json"),
+])
+def test_unwritable_out_is_refused_before_the_sweep(tiny_zoo, tmp_path, capsys, where, message):
+    """A bad ``--out`` was found only after every point was computed (and, with --no-store, lost)."""
+    out = tmp_path / where if where != "." else tmp_path
+    argv = ["sweep", "--manifest", str(tiny_zoo), "--natural", "natural", "--robust", "robust",
+            "--alphas", "0,1", "--attack", "none", "--n", "8", "--no-store", "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: --out {out}: {message.format(tmp=tmp_path)}\n"
+    assert captured.out == ""   # refused before any point ran

@@ -16,6 +16,7 @@ from types import ModuleType
 from ..device import check_device
 from ..executors.base import ExecutorError
 from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
+from .common import check_out
 
 # Subcommand name -> module, in the order ``--help`` lists them.
 COMMANDS: dict[str, ModuleType] = {"serve": serve, "sweep": sweep, "evaluate": evaluate, "zoo": zoo,
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        check_device(getattr(args, "device", None))   # every command's --device, before any work
+        check_device(getattr(args, "device", None))   # every command's --device and --out, before any work
+        check_out(getattr(args, "out", None))
         return args.run(args)
     except USER_ERRORS as exc:
         logging.getLogger("explorer.cli").debug("user error", exc_info=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,16 +108,34 @@ def write_points(points: list[dict], out: str | None) -> int:
 
     Returns the exit status: 0, or 1 when some point failed (its line says why).
     """
+    for p in points:   # printed first: a failing write still shows every point
+        print(point_line(p))
     if out:
         write_json(points, out)
         log.info("wrote %d points to %s", len(points), out)
-    for p in points:
-        print(point_line(p))
     failed = sum(bool(p.get("failed")) for p in points)
     if failed:
         print(f"warning: {failed} of {len(points)} points failed (no accuracy; see their lines)",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work (a sweep may take hours).
+
+    Raises:
+        ValueError: ``out`` is a folder, or its folder does not exist or is not writable.
+    """
+    if not out:
+        return
+    path = Path(out)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"--out {out}: is a folder; name a file, e.g. {path / 'points.json'}")
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {out}: folder {folder} is not writable")
 
 
 def write_json(obj: object, out: str | Path) -> None:
