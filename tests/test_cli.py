@@ -218,3 +218,25 @@ def test_unwritable_out_is_refused_before_the_sweep(tiny_zoo, tmp_path, capsys, 
     captured = capsys.readouterr()
     assert captured.err == f"error: --out {out}: {message.format(tmp=tmp_path)}\n"
     assert captured.out == ""   # refused before any point ran
+
+
+def test_convert_to_a_missing_folder_is_one_line(tiny_zoo, tmp_path, capsys):
+    """Was safetensors' SafetensorError traceback (exit 1) after reading the source."""
+    dst = tmp_path / "missing" / "r.safetensors"
+    assert main(["convert", str(tiny_zoo.parent / "robust2.pt"), str(dst)]) == 2
+    assert capsys.readouterr().err == f"error: dst {dst}: folder {dst.parent} does not exist\n"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--port", "99999"], "argument --port: port must lie in [0, 65535], got 99999"),
+    (["--max-job-seconds", "nan"], "argument --max-job-seconds: must be a finite number > 0, got nan"),
+    (["--max-pixels", "-1"], "argument --max-pixels: must be an integer >= 1, got -1"),
+    (["--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
+])
+def test_serve_flags_out_of_range_stop_before_serving(capsys, argv, message):
+    """``serve --port 99999`` aborted the process (OverflowError in bind, then 'terminate called');
+    a negative or NaN cap was accepted and served."""
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", *argv])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

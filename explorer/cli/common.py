@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..attacks import attack_help, attack_table, parse_attack
 from ..config import AttackSpec, EvalSpec, resolve_defaults
 from ..intervals import fmt_ci, with_intervals
+from ..serve_args import positive_int
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -57,7 +58,7 @@ def add_executor_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (host:port printed by `ray start --head`, or auto); "
                         "default: start Ray on this machine")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="Ray actors (default: one per GPU, else one per CPU)")
 
 
@@ -120,8 +121,8 @@ def write_points(points: list[dict], out: str | None) -> int:
     return 1 if failed else 0
 
 
-def check_out(out: str | None) -> None:
-    """Refuse an ``--out`` that cannot be written, before any work (a sweep may take hours).
+def check_out(out: str | None, flag: str = "--out") -> None:
+    """Refuse an ``--out`` (or another output ``flag``) that cannot be written, before any work.
 
     Raises:
         ValueError: ``out`` is a folder, or its folder does not exist or is not writable.
@@ -131,11 +132,11 @@ def check_out(out: str | None) -> None:
     path = Path(out)
     folder = path.parent
     if path.is_dir():
-        raise ValueError(f"--out {out}: is a folder; name a file, e.g. {path / 'points.json'}")
+        raise ValueError(f"{flag} {out}: is a folder; name a file, e.g. {path / 'points.json'}")
     if not folder.is_dir():
-        raise ValueError(f"--out {out}: folder {folder} does not exist")
+        raise ValueError(f"{flag} {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise ValueError(f"--out {out}: folder {folder} is not writable")
+        raise ValueError(f"{flag} {out}: folder {folder} is not writable")
 
 
 def write_json(obj: object, out: str | Path) -> None:

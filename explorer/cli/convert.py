@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..zoo import convert
+    from .common import check_out
 
+    check_out(args.dst, "dst")   # before reading the source (was safetensors' traceback after it)
     print(convert(args.src, args.dst))
     return 0
