@@ -240,3 +240,13 @@ def test_serve_flags_out_of_range_stop_before_serving(capsys, argv, message):
         main(["serve", *argv])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_zoo_synth_with_a_config_that_is_not_json_names_the_file(tmp_path, capsys):
+    """Was 'error: Expecting value: line 1 column 1 (char 0)', naming no file."""
+    bad = tmp_path / "my-arch.json"
+    bad.write_text("hello, not json")
+    assert main(["zoo", "synth", "--arch", "my-arch", "--arch-config", str(bad),
+                 "--into", str(tmp_path / "fx")]) == 2
+    assert capsys.readouterr().err == (f"error: architecture config {bad} is not a JSON model config: "
+                                       "Expecting value: line 1 column 1 (char 0)\n")

@@ -6,6 +6,7 @@ checkpoints, and refuses checkpoints of the wrong architecture or with non-finit
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -23,6 +24,23 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: wrong architecture, missing keys, non-finite weights."""
+
+
+def add_arch_config(path: Path, shown: str | Path) -> None:
+    """``open_clip.add_model_config(path)``, its JSON errors as one line naming ``shown``.
+
+    Raises:
+        ValueError: the file is not a JSON model config.
+    """
+    import open_clip
+
+    # Parsed here first: open_clip keeps every path it was given and re-reads them all on each
+    # later registration, so one bad file would break every registration after it.
+    try:
+        json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:   # json.JSONDecodeError is a ValueError
+        raise ValueError(f"architecture config {shown} is not a JSON model config: {exc}") from None
+    open_clip.add_model_config(path)
 
 
 def register_arch(entry: ModelEntry) -> None:
@@ -46,12 +64,12 @@ def register_arch(entry: ModelEntry) -> None:
     if entry.arch in open_clip.list_models():
         return
     if cfg_path.stem == entry.arch:
-        open_clip.add_model_config(cfg_path)
+        add_arch_config(cfg_path, cfg_path)
         return
     with tempfile.TemporaryDirectory(prefix="explorer-arch-") as tmp:
         copy = Path(tmp) / f"{entry.arch}.json"
         shutil.copyfile(cfg_path, copy)
-        open_clip.add_model_config(copy)
+        add_arch_config(copy, cfg_path)
 
 
 class _DropRandomInitWarning(logging.Filter):

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .checkpoints import add_arch_config
+
 log = logging.getLogger(__name__)
 
 HEADER = """# SYNTHETIC ZOO ({arch}, seed {seed}): seeded RANDOM-INIT weights written by
@@ -95,7 +97,7 @@ def synth_zoo(arch: str, into: str | Path, seed: int = 0, arch_config: str | Pat
         dst = root / f"{arch}.json"
         if Path(arch_config).resolve() != dst:
             shutil.copyfile(arch_config, dst)
-        open_clip.add_model_config(dst)
+        add_arch_config(dst, arch_config)
         cfg_line = f'arch_config = "{dst.name}"\n'
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
