@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import plots
 from ..service import Service
-from ..zoo import LOCAL_SUFFIXES, CheckpointError
+from ..zoo import LOCAL_SUFFIXES, CheckpointError, CheckpointRefused
 from .common import one_line, readable_errors
 from .form import Form
 from .guard import session_of
@@ -84,7 +84,9 @@ class ModelsHandlers:
             source, label = (str(upload), "upload") if upload else (serving.resolve(path), path.strip()[:80])
             added = serving.add_checkpoint(owner, base or self.service.default_base, source, role, name,
                                            label)
-        except CheckpointError as exc:   # CheckpointRefused: the same line whatever the cause
+        except CheckpointRefused as exc:   # the same line whatever the cause (it says "refused")
+            raise gr.Error(one_line(str(exc))) from None
+        except CheckpointError as exc:
             raise gr.Error(one_line(f"Checkpoint rejected: {exc}")) from None
         self._stats.clear()              # a name may now stand for other weights (evicted, re-added)
         nat, rob = serving.names(owner, "natural"), serving.names(owner, "robust")
