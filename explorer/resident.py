@@ -127,9 +127,12 @@ def vector_from_tensors(entry: ModelEntry, tensors: Mapping[str, torch.Tensor],
 
 def _vector(entry: ModelEntry, ft: torch.Tensor, pre: torch.Tensor, layout: FlatLayout,
             text_segments: Sequence[tuple[int, int]], report: LoadReport | None) -> Vector:
-    touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
-    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre, report,
-                  find_untouched(pre, ft, layout.segments))
+    untouched = find_untouched(pre, ft, layout.segments)
+    if untouched is not None:   # a text tensor equal to pre is one of its ranges: no second pass
+        touches = any(not untouched.covers(a, b) for a, b in text_segments)
+    else:
+        touches = any(not torch.equal(ft[a:b], pre[a:b]) for a, b in text_segments)
+    return Vector(entry.name, entry.role, ft, flat_digest(ft), touches, pre, report, untouched)
 
 
 def text_segments(layout: FlatLayout) -> list[tuple[int, int]]:

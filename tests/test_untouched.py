@@ -77,6 +77,8 @@ def test_find_untouched_is_exactly_the_equal_coordinates():
         assert u.count == int((ft == pre).sum())
     u1 = find_untouched(pre, fts[1], SEGMENTS, max_fraction=8)
     assert u1.ranges == ((300, 1000), (1010, 2500))      # whole tensors become ranges
+    for u, ft in ((u1, fts[1]), (find_untouched(pre, fts[0], SEGMENTS, max_fraction=8), fts[0])):
+        assert [u.covers(a, b) for a, b in SEGMENTS] == [torch.equal(ft[a:b], pre[a:b]) for a, b in SEGMENTS]
     assert find_untouched(pre, pre.clone(), SEGMENTS, max_fraction=8).ranges == ((0, N),)   # adjacent ranges merge
 
 

@@ -43,6 +43,11 @@ class Untouched:
     index: Tensor
     numel: int
 
+    def covers(self, a: int, b: int) -> bool:
+        """Whether all of ``[a, b)`` lies in one range (a whole tensor equal to ``pre`` always
+        does: :func:`find_untouched` keeps such tensors as ranges, never as singles)."""
+        return a >= b or any(ra <= a and b <= rb for ra, rb in self.ranges)
+
     @property
     def count(self) -> int:
         """Number of coordinates in the set."""

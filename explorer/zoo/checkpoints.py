@@ -114,13 +114,30 @@ def read_checkpoint(source: str, cache_dir: str | None = None) -> dict[str, torc
         except Exception as exc:  # safetensors raises its own error types; its text stays in the log
             log.info("%s: safetensors refused it: %s", path, exc)
             raise CheckpointError(f"{path} is not a readable safetensors file") from None
+    return unwrap_state_dict(load_weights_only(path), str(path))
+
+
+def load_weights_only(path: Path, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a refusal is one line.
+
+    ``mmap=True`` memory-maps a zip-format file (tensors paged in as read), falling back to a
+    plain read for the legacy format, which cannot be mapped.
+
+    Raises:
+        CheckpointError: not a tensor file, or one that needs arbitrary unpickling (torch's own
+            text, paragraphs that advise ``weights_only=False``, is logged only).
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's message is paragraphs (ANSI escapes, file content): logged only
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:   # legacy (non-zip) format cannot be memory-mapped
+                pass
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
         log.info("%s: torch.load(weights_only=True) refused it: %s", path, exc)
         raise CheckpointError(f"{path} could not be loaded with weights_only=True (not a tensor file, "
                               "or one that needs arbitrary unpickling, which is refused)") from None
-    return unwrap_state_dict(obj, str(path))
 
 
 def _hf_download(spec: str, cache_dir: str | None) -> str:

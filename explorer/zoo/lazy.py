@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import struct
 from pathlib import Path
@@ -20,9 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoints import CheckpointError, _hf_download, unwrap_state_dict
-
-log = logging.getLogger(__name__)
+from .checkpoints import CheckpointError, _hf_download, load_weights_only, unwrap_state_dict
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -80,17 +77,7 @@ def cached_safetensors(path: str | Path) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:   # legacy (non-zip) format cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's text is paragraphs (and advises weights_only=False): logged only
-        log.info("%s: torch.load(weights_only=True) refused it: %s", path, exc)
-        raise CheckpointError(f"{path} could not be loaded with weights_only=True (not a tensor file, "
-                              "or one that needs arbitrary unpickling, which is refused)") from None
-    sd = unwrap_state_dict(obj, str(path))
-    del obj
+    sd = unwrap_state_dict(load_weights_only(path, mmap=True), str(path))
     return save_streaming(sd, out, {"converted_from": path.name, "sha256": digest})
 
 
