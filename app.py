@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from explorer.serve_args import add_serve_args
+from explorer.app.flags import add_serve_args
 
 
 def main(argv: list[str] | None = None) -> int:

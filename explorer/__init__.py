@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from .attacks import run_attack
 from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_eps
+from .core.taskvec import FlatLayout, TaskVector
 from .data import Task, get_task, task_names
-from .evaluate import EvalResult, evaluate
-from .engine import Engine
+from .engine.frontier import Engine
+from .evaluation.evaluate import EvalResult, evaluate
+from .evaluation.zeroshot import ZeroShotClassifier
 from .merging import METHODS
 from .store import Store
-from .taskvec import FlatLayout, TaskVector
-from .zeroshot import ZeroShotClassifier
 from .zoo import Manifest, ModelEntry, convert, load_manifest, load_weights
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .intervals import with_intervals
+from .stats.intervals import with_intervals
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from explorer.attacks import attack_cost  # noqa: E402
-from explorer.bench import step_seconds  # noqa: E402
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas  # noqa: E402
-from explorer.engine import Engine  # noqa: E402
+from explorer.engine.frontier import Engine  # noqa: E402
+from explorer.studies.bench import step_seconds  # noqa: E402
 
 EPS = 4 / 255
 SLIDER_ALPHAS = (0.3, 0.4, 0.6, 0.7, 0.8)
@@ -167,7 +167,7 @@ def run_frontier(eng: Engine, ev: EvalSpec, tab: Table, past_deadline: Callable[
                      alphas=parse_alphas(f"0:1:{tab.points}"), attack=tab.frontier_attack, eval=ev)
     steps = [0]
 
-    def count(_module, args, _out) -> None:   # rows of forward+backward (as explorer.bench counts)
+    def count(_module, args, _out) -> None:   # rows of forward+backward (as explorer.studies.bench counts)
         if torch.is_grad_enabled():
             steps[0] += args[0].shape[0]
 

@@ -1,4 +1,4 @@
-"""The attack batch from an activation budget (explorer.activation) on a tiny real ViT: the
+"""The attack batch from an activation budget (explorer.evaluation.activation) on a tiny real ViT: the
 measured bytes, the batch within the budget, no forward beyond it, and numbers that do not
 depend on it."""
 from __future__ import annotations
@@ -7,13 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.activation import BUDGETS, MiB, batch_for, budget_for, bytes_per_image, saved_bytes
 from explorer.attacks.gradient import BUCKET, bucketed
 from explorer.attacks.safety import AttackModel, attack_context
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
+from explorer.evaluation.activation import (
+    BUDGETS,
+    MiB,
+    batch_for,
+    budget_for,
+    bytes_per_image,
+    saved_bytes,
+)
+from explorer.evaluation.zeroshot import TEXT_UNITS, build_text_head, prompt_bytes
 from explorer.store import Store
-from explorer.zeroshot import TEXT_UNITS, build_text_head, prompt_bytes
 
 EV = EvalSpec("shapes", n=40, seed=3)
 PGD = AttackSpec("pgd-3", 16 / 255, seed=1)   # here: 4 of 40 clean-correct, 1 survives

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
+from explorer.core.finite import NonFiniteLogitsError
 from explorer.data import get_task
-from explorer.evaluate import evaluate, predict
-from explorer import attack_twin
-from explorer.attack_twin import TOLERANCE, make_twin, max_disagreement
-from explorer.finite import NonFiniteLogitsError
-from explorer.engine import Engine
+from explorer.engine import attack_twin
+from explorer.engine.attack_twin import TOLERANCE, make_twin, max_disagreement
+from explorer.engine.frontier import Engine
+from explorer.evaluation.evaluate import evaluate, predict
 from explorer.zoo import default_manifest_path
 
 
@@ -61,7 +61,7 @@ def test_pooled_query_equals_the_attention_pool_on_several_grids():
     the demo tower; larger grids on real ResNet CLIPs), values and input gradients."""
     from open_clip.modified_resnet import AttentionPool2d
 
-    from explorer.attack_twin import PooledQuery
+    from explorer.engine.attack_twin import PooledQuery
 
     torch.manual_seed(0)
     for side in (1, 2, 7):

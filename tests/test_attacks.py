@@ -10,14 +10,25 @@ import torchattacks
 from torch import nn
 
 import explorer.attacks
-from explorer.attacks import (ATTACK_NAMES, ATTACKS, attack_cost, attack_help, check_gradients,
-                              check_logits, find_attack, parse_attack, reference_autoattack, run_attack,
-                              validate_attack)
-from explorer.attacks import records, stages
-from explorer.attacks.stages import build_stage
+from explorer.attacks import (
+    ATTACK_NAMES,
+    ATTACKS,
+    attack_cost,
+    attack_help,
+    check_gradients,
+    check_logits,
+    find_attack,
+    parse_attack,
+    records,
+    reference_autoattack,
+    run_attack,
+    stages,
+    validate_attack,
+)
 from explorer.attacks.safety import AttackModel, attack_context
+from explorer.attacks.stages import build_stage
 from explorer.config import AttackSpec
-from explorer.zeroshot import ZeroShotClassifier
+from explorer.evaluation.zeroshot import ZeroShotClassifier
 
 # Every attack of the registry (one instance per pattern) but the ones with Square's 5000 queries:
 # a new record is covered by the ball / accuracy / eps=0 invariants below without editing a list.
@@ -411,7 +422,7 @@ def test_padded_batches_change_no_row(mlp_setup, monkeypatch):
     assert torch.allclose(plain, padded, atol=1e-6)
     assert gradient.bucketed(torch.arange(37)).tolist() == list(range(37)) + [0] * 11
     # predict pads its batches the same way and returns one label per real row.
-    from explorer.evaluate import predict
+    from explorer.evaluation.evaluate import predict
 
     with torch.no_grad():
         assert torch.equal(predict(model, x[:37], batch_size=20), model(x[:37]).argmax(1))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explorer.bootstrap import hypervolume_intervals
-from explorer.hypervolume import hypervolume
+from explorer.stats.bootstrap import hypervolume_intervals
+from explorer.stats.hypervolume import hypervolume
 
 
 def _flags(seed, n=200, points=4):

@@ -5,8 +5,8 @@ import argparse
 
 import pytest
 
-from explorer import compare
-from explorer.hypervolume import hypervolume, pareto_front
+from explorer.stats.hypervolume import hypervolume, pareto_front
+from explorer.studies import compare
 
 
 def test_hypervolume_hand_computed():

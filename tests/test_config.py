@@ -2,8 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.config import (AttackSpec, EvalSpec, MergeSpec, SweepSpec, eps_label, parse_alphas, parse_eps,
-                             parse_options)
+from explorer.config import (
+    AttackSpec,
+    EvalSpec,
+    MergeSpec,
+    SweepSpec,
+    eps_label,
+    parse_alphas,
+    parse_eps,
+    parse_options,
+)
 
 
 def test_sweep_spec_json_round_trip_and_stable_digest():

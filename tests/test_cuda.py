@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
 from explorer.zoo import default_manifest_path
 
 pytestmark = pytest.mark.cuda

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
 from explorer.zoo import default_manifest_path, load_manifest, load_weights
 
 CLEAN = AttackSpec("none", eps=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.device import check_device, default_device
+from explorer.core.device import check_device, default_device
 
 
 @pytest.mark.parametrize("name", [None, ""])
@@ -37,8 +37,8 @@ def test_cuda_without_cuda_and_an_index_past_the_devices(monkeypatch):
 
 
 def test_engine_and_service_refuse_a_bad_device_before_loading(tiny_zoo):
-    from explorer.engine import Engine
-    from explorer.service import Service
+    from explorer.app.service import Service
+    from explorer.engine.frontier import Engine
 
     with pytest.raises(ValueError, match="^device 'nope'"):
         Service(str(tiny_zoo), "nope", "none")

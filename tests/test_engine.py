@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from explorer.bench import plain_classifier
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from explorer.evaluate import evaluate
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
+from explorer.evaluation.evaluate import evaluate
 from explorer.store import Store
+from explorer.studies.bench import plain_classifier
 from explorer.zoo import load_manifest
 
 EV = EvalSpec(task="shapes", n=48, seed=0)
@@ -74,8 +74,7 @@ def test_a_torchattacks_attack_leaves_every_batchnorm_in_eval_mode():
     (a fresh wrapper said "training"): its robust accuracy was then measured with BatchNorm on
     batch statistics, and the running statistics moved (demo zoo, pgd-2, n = 16: plain 0.56 vs
     the engine's 0.75 on the same images)."""
-    from explorer.bench import torchattacks_attack
-
+    from explorer.studies.bench import torchattacks_attack
     from explorer.zoo import default_manifest_path, load_weights
 
     manifest = load_manifest(default_manifest_path())          # a ResNet tower: BatchNorm

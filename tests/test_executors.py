@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from explorer.config import AttackSpec, EvalSpec, SweepSpec
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
 from explorer.executors import ExecutorError, LocalExecutor, make_executor, run_in_order, run_sweep, sweep_jobs
 from explorer.executors.ray_connect import import_ray, split_address
 from explorer.executors.schedule import AffinityQueue
@@ -204,7 +204,7 @@ SWEEP_FLAGS = ["--natural", "natural", "--robust", "robust", "--alphas", "0,0.5,
 def test_cli_sweep_on_ray_prints_the_local_points(executor, local_rows, tiny_zoo, tmp_path, monkeypatch):
     """``sweep --executor ray`` goes through the service to a Ray executor (the module's actors,
     handed out instead of new ones) and writes what the local sweep computed, in grid order."""
-    import explorer.service as service_mod
+    import explorer.app.service as service_mod
     from explorer.cli import main
 
     asked: dict = {}
@@ -226,8 +226,8 @@ def test_cli_sweep_on_ray_prints_the_local_points(executor, local_rows, tiny_zoo
 
 def test_service_sweep_on_ray_streams_the_pretrained_point_and_the_sweep(executor, local_rows, tiny_zoo,
                                                                          tmp_path, monkeypatch):
+    from explorer.app.service import Service
     from explorer.config import MergeSpec
-    from explorer.service import Service
 
     svc = Service(str(tiny_zoo), "cpu", str(tmp_path / "r.sqlite"), executor="ray", workers=2)
     monkeypatch.setattr(svc, "executor", lambda base=None: executor)

@@ -5,20 +5,19 @@ import copy
 import json
 import math
 import time
-import tomllib
 
 import open_clip
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
 
 from explorer.data import get_task
-from explorer.finetune import (METHODS, FinetuneConfig, load_checkpoint, pgd_linf,
-                               save_checkpoint, visual_state)
+from explorer.evaluation.zeroshot import ZeroShotClassifier
+from explorer.finetune import METHODS, FinetuneConfig, load_checkpoint, pgd_linf, save_checkpoint, visual_state
 from explorer.finetune.caw import caw_loss
 from explorer.finetune.pretrain import caption_targets, contrastive_loss
 from explorer.finetune.recipe import build_zoo
-from explorer.zeroshot import ZeroShotClassifier
 
 ARCH = "test-tiny-clip"
 # The fine-tuning losses are architecture-agnostic; the demo zoo is a ResNet, so test on a ViT.
@@ -150,7 +149,7 @@ def test_micro_zoo_builds_fast_with_manifest(tmp_path):
     arch = models["pretrained"]["arch"]
     open_clip.add_model_config(manifest.parent / models["pretrained"]["arch_config"])
     full = open_clip.create_model(arch, pretrained=None).state_dict()
-    for name, entry in models.items():
+    for entry in models.values():
         state, meta = load_checkpoint(manifest.parent / entry["weights"])
         assert entry["provenance"]["method"] == meta["method"]
         if entry["role"] == "base":

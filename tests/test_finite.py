@@ -16,13 +16,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from explorer.app.service import Service
 from explorer.attacks import check_gradients
 from explorer.cli import main
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from explorer.engine import Engine
-from explorer.evaluate import evaluate
-from explorer.finite import InvalidMergeError, NonFiniteLogitsError, check_merged, merge_problems
-from explorer.service import Service
+from explorer.core.finite import (
+    InvalidMergeError,
+    NonFiniteLogitsError,
+    check_merged,
+    merge_problems,
+)
+from explorer.engine.frontier import Engine
+from explorer.evaluation.evaluate import evaluate
 from explorer.store import Store
 from explorer.zoo import default_manifest_path, load_manifest
 

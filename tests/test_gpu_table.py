@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ARCH
+
 from explorer.attacks import attack_cost
 from explorer.config import AttackSpec
 
@@ -60,7 +60,7 @@ def test_every_measured_line_names_attack_eps_n_and_seconds(fixture_dir, capsys)
     for i, (ln, alpha) in enumerate(zip(frontier, (0.0, 0.5, 1.0)), 1):
         assert ln.startswith(f"frontier point {i}/3: pgd-2 Linf eps=4/255 n=8 alpha={alpha:.2f}")
         assert re.search(r"image-steps \d+ \(\d+\.\d+ ms each\);", ln) and _seconds(ln) > 0
-    assert any(re.fullmatch(rf"finished: 3 of 3 points in \d+\.\d s", ln) for ln in lines)
+    assert any(re.fullmatch(r"finished: 3 of 3 points in \d+\.\d s", ln) for ln in lines)
     assert any(re.fullmatch(r"forward\+backward: \d+\.\d+ ms per image at batch 8", ln) for ln in lines)
     # The summary carries the same measurements: the slider's median of the printed seconds.
     median = statistics.median(_seconds(ln) for ln in slider)
@@ -89,7 +89,7 @@ def test_a_spent_budget_prints_not_finished_and_an_honest_table(fixture_dir, cap
 
 
 def test_frontier_cut_after_one_point_projects_from_what_it_measured(fixture_dir, capsys):
-    from explorer.engine import Engine
+    from explorer.engine.frontier import Engine
     eng, ev = gpu_table.setup(fixture_dir, "cpu", 8)
     assert isinstance(eng, Engine)
     tab = gpu_table.Table(n=8, points=3, slider_attack=AttackSpec("pgd-10", 4 / 255),

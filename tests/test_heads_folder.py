@@ -7,14 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ARCH
 from PIL import Image
 
-from conftest import TINY_ARCH
-from explorer import zeroshot
 from explorer.data import get_task
 from explorer.data.templates import clip_templates, imagenet_classnames
-from explorer.engine import Engine
-from explorer.zeroshot import ZeroShotClassifier, cached_text_head, head_cache_key, heads_dir
+from explorer.engine.frontier import Engine
+from explorer.evaluation import zeroshot
+from explorer.evaluation.zeroshot import (
+    ZeroShotClassifier,
+    cached_text_head,
+    head_cache_key,
+    heads_dir,
+)
 
 
 def test_imagenet_names_and_the_80_templates_match_open_clip():

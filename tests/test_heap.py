@@ -1,4 +1,4 @@
-"""Freed heap goes back to the OS after loading and after a text head (explorer.heap)."""
+"""Freed heap goes back to the OS after loading and after a text head (explorer.core.heap)."""
 from __future__ import annotations
 
 import gc
@@ -8,9 +8,10 @@ import platform
 import pytest
 import torch
 
-from explorer import heap, resident
-from explorer.engine import Engine
-from explorer.scale_bench import _status_kib
+from explorer.core import heap
+from explorer.engine import resident
+from explorer.engine.frontier import Engine
+from explorer.studies.scale_bench import _status_kib
 
 MiB = 2 ** 20
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.images import ImageError, read_image
+from explorer.app.images import ImageError, read_image
 
 H, W = 24, 32
 
@@ -131,8 +131,8 @@ def test_decoded_as_a_viewer_shows_it_through_every_source(case, tmp_path: Path)
 def test_hidden_colour_never_reaches_the_prediction(tmp_path: Path) -> None:
     """The RGBA case through the service's upload path on the demo zoo: same probabilities as
     the picture flattened by hand (and different from the one with the hidden colour kept)."""
+    from explorer.app.service import Service
     from explorer.config import AttackSpec, MergeSpec
-    from explorer.service import Service
 
     path, want = case_rgba_hidden_colour(tmp_path)
     svc = Service(device="cpu", store_path="none")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from explorer.app.service import Service
 from explorer.config import AttackSpec, MergeSpec
-from explorer.service import Service
 
 CLASSES = ["circle", "square", "triangle", "star"]
 
@@ -77,7 +77,7 @@ def test_background_sweep_runs_once_and_matches_the_sweep(service) -> None:
 
 def test_first_view_streams_with_a_progress_line(tiny_zoo) -> None:
     """While the default curve is computed the page shows a progress line; at the end, the curve."""
-    from explorer.background import BackgroundSweep
+    from explorer.app.background import BackgroundSweep
     from explorer.ui import build_demo
     from explorer.ui.common import default_curve
     from explorer.ui.frontier_handlers import FrontierHandlers

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
+from explorer.app.service import Service
 from explorer.attacks import parse_attack
 from explorer.config import MergeSpec
-from explorer.service import Service
 from explorer.ui.inspect_tab import FALLBACK_CLASSES
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer import plots
-from explorer.bootstrap import paired_difference, resolved
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
-from explorer.engine import Engine
-from explorer.intervals import acc_interval, wilson, with_intervals
+from explorer.engine.frontier import Engine
+from explorer.stats.bootstrap import paired_difference, resolved
+from explorer.stats.intervals import acc_interval, wilson, with_intervals
 from explorer.store import Store
+from explorer.viz import plots
 
 
 def test_wilson_known_values_and_bounds():

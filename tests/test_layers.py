@@ -89,20 +89,20 @@ def test_merging_reaches_neither_engine_attacks_data_nor_calibrate():
     merging = [m for m in graph if m == "explorer.merging" or m.startswith("explorer.merging.")]
     assert "explorer.merging.registry" in merging and "explorer.merging.stability" in merging
     reached = reachable(graph, merging)
-    forbidden = ("explorer.engine", "explorer.attacks", "explorer.data", "explorer.calibrate", "explorer.ui",
-                 "explorer.cli", "explorer.service")
+    forbidden = ("explorer.engine.frontier", "explorer.attacks", "explorer.data", "explorer.calibrate", "explorer.ui",
+                 "explorer.cli", "explorer.app.service")
     bad = sorted(m for m in reached if any(m == f or m.startswith(f + ".") for f in forbidden))
     assert not bad, f"explorer.merging reaches {bad}"
     # The graph reader sees real edges (guards the check itself).
     assert "explorer.merging.registry" in graph["explorer.merging"]
     assert "explorer.merging" in graph["explorer.calibrate"]
-    assert "explorer.calibrate" in graph["explorer.engine"]
+    assert "explorer.calibrate" in graph["explorer.engine.frontier"]
 
 
 def test_calibrate_does_not_reach_the_engine_or_the_ui():
     graph = import_graph()
     reached = reachable(graph, [m for m in graph if m.startswith("explorer.calibrate")])
-    assert not [m for m in reached if m in ("explorer.engine", "explorer.service")
+    assert not [m for m in reached if m in ("explorer.engine.frontier", "explorer.app.service")
                 or m.startswith(("explorer.ui", "explorer.cli"))]
 
 
@@ -132,3 +132,58 @@ def test_nothing_outside_the_cli_imports_it():
     offenders = {m: sorted(filter(_in_cli, targets)) for m, targets in graph.items()
                  if not _in_cli(m) and m != "explorer.__main__"}
     assert not {m: t for m, t in offenders.items() if t}, offenders
+
+
+# Which packages each layer may import (DESIGN.md's arrows, one row per package; the README's
+# "Layout" section says the same in words). A new arrow is a design change: add it here and there.
+ALLOWED = {
+    "config": {"merging", "attacks", "data", "zoo", "stats", "core"},   # lazy resolvers only
+    "store": {"stats", "config"},
+    "core": {"config"},
+    "stats": set(),
+    "zoo": {"core"},
+    "data": {"zoo", "config"},
+    "attacks": {"config", "core"},
+    "merging": {"config", "core"},
+    "evaluation": {"attacks", "config", "core"},
+    "calibrate": {"attacks", "config", "core", "data", "merging", "evaluation"},
+    "finetune": {"config", "core", "data", "evaluation", "zoo", "attacks"},
+    "engine": {"attacks", "calibrate", "config", "core", "data", "evaluation", "merging", "stats", "store",
+               "zoo"},
+    "executors": {"attacks", "config", "core", "engine", "merging", "store", "zoo", "stats", "evaluation"},
+    "studies": {"attacks", "config", "core", "data", "engine", "evaluation", "executors", "merging", "stats",
+                "viz", "zoo", "store"},
+    "viz": {"stats", "config"},
+    "app": {"attacks", "config", "core", "engine", "evaluation", "executors", "store", "zoo", "stats", "data",
+            "merging"},
+    "ui": {"app", "attacks", "config", "data", "merging", "stats", "viz", "zoo"},
+    "cli": {"app", "attacks", "config", "core", "executors", "finetune", "merging", "stats", "store", "studies",
+            "ui", "zoo", "data", "engine", "evaluation", "viz"},
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "explorer"
+
+
+def test_every_package_imports_only_the_layers_below_it():
+    graph = import_graph()
+    layers = {_layer(m) for m in graph} - {"explorer", "__main__"}
+    assert layers == set(ALLOWED), f"packages without a row in ALLOWED (or rows for none): {layers ^ set(ALLOWED)}"
+    bad = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                 if _layer(m) in ALLOWED and _layer(t) not in {_layer(m), "explorer"} | ALLOWED[_layer(m)])
+    assert not bad, "imports against the layer table:\n" + "\n".join(bad)
+    # the table is read against real edges (guards the check itself)
+    assert any(_layer(t) == "engine" for t in graph["explorer.executors.local"])
+
+
+def test_the_top_level_holds_few_modules_and_the_readme_names_every_package():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__", "__main__", "config", "store"], top
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ", 4)]
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    missing = [p for p in packages if f"{p}/" not in layout]
+    assert not missing, f"README's Layout section does not name {missing}"

@@ -11,8 +11,15 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from explorer.config import MergeSpec
-from explorer.merging import (METHODS, MergeInputs, apply_coefficients, describe_method, get_method,
-                              merge_coefficients, merge_weights)
+from explorer.merging import (
+    METHODS,
+    MergeInputs,
+    apply_coefficients,
+    describe_method,
+    get_method,
+    merge_coefficients,
+    merge_weights,
+)
 from explorer.merging.sparsify import bernoulli_mask, kept_count, topk_mask, trim_mask
 from explorer.merging.ties import disjoint_mean, elect_sign
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer.bench import plain_classifier
 from explorer.cli import main
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from explorer.data import get_task
-from explorer.engine import Engine
-from explorer.evaluate import evaluate
+from explorer.engine.frontier import Engine
+from explorer.evaluation.evaluate import evaluate
+from explorer.studies.bench import plain_classifier
 from explorer.zoo import default_manifest_path, load_manifest
 
 EV = EvalSpec(task="shapes", n=48, seed=0)

@@ -6,7 +6,7 @@ import re
 import plotly.graph_objects as go
 import pytest
 
-from explorer import plots
+from explorer.viz import plots
 
 ATTACK = "pgd-10 Linf eps=4/255"
 

@@ -22,8 +22,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from explorer.attacks import ATTACKS, run_attack
-from explorer.attacks import stages
+from explorer.attacks import ATTACKS, run_attack, stages
 from explorer.attacks.stages import build_stage, settings_table, stage_settings
 from explorer.config import AttackSpec
 

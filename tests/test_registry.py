@@ -17,8 +17,17 @@ import torch
 
 from explorer.calibrate import PREPARERS
 from explorer.config import MergeSpec
-from explorer.merging import (METHOD_FIELDS, METHOD_VERSIONS, METHODS, MergedDelta, MergeInputs,
-                              apply_coefficients, canonical_spec, merge_coefficients, validate_spec)
+from explorer.merging import (
+    METHOD_FIELDS,
+    METHOD_VERSIONS,
+    METHODS,
+    MergedDelta,
+    MergeInputs,
+    apply_coefficients,
+    canonical_spec,
+    merge_coefficients,
+    validate_spec,
+)
 from explorer.merging.sparsify import kept_count
 
 SEGMENTS = [(0, 7), (7, 107), (107, 110), (110, 400), (400, 1000)]
@@ -52,7 +61,7 @@ class Case:
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.engine import Engine
+    from explorer.engine.frontier import Engine
     return Engine(tiny_zoo, device="cpu")
 
 

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
+from explorer.app.service import Service
 from explorer.cli import main
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from explorer.engine import REUSE_TAG, Engine
-from explorer.service import Service
+from explorer.engine.frontier import REUSE_TAG, Engine
 from explorer.store import Store
 from explorer.zoo import default_manifest_path
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ARCH
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_ARCH
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from explorer.engine import Engine
+from explorer.engine.frontier import Engine
 from explorer.zoo import CheckpointError, load_manifest
 from explorer.zoo.synth import synth_zoo
 
@@ -121,7 +121,7 @@ def test_engine_keeps_exactly_the_floor(synth):
 
 
 def test_peak_resident_memory_over_load_and_sweep_is_at_the_floor(tmp_path):
-    from explorer.scale_bench import peak_rss, reset_peak_rss
+    from explorer.studies.scale_bench import peak_rss, reset_peak_rss
 
     manifest = _synth(tmp_path, "mid-clip", MID_ARCH)
     gc.collect()
@@ -200,8 +200,8 @@ def test_cli_truncated_checkpoint_is_one_line(synth, tmp_path, capsys):
 
 def test_constant_coefficients_are_what_the_methods_return(engine):
     """The engine skips building taus for these settings; the methods must agree."""
+    from explorer.engine.resident import constant_coefficients
     from explorer.merging import MergeInputs, merge_coefficients
-    from explorer.resident import constant_coefficients
 
     inputs = MergeInputs([engine.vector(n).tau for n in ("natural", "robust")], engine.layout.segments,
                          names=list(engine.layout.keys), shapes=list(engine.layout.shapes))

@@ -14,7 +14,7 @@ NAMES = ["natural", "robust"]
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.engine import Engine
+    from explorer.engine.frontier import Engine
     from explorer.store import Store
     return Engine(tiny_zoo, device="cpu", store=Store(":memory:"))
 
@@ -91,7 +91,7 @@ def test_spectral_methods_on_the_real_layout(engine, method):
 
 def test_sweep_options_reach_the_methods_that_declare_them():
     from explorer.config import SweepSpec, parse_options
-    from explorer.points import sweep_grid
+    from explorer.engine.points import sweep_grid
     parsed = parse_options("kappa=2, q=0.05, q_scope=global,")
     assert parsed == (("kappa", 2), ("q", 0.05), ("q_scope", "global"))
     assert parse_options("") == ()

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from explorer.app.images import (
+    encode_png,
+    image_to_tensor,
+    tensor_to_image,
+)
+from explorer.app.images import (
+    read_image as decode_image,
+)
+from explorer.app.service import EngineCache, Service
 from explorer.config import MergeSpec
-from explorer.images import encode_png, image_to_tensor, read_image as decode_image, tensor_to_image
-from explorer.service import EngineCache, Service
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +94,7 @@ def test_service_is_core_and_handlers_never_touch_tensors() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, explorer.service, explorer.cli.sweep, explorer.cli.evaluate; "
+    code = ("import sys, explorer.app.service, explorer.cli.sweep, explorer.cli.evaluate; "
             "print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer.added import AddedCheckpoints
+from explorer.app.added import AddedCheckpoints
+from explorer.app.jobs import MIN_BATCH, JobBoard, JobRefused, Limits, check_cost, job_cost
+from explorer.app.service import Service
 from explorer.attacks import parse_attack
-from explorer.jobs import MIN_BATCH, JobBoard, JobRefused, Limits, check_cost, job_cost
-from explorer.service import Service
 from explorer.zoo import CheckpointError, CheckpointRefused, load_manifest, load_weights, read_checkpoint_file
 from explorer.zoo.files import refused_message, resolve_in_folder
 

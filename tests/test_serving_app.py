@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from explorer.serve_args import add_serve_args
+from explorer.app.flags import add_serve_args
 from explorer.ui import build_demo
 from explorer.zoo.files import refused_message
 
@@ -181,7 +180,7 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
              ("preview_point", dict(alpha=5.0)), ("inspect", dict(steps=0))]   # Gradio's own range checks
     errs = []
     for api, change in calls:
-        errs.append(error_of(lambda: c.predict(*api_args(app, api, **change), api_name="/" + api)))
+        errs.append(error_of(lambda api=api, change=change: c.predict(*api_args(app, api, **change), api_name="/" + api)))
         assert "\n" not in errs[-1] and errs[-1] != INTERNAL_ERROR
     assert errs[-2].startswith("α: trade-off") and "greater than maximum value 1" in errs[-2]   # names the control
     assert errs[-1] == "PGD steps: Value 0 is less than minimum value 1."
@@ -214,8 +213,8 @@ def test_runaway_jobs_are_refused_before_they_start(app) -> None:
                                      api_name="/sweep"))
     assert "50001 points is more than this server allows (201)" in err and "\n" not in err
     for alphas in ("0:1:1000000", "0:1:5000000000"):   # refused before a list of that length is built
-        err = error_of(lambda: c.predict(*api_args(app, "sweep", alphas=alphas),
-                                         api_name="/sweep"))
+        err = error_of(lambda alphas=alphas: c.predict(*api_args(app, "sweep", alphas=alphas),
+                                                       api_name="/sweep"))
         assert "count must be between 1 and 100000" in err
     err = error_of(lambda: c.predict(*api_args(app, "refine_point", attack="pgd-10000", n=100000),
                                      api_name="/refine_point"))

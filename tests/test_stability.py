@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.config import MergeSpec
 from explorer.calibrate import batch as calib_batch
 from explorer.calibrate import stability as scores
+from explorer.config import MergeSpec
 from explorer.merging import MergeInputs, merge_coefficients, merge_weights
 from explorer.merging import stability as st
 from explorer.merging.sparsify import kept_count
@@ -113,7 +113,7 @@ def test_missing_scores_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.engine import Engine
+    from explorer.engine.frontier import Engine
     return Engine(tiny_zoo, device="cpu")
 
 

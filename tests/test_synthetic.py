@@ -100,6 +100,7 @@ def test_captions_mention_the_factors():
 
 def test_render_is_fast_and_examples_are_written(tmp_path):
     import time
+
     from PIL import Image
 
     t = time.perf_counter()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.taskvec import FlatLayout, TaskVector, bind_flat, sum_vectors
+from explorer.core.taskvec import FlatLayout, TaskVector, bind_flat, sum_vectors
 
 
 def _sd(seed: int, with_int: bool = True) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def test_flat_stats_exact_values_and_agreement_with_task_vectors():
     """One statistics implementation: the flat form and ``TaskVector`` give the same numbers."""
     import math
 
-    from explorer.taskvec import flat_stats, layer_groups
+    from explorer.core.taskvec import flat_stats, layer_groups
 
     keys = ["text.token_embedding.weight", "visual.transformer.resblocks.1.w",
             "visual.transformer.resblocks.0.w", "visual.proj"]

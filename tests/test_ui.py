@@ -82,7 +82,7 @@ ACC_CELL = re.compile(r"(\d\.\d{3}) \[(\d\.\d{3}),\s(\d\.\d{3})\]")
 def assert_accuracies_carry_intervals(table, rows) -> None:
     """Every accuracy cell of the page's table is ``acc [lo, hi]`` (lo <= acc <= hi, the row's own
     Wilson interval), on a row naming its attack (with eps) and n."""
-    from explorer.intervals import acc_interval
+    from explorer.stats.intervals import acc_interval
 
     by_alpha = {r["alpha"]: r for r in rows if r.get("alpha") is not None}
     for _, rec in table.iterrows():
@@ -216,8 +216,8 @@ def test_models_stats_and_bad_checkpoint(ctx, tmp_path) -> None:
     assert list(table["vector"]) == ["natural", "robust"] and (table["L2 norm"] > 0).all()
     assert heat.data[0].z[0][0] == pytest.approx(1.0, abs=1e-5)
     assert any(name.startswith("visual.block") for name in layers.data[0].x)
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
     save_file({"foo.weight": torch.zeros(2, 2)}, str(tmp_path / "alien.safetensors"))
     with pytest.raises(gr.Error, match="Checkpoint rejected.*do not belong"):
         h.add("base", str(tmp_path / "alien.safetensors"), None, "alien", "robust")   # as uploaded
@@ -228,7 +228,8 @@ def test_models_stats_and_bad_checkpoint(ctx, tmp_path) -> None:
 
 def test_serve_flags() -> None:
     import argparse
-    from explorer.serve_args import add_serve_args
+
+    from explorer.app.flags import add_serve_args
     args = add_serve_args(argparse.ArgumentParser()).parse_args(["--auth", "ann:pw"])
     kw = launch_kwargs(args)
     assert kw["server_name"] == "127.0.0.1" and kw["share"] is False and kw["auth"] == ("ann", "pw")

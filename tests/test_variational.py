@@ -2,13 +2,11 @@
 posterior (explorer/calibrate/variational.py)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from explorer.config import MergeSpec
-from explorer.merging import MergeInputs, merge_coefficients
-from explorer.merging import magnitude
+from explorer.merging import MergeInputs, magnitude, merge_coefficients
 from explorer.merging import variational as vt
 from explorer.merging.sparsify import kept_count
 
@@ -34,7 +32,7 @@ def test_block_index_modes():
 
 @pytest.fixture(scope="module")
 def engine(tiny_zoo):
-    from explorer.engine import Engine
+    from explorer.engine.frontier import Engine
     return Engine(tiny_zoo, device="cpu")
 
 

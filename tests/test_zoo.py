@@ -8,8 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from explorer.zoo import (CheckpointError, convert, create_model, entry_from_path, load_manifest,
-                          load_weights, read_checkpoint)
+from explorer.zoo import (
+    CheckpointError,
+    convert,
+    create_model,
+    entry_from_path,
+    load_manifest,
+    load_weights,
+    read_checkpoint,
+)
 from explorer.zoo.layouts import LAYOUTS, keys_of
 
 
@@ -165,8 +172,9 @@ def test_layouts_are_one_list():
 
 def test_custom_arch_registered_through_the_public_api(manifest, tmp_path, monkeypatch):
     """``add_model_config`` with a renamed copy; open_clip's private dict is never written."""
-    import open_clip
     from dataclasses import replace
+
+    import open_clip
     seen = []
     real = open_clip.add_model_config
     monkeypatch.setattr(open_clip, "add_model_config", lambda p: (seen.append(Path(p)), real(p))[1])

@@ -13,8 +13,17 @@ Building blocks used by other packages are imported from their modules:
 from __future__ import annotations
 
 from .gradient import AttackCancelled
-from .records import (ATTACK_NAMES, ATTACKS, AttackRecord, attack_cost, attack_help, attack_table,
-                      find_attack, parse_attack, validate_attack)
+from .records import (
+                      ATTACK_NAMES,
+                      ATTACKS,
+                      AttackRecord,
+                      attack_cost,
+                      attack_help,
+                      attack_table,
+                      find_attack,
+                      parse_attack,
+                      validate_attack,
+)
 from .run import run_attack
 from .safety import check_gradients, check_logits
 from .stages import reference_autoattack

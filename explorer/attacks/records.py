@@ -21,7 +21,8 @@ import torchattacks
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import AttackSpec
+from explorer.config import AttackSpec
+
 from .gradient import check_stop, fgsm, pgd
 from .safety import AttackModel, model_device
 from .stages import ROBUSTVLM, STAGES, STANDARD, build_stage, run_stages

@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..config import AttackSpec
+from explorer.config import AttackSpec
+
 from .gradient import project
 from .records import RunOptions, find_attack
 from .safety import AttackModel, attack_context, check_logits, model_device

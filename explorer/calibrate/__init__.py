@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from explorer.calibrate import pistole_prep, stability, variational
-from explorer.calibrate.cache import CalibrationCache, ScoreCache, content_key, scores_dir
-from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec
 from explorer.merging import get_method
+
+from . import pistole_prep, stability, variational
+from .cache import CalibrationCache, ScoreCache, content_key, scores_dir
+from .host import CalibrationHost
 
 Preparer = Callable[[CalibrationHost, Sequence[str], MergeSpec, CalibrationCache], dict[str, Any]]
 PREPARERS: dict[str, Preparer] = {

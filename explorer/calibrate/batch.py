@@ -22,10 +22,11 @@ from torch.func import functional_call
 
 from explorer.attacks.gradient import pgd
 from explorer.attacks.safety import attack_context
-from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec, parse_eps, resolve_defaults
 from explorer.data import get_task
 from explorer.merging.record import CALIBRATION_OPTIONS, read_option
+
+from .host import CalibrationHost
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from explorer.calibrate.host import CalibrationHost
+from .host import CalibrationHost
 
 log = logging.getLogger(__name__)
 

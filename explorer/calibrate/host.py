@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from explorer.taskvec import FlatLayout
+from explorer.core.taskvec import FlatLayout
 
 
 class VectorView(Protocol):

@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from explorer.calibrate.batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch
-from explorer.calibrate.cache import CalibrationCache, content_key, vector_identity
-from explorer.calibrate.host import CalibrationHost
-from explorer.calibrate.pistole import Cost, pci_weights, timed, trajectory_scores, weighted_gradient
 from explorer.config import MergeSpec
 from explorer.merging.pistole import OPTIONS, vision_segments
 from explorer.merging.record import read_option
+
+from .batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch
+from .cache import CalibrationCache, content_key, vector_identity
+from .host import CalibrationHost
+from .pistole import Cost, pci_weights, timed, trajectory_scores, weighted_gradient
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from explorer.calibrate.batch import (CalibSettings, FlatModel, adversarial_batch, calibration_batch,
-                                      loss_and_grad)
-from explorer.calibrate.cache import CalibrationCache, content_key, vector_identity
-from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec
 from explorer.merging.record import read_option
 from explorer.merging.stability import OPTIONS
+
+from .batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch, loss_and_grad
+from .cache import CalibrationCache, content_key, vector_identity
+from .host import CalibrationHost
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from explorer.calibrate.batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch
-from explorer.calibrate.cache import CalibrationCache, content_key, vector_identity
-from explorer.calibrate.host import CalibrationHost
 from explorer.config import MergeSpec
 from explorer.merging.record import read_option
 from explorer.merging.variational import OPTIONS, block_index, expand
+
+from .batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch
+from .cache import CalibrationCache, content_key, vector_identity
+from .host import CalibrationHost
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import logging
 import sys
 from types import ModuleType
 
-from ..device import check_device
-from ..executors.base import ExecutorError
+from explorer.core.device import check_device
+from explorer.executors.base import ExecutorError
+
 from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
 from .common import check_out
 

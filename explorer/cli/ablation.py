@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import parse_options
-from ..merging import get_method
+from explorer.config import parse_options
+from explorer.merging import get_method
+
 from .common import add_eval_flags, resolve_specs, write_json
 
 HELP = "PISTOLE's ablation + pistole/stability/iso_c/tsv_m/baselines: frontiers, hypervolume intervals"
@@ -40,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run both panels, write the figure and the markdown tables, print the tables."""
-    from .. import ablation, compare
-    from ..config import parse_alphas
-    from ..service import Service
+    from explorer.app.service import Service
+    from explorer.config import parse_alphas
+    from explorer.studies import ablation, compare
 
     # The intervals need every point's per-image flags: --no-store keeps them in memory.
     service = Service(args.manifest, args.device, ":memory:" if args.no_store else args.store)

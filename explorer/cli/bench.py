@@ -1,9 +1,10 @@
-"""``python -m explorer bench``: the engine against the plain per-point path (``explorer.bench``)."""
+"""``python -m explorer bench``: the engine against the plain per-point path (``explorer.studies.bench``)."""
 from __future__ import annotations
 
 import argparse
 
-from ..config import parse_alphas
+from explorer.config import parse_alphas
+
 from .common import add_eval_flags, add_executor_flags, resolve_specs
 
 HELP = "engine vs plain per-model path on the same sweep"
@@ -14,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=11)
     p.add_argument("--scale", metavar="ARCH", default=None,
                    help="measure load, memory, merge and step costs at real size on a synthetic "
-                        "ARCH fixture (e.g. ViT-B-32) instead; see explorer.scale_bench")
+                        "ARCH fixture (e.g. ViT-B-32) instead; see explorer.studies.scale_bench")
     p.add_argument("--fixture", default=None,
                    help="--scale: folder of the fixture (built there if absent; default: a temp folder)")
     p.add_argument("--no-plain", action="store_true", help="--scale: skip the plain path")
@@ -27,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     """Run both paths on the manifest's first natural -> first robust sweep; the ratio prints last."""
     if args.scale:
         return run_scale(args)
-    from ..bench import run_bench
-    from ..zoo import load_manifest
+    from explorer.studies.bench import run_bench
+    from explorer.zoo import load_manifest
 
     manifest = load_manifest(args.manifest)
     attack, ev = resolve_specs(args, manifest)
@@ -67,7 +68,7 @@ def run_scale(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..config import AttackSpec, EvalSpec, parse_eps
+    from explorer.config import AttackSpec, EvalSpec, parse_eps
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = None if args.fixture else tempfile.TemporaryDirectory(prefix="explorer-scale-")
@@ -77,7 +78,7 @@ def run_scale(args: argparse.Namespace) -> int:
         if not manifest.exists():   # built in a child process: its memory is not this run's peak
             subprocess.run([sys.executable, "-m", "explorer", "zoo", "synth", "--arch", args.scale,
                             "--into", str(root)], check=True, stdout=subprocess.DEVNULL)
-        from ..scale_bench import format_report, run_scale_bench
+        from explorer.studies.scale_bench import format_report, run_scale_bench
         attack = AttackSpec(args.attack or "pgd-3", parse_eps(args.eps or "4/255"), args.norm, args.seed)
         ev = EvalSpec(task=args.task or "shapes", n=args.n or 16, seed=args.seed, split=args.split)
         device = args.device or ("cuda" if _cuda() else "cpu")
@@ -97,8 +98,8 @@ def _cuda() -> bool:
 def run_ray(args: argparse.Namespace, manifest, nat: str, rob: str, attack, ev, alphas) -> int:
     """``--executor ray``: the same sweep on the local engine (1 thread) and on Ray actors; the
     rows are checked equal and ``ray speedup: X`` prints last (``explorer.executors.speedup``)."""
-    from ..executors import check_executor_options
-    from ..executors.speedup import report_lines, run_ray_bench
+    from explorer.executors import check_executor_options
+    from explorer.executors.speedup import report_lines, run_ray_bench
 
     check_executor_options(args.executor, args.ray_address, args.workers)
     r = run_ray_bench(manifest, nat, rob, attack, ev, alphas, workers=args.workers or 2,

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..attacks import attack_help, attack_table, parse_attack
-from ..config import AttackSpec, EvalSpec, resolve_defaults
-from ..intervals import fmt_ci, with_intervals
-from ..serve_args import positive_int
+from explorer.app.flags import positive_int
+from explorer.attacks import attack_help, attack_table, parse_attack
+from explorer.config import AttackSpec, EvalSpec, resolve_defaults
+from explorer.stats.intervals import fmt_ci, with_intervals
 
 if TYPE_CHECKING:
-    from ..service import Service
-    from ..zoo import Manifest
+    from explorer.app.service import Service
+    from explorer.zoo import Manifest
 
 log = logging.getLogger("explorer.cli")
 
@@ -78,7 +78,7 @@ def resolve_specs(args: argparse.Namespace, manifest: Manifest) -> tuple[AttackS
 def open_service(args: argparse.Namespace) -> Service:
     """The application service of the flags: ``--manifest``, ``--device``, ``--store``/``--no-store``
     and, where the command has them, the executor flags (engines are built on first use)."""
-    from ..service import Service
+    from explorer.app.service import Service
     return Service(args.manifest, args.device, "none" if args.no_store else args.store,
                    executor=getattr(args, "executor", "local"), ray_address=getattr(args, "ray_address", None),
                    workers=getattr(args, "workers", None))

@@ -1,10 +1,11 @@
-"""``python -m explorer compare``: every merge method on one setting (``explorer.compare``)."""
+"""``python -m explorer compare``: every merge method on one setting (``explorer.studies.compare``)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..merging import METHODS
+from explorer.merging import METHODS
+
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_json
 
 HELP = "all merge methods on one setting: frontiers + hypervolume with bootstrap intervals"
@@ -28,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison, write figure + tables (+ JSON with ``--out``), print one row per method."""
-    from .. import compare
-    from ..config import parse_alphas
-    from ..store import Store
+    from explorer.config import parse_alphas
+    from explorer.store import Store
+    from explorer.studies import compare
     if args.boot < 100:
         raise ValueError(f"--boot must be >= 100 (bootstrap replicates), got {args.boot}")
     service = open_service(args)

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..zoo import convert
+    from explorer.zoo import convert
+
     from .common import check_out
 
     check_out(args.dst, "dst")   # before reading the source (was safetensors' traceback after it)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..serve_args import add_serve_args
+from explorer.app.flags import add_serve_args
 
 HELP = "run the web app"
 
@@ -14,8 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the manifest before gradio starts (a bad path is one line), then serve until stopped."""
-    from ..ui import launch
-    from ..zoo import load_manifest
+    from explorer.ui import launch
+    from explorer.zoo import load_manifest
 
     load_manifest(args.manifest)
     launch(args)   # blocks serving

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import SweepSpec, parse_alphas, parse_options
-from ..executors import sweep_jobs
-from ..merging import METHODS
+from explorer.config import SweepSpec, parse_alphas, parse_options
+from explorer.executors import sweep_jobs
+from explorer.merging import METHODS
+
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"

@@ -23,18 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..zoo import default_manifest_path, load_manifest
+    from explorer.zoo import default_manifest_path, load_manifest
 
     if args.action == "build":
         import torch
 
-        from ..finetune.recipe import build_zoo
+        from explorer.finetune.recipe import build_zoo
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
         out = Path(args.into) if args.into else default_manifest_path().parent
         print(build_zoo(out, preset=args.preset, seed=args.seed, device=args.device or "cpu"))
         return 0
     if args.action == "synth":
-        from ..zoo.synth import synth_zoo
+        from explorer.zoo.synth import synth_zoo
         if not args.into:
             raise ValueError("zoo synth needs --into DIR")
         print(synth_zoo(args.arch, args.into, seed=args.seed, arch_config=args.arch_config))
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         for name, e in m.models.items():
             print(f"{name:16s} {e.role:8s} {e.arch:14s} {e.weights}  {e.provenance}")
         return 0
-    from ..report import zoo_report
+    from explorer.studies.report import zoo_report
 
     service = open_service(args)
     attack, ev = resolve_specs(args, service.manifest)

@@ -297,7 +297,7 @@ def check_render_fits(n: int) -> None:
     Raises:
         ValueError: ``n * RENDER_BYTES_PER_IMAGE`` exceeds the host's available memory.
     """
-    from ..zoo.flatload import free_bytes   # lazy: the data package stays light to import
+    from explorer.zoo.flatload import free_bytes  # lazy: the data package stays light to import
     need, free = n * RENDER_BYTES_PER_IMAGE, free_bytes(torch.device("cpu"))
     if need > free:
         raise ValueError(f"n={n} synthetic images need about {need / 2**30:.1f} GiB of host memory to "

@@ -13,8 +13,8 @@ from .base import Executor, ExecutorError, Outbox, PointJob, run_in_order, run_s
 from .local import LocalExecutor
 
 if TYPE_CHECKING:
-    from ..store import Store
-    from ..zoo import Manifest
+    from explorer.store import Store
+    from explorer.zoo import Manifest
 
 EXECUTORS = ("local", "ray")
 
@@ -50,7 +50,7 @@ def make_executor(kind: str = "local", *, manifest: Manifest | str | Path | None
     """
     check_executor_options(kind, address, workers)
     if kind == "local":
-        from ..engine import Engine
+        from explorer.engine.frontier import Engine
         return LocalExecutor(Engine(manifest, base=base, device=device, store=store, **engine_kwargs))
     from .ray_executor import RayExecutor
     return RayExecutor(manifest, base=base, store=store, address=address, workers=workers,

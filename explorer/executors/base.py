@@ -12,9 +12,9 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from ..points import sweep_grid
-from ..zoo import Manifest
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.engine.points import sweep_grid
+from explorer.zoo import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..attacks import AttackCancelled
-from ..engine import Engine
-from ..points import failed_row
-from ..finite import InvalidPointError
-from ..merging import canonical_spec
-from ..zoo import Manifest
+from explorer.attacks import AttackCancelled
+from explorer.core.finite import InvalidPointError
+from explorer.engine.frontier import Engine
+from explorer.engine.points import failed_row
+from explorer.merging import canonical_spec
+from explorer.zoo import Manifest
+
 from .base import PointJob
 
 log = logging.getLogger(__name__)

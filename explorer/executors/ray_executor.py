@@ -23,8 +23,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..store import Store
-from ..zoo import Manifest, ModelEntry, load_manifest
+from explorer.store import Store
+from explorer.zoo import Manifest, ModelEntry, load_manifest
+
 from .base import ExecutorError, PointJob
 from .ray_connect import connect, import_ray
 from .schedule import AffinityQueue

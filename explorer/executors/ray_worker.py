@@ -16,12 +16,13 @@ from typing import Any
 import ray
 import torch
 
-from ..attacks import AttackCancelled
-from ..engine import Engine
-from ..points import failed_row
-from ..finite import InvalidPointError
-from ..merging import canonical_spec
-from ..zoo import Manifest, ModelEntry
+from explorer.attacks import AttackCancelled
+from explorer.core.finite import InvalidPointError
+from explorer.engine.frontier import Engine
+from explorer.engine.points import failed_row
+from explorer.merging import canonical_spec
+from explorer.zoo import Manifest, ModelEntry
+
 from .base import Outbox, PointJob
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from ..config import AttackSpec, EvalSpec, SweepSpec
-from ..engine import Engine
-from ..zoo import Manifest
+from explorer.config import AttackSpec, EvalSpec, SweepSpec
+from explorer.engine.frontier import Engine
+from explorer.zoo import Manifest
+
 from .base import run_in_order, sweep_jobs
 from .local import LocalExecutor
 

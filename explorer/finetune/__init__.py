@@ -12,8 +12,7 @@ Every method works on any open_clip ``CLIP`` model, CPU or GPU, with pixels in [
 from __future__ import annotations
 
 from .caw import caw
-from .common import (FinetuneConfig, load_checkpoint, pgd_linf, save_checkpoint,
-                     visual_state)
+from .common import FinetuneConfig, load_checkpoint, pgd_linf, save_checkpoint, visual_state
 from .fare import fare
 from .natural import natural
 from .pretrain import pretrain

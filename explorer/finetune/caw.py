@@ -20,9 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Task
-from .common import (FinetuneConfig, frozen_visual, generator, head_logits, pgd_linf, run_steps,
-                     task_batches, vision_setup)
+from explorer.data import Task
+
+from .common import (
+    FinetuneConfig,
+    frozen_visual,
+    generator,
+    head_logits,
+    pgd_linf,
+    run_steps,
+    task_batches,
+    vision_setup,
+)
 
 
 def caw_loss(logits_adv: torch.Tensor, logits_clean_frozen: torch.Tensor, y: torch.Tensor,

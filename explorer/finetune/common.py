@@ -4,7 +4,7 @@ The methods (``pretrain``, ``natural``, ``tecoa``, ``fare``, ``caw``) differ onl
 per-step loss; the optimiser (AdamW, linear warm-up then cosine decay, grad-norm clipping
 at 1), the data stream, the Linf PGD adversary and the safetensors writer live here once.
 All images are float pixels in [0, 1]; normalisation happens inside the classifier
-(``explorer.zeroshot.ZeroShotClassifier``), so the adversary sees the real threat model.
+(``explorer.evaluation.zeroshot.ZeroShotClassifier``), so the adversary sees the real threat model.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import eps_label
-from ..data import Task
-from ..zeroshot import ZeroShotClassifier
+from explorer.config import eps_label
+from explorer.data import Task
+from explorer.evaluation.zeroshot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 

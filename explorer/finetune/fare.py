@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import Task
-from .common import (FinetuneConfig, frozen_visual, generator, pgd_linf, run_steps,
-                     task_batches, vision_setup)
+from explorer.data import Task
+
+from .common import FinetuneConfig, frozen_visual, generator, pgd_linf, run_steps, task_batches, vision_setup
 
 
 def fare(model: nn.Module, tokenizer, task: Task, cfg: FinetuneConfig) -> list[float]:

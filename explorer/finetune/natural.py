@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Task
+from explorer.data import Task
+
 from .common import FinetuneConfig, run_steps, task_batches, vision_setup
 
 

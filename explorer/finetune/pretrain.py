@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..zeroshot import NORMALISATIONS
+from explorer.evaluation.zeroshot import NORMALISATIONS
+
 from .common import FinetuneConfig, run_steps
 
 log = logging.getLogger(__name__)

@@ -34,13 +34,14 @@ from pathlib import Path
 import open_clip
 import torch
 
-from ..config import eps_label
-from ..data import get_task
-from ..data.synthetic import caption_batches
-from ..zoo import Manifest, ModelEntry
+from explorer.config import eps_label
+from explorer.data import get_task
+from explorer.data.synthetic import caption_batches
+from explorer.zoo import Manifest, ModelEntry
+
+from . import METHODS, ROBUST_METHODS
 from .common import FinetuneConfig, save_checkpoint, visual_state
 from .pretrain import pretrain
-from . import METHODS, ROBUST_METHODS
 
 log = logging.getLogger(__name__)
 

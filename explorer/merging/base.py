@@ -29,7 +29,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import Tensor
 
-from explorer.merging.untouched import Untouched, complement, intersect
+from .untouched import Untouched, complement, intersect
 
 logger = logging.getLogger(__name__)
 

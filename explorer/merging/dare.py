@@ -10,9 +10,10 @@ import logging
 import torch
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.record import MethodRecord
-from explorer.merging.sparsify import bernoulli_mask, vector_seed
+
+from .base import Coefficient, MergeInputs, masked_coefficient
+from .record import MethodRecord
+from .sparsify import bernoulli_mask, vector_seed
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 from explorer.config import MergeSpec
-from explorer.merging.base import MergedDelta, MergeInputs
-from explorer.merging.record import MethodRecord, Option, read_option
-from explorer.merging.spectral import CONV_MODES, ISO_C_PAPER, spectral_delta
+
+from .base import MergedDelta, MergeInputs
+from .record import MethodRecord, Option, read_option
+from .spectral import CONV_MODES, ISO_C_PAPER, spectral_delta
 
 OPTIONS = {"conv": Option("matrix", f"conv kernels as (out, in*kh*kw) matrices or averaged: "
                                     f"{' | '.join(CONV_MODES)}")}

@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.record import MethodRecord
-from explorer.merging.sparsify import trim_mask
+
+from .base import Coefficient, MergeInputs, masked_coefficient
+from .record import MethodRecord
+from .sparsify import trim_mask
 
 
 @torch.no_grad()

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
+from .record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
 
 if TYPE_CHECKING:
     from explorer.config import MergeSpec
-    from explorer.merging.base import MergeInputs
+
+    from .base import MergeInputs
 
 PAPER = "PISTOLE, 'Tug-of-War No More' (ICLR 2026; no official code): shared/seeds/000 + issue 16"
 VISION_PREFIX = "visual."

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
     from explorer.config import MergeSpec
-    from explorer.merging.base import MergeInputs, MergeResult
+
+    from .base import MergeInputs, MergeResult
 
 MergeFn = Callable[["MergeInputs", "MergeSpec"], "MergeResult"]
 SPEC_FIELDS = ("keep", "scope", "seed")  # the MergeSpec fields a method may or may not read

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from explorer.config import MergeSpec
-from explorer.merging import (dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m,
-                              variational)
-from explorer.merging.base import MergedDelta, MergeInputs, MergeResult, apply_coefficients
-from explorer.merging.record import SPEC_FIELDS, MethodRecord
+
+from . import dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m, variational
+from .base import MergedDelta, MergeInputs, MergeResult, apply_coefficients
+from .record import SPEC_FIELDS, MethodRecord
 
 _RECORDS: tuple[MethodRecord, ...] = (
     task_arithmetic.RECORD,

@@ -54,9 +54,10 @@ import torch
 from torch import Tensor
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
-from explorer.merging.sparsify import kept_count
+
+from .base import Coefficient, MergeInputs, masked_coefficient
+from .record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
+from .sparsify import kept_count
 
 # Sort orders of the rankings are memoised only up to this many coordinates (int64 each, per
 # vector); beyond, each merge sorts.

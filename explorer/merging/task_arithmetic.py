@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs
-from explorer.merging.record import MethodRecord
+
+from .base import Coefficient, MergeInputs
+from .record import MethodRecord
 
 
 @torch.no_grad()

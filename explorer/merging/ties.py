@@ -29,9 +29,10 @@ import torch
 from torch import Tensor
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs
-from explorer.merging.record import MethodRecord
-from explorer.merging.sparsify import trim_mask
+
+from .base import Coefficient, MergeInputs
+from .record import MethodRecord
+from .sparsify import trim_mask
 
 
 def _fp32_sum(values: Sequence[float]) -> float:

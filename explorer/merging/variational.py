@@ -47,9 +47,10 @@ import torch
 from torch import Tensor
 
 from explorer.config import MergeSpec
-from explorer.merging.base import Coefficient, MergeInputs, masked_coefficient
-from explorer.merging.record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
-from explorer.merging.sparsify import trim_mask
+
+from .base import Coefficient, MergeInputs, masked_coefficient
+from .record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
+from .sparsify import trim_mask
 
 OPTIONS: dict[str, Option] = {
     **CALIBRATION_OPTIONS,

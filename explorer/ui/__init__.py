@@ -2,7 +2,7 @@
 
 ``build_demo(manifest, device, store_path)`` lays out three tabs (Frontier, Inspect, Models);
 ``launch(args)`` serves it with one queue (engine jobs one at a time), local-only by default.
-Handlers call the application service (``explorer.service.Service``), which holds the engines;
+Handlers call the application service (``explorer.app.service.Service``), which holds the engines;
 inputs are registered by name in one ``Form`` per page (``ui/form.py``).
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import gradio as gr
 
-from ..serve_args import add_serve_args, limits_from_args
-from ..service import Service
+from explorer.app.flags import add_serve_args, limits_from_args
+from explorer.app.service import Service
+
 from .common import THEMES, default_curve
 from .form import Form
 from .frontier_tab import build_frontier_tab
@@ -87,7 +88,7 @@ def build_demo(manifest: str | None = None, device: str | None = None,
         demo.load(None, js=KEYS_JS)
         form.theme.input(None, form.theme, None, js=THEME_JS, queue=False)
     # One engine job at a time (concurrency id "engine"); a bounded queue; each job priced and
-    # time-capped (explorer.jobs), so no job holds the queue for long.
+    # time-capped (explorer.app.jobs), so no job holds the queue for long.
     quiet_input_checks(demo)   # Gradio's range/choice checks: one line naming the control, no traceback
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue)
     demo.explorer_service = service  # for tests and warm-up
@@ -145,7 +146,7 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def launch(args: argparse.Namespace, **overrides) -> gr.Blocks:
-    """Build and serve the demo with the flags of ``explorer.serve_args.add_serve_args``."""
+    """Build and serve the demo with the flags of ``explorer.app.flags.add_serve_args``."""
     demo = build_demo(args.manifest, args.device, args.store, args, **_executor_options(args))
     if demo.explorer_service.executor_kind == "ray":
         demo.explorer_service.executor()     # join Ray now: a bad address fails before serving

@@ -15,11 +15,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .. import plots
-from ..attacks import ATTACK_NAMES, parse_attack
-from ..config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
-from ..intervals import fmt_ci, with_intervals
-from ..merging import validate_spec
+from explorer.attacks import ATTACK_NAMES, parse_attack
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
+from explorer.merging import validate_spec
+from explorer.stats.intervals import fmt_ci, with_intervals
+from explorer.viz import plots
 
 log = logging.getLogger(__name__)
 

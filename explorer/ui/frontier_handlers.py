@@ -13,15 +13,17 @@ from typing import Any
 
 import gradio as gr
 
-from .. import plots
-from ..attacks import AttackCancelled
-from ..config import SweepSpec, parse_alphas
-from ..merging import canonical_spec
-from ..service import Service
+from explorer.app.service import Service
+from explorer.attacks import AttackCancelled
+from explorer.config import SweepSpec, parse_alphas
+from explorer.merging import canonical_spec
+from explorer.viz import plots
+
 from . import common
 from .common import Selection, readable_errors
 from .form import Form
 from .guard import session_of, start_job, stop
+
 
 def setting_of(row: dict) -> tuple:
     """Rows are comparable (one plot) when base, vectors, attack, n, task and subset agree."""

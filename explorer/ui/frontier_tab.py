@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import plots
-from ..data import task_names
-from ..merging import METHODS   # the method registry, in its order
-from ..service import Service
+from explorer.app.service import Service
+from explorer.data import task_names
+from explorer.merging import METHODS  # the method registry, in its order
+from explorer.viz import plots
+
 from . import common
 from .form import Form
 from .frontier_handlers import FrontierHandlers

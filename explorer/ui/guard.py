@@ -1,7 +1,7 @@
 """The page's side of serving safely: whose job this is, when it was queued, whether its client is
 still there, and an image input that decodes nothing itself.
 
-``start_job`` prices a job with the service's serving policy (``explorer.serving``), and gives
+``start_job`` prices a job with the service's serving policy (``explorer.app.policy``), and gives
 it a ``should_stop`` that fires when the session pressed Stop after the job was queued, when the
 job runs past its time cap, or when Gradio's queue has marked the job dead (its client went
 away: the queue calls ``clean_events`` on a dropped connection, which sets ``alive = False``).
@@ -16,9 +16,10 @@ from typing import Any
 
 import gradio as gr
 
-from ..config import AttackSpec
-from ..jobs import Job
-from ..service import Service
+from explorer.app.jobs import Job
+from explorer.app.service import Service
+from explorer.config import AttackSpec
+
 from .common import user_error
 
 log = logging.getLogger(__name__)

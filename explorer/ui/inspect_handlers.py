@@ -12,13 +12,14 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from .. import image_plots, plots
-from ..config import MergeSpec
-from ..attacks import AttackCancelled, parse_attack
-from ..data import get_task
-from ..merging import canonical_spec
-from ..images import encode_png
-from ..service import Service
+from explorer.app.images import encode_png
+from explorer.app.service import Service
+from explorer.attacks import AttackCancelled, parse_attack
+from explorer.config import MergeSpec
+from explorer.data import get_task
+from explorer.merging import canonical_spec
+from explorer.viz import image_plots, plots
+
 from . import common
 from .common import readable_errors
 from .form import Form

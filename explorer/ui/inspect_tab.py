@@ -5,11 +5,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..data import task_names
-from ..service import Service
+from explorer.app.service import Service
+from explorer.data import task_names
+
 from .form import Form
-from .guard import uploaded_image
 from .frontier_tab import MERGE
+from .guard import uploaded_image
 from .inspect_handlers import InspectHandlers
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"

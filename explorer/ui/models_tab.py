@@ -7,9 +7,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from .. import plots
-from ..service import Service
-from ..zoo import LOCAL_SUFFIXES, CheckpointError, CheckpointRefused
+from explorer.app.service import Service
+from explorer.viz import plots
+from explorer.zoo import LOCAL_SUFFIXES, CheckpointError, CheckpointRefused
+
 from .common import one_line, readable_errors
 from .form import Form
 from .guard import session_of

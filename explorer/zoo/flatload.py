@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..taskvec import FlatLayout
+from explorer.core.taskvec import FlatLayout
+
 from .checkpoints import CheckpointError, normalize_keys, validate_state_dict
 from .lazy import LazyCheckpoint, explorer_home, resolve_safetensors
 from .manifest import ModelEntry

@@ -7,10 +7,11 @@ relative, so a zoo folder can be moved whole.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 Role = Literal["base", "natural", "robust"]
 ROLES = ("base", "natural", "robust")

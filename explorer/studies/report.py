@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from .config import AttackSpec, EvalSpec, SweepSpec, parse_alphas
-from .engine import Engine
+from explorer.config import AttackSpec, EvalSpec, SweepSpec, parse_alphas
+from explorer.engine.frontier import Engine
 
 
 def model_rows(engine: Engine, attack: AttackSpec, ev: EvalSpec, extra_tasks: list[str]) -> Iterator[dict]:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import MergeSpec
-from .heap import release_freed_heap
-from .merging.untouched import Untouched, find_untouched
-from .taskvec import FlatLayout, bind_flat
-from .zoo import ModelEntry, fit_weights
-from .zoo.flatload import LoadReport, check_fits, load_flat
+from explorer.config import MergeSpec
+from explorer.core.heap import release_freed_heap
+from explorer.core.taskvec import FlatLayout, bind_flat
+from explorer.merging.untouched import Untouched, find_untouched
+from explorer.zoo import ModelEntry, fit_weights
+from explorer.zoo.flatload import LoadReport, check_fits, load_flat
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attacks.gradient import BUCKET
-from .attacks.safety import AttackModel, attack_context
-from .heap import release_freed_heap
+from explorer.attacks.gradient import BUCKET
+from explorer.attacks.safety import AttackModel, attack_context
+from explorer.core.heap import release_freed_heap
 
 log = logging.getLogger(__name__)
 

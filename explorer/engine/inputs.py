@@ -1,6 +1,6 @@
 """What a point is evaluated on: classifiers, attack twins, eval images, batch plans, banks.
 
-A mixin of :class:`explorer.engine.Engine` (the state lives there: ``manifest``, ``base``,
+A mixin of :class:`explorer.engine.frontier.Engine` (the state lives there: ``manifest``, ``base``,
 ``model``, ``tokenizer``, ``device``, ``fast_attack``, ``batch_size``, ``activation_budget``
 and the caches below), split out so each file reads as one concern: ``engine`` merges and
 computes points, this module builds and caches their inputs once per setting.
@@ -13,13 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activation import BatchPlan, plan_batch
+from explorer.config import AttackSpec, EvalSpec
+from explorer.data import get_task
+from explorer.evaluation.activation import BatchPlan, plan_batch
+from explorer.evaluation.evaluate import AdversarialBank
+from explorer.evaluation.zeroshot import ZeroShotClassifier
+from explorer.zoo import Manifest
+
 from .attack_twin import AttackTwin, make_twin
-from .config import AttackSpec, EvalSpec
-from .data import get_task
-from .evaluate import AdversarialBank
-from .zeroshot import ZeroShotClassifier
-from .zoo import Manifest
 
 
 class EvalInputs:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .attacks import check_gradients, check_logits, run_attack
-from .attacks.gradient import bucketed
-from .config import AttackSpec
-from .finite import check_finite_logits
+from explorer.attacks import check_gradients, check_logits, run_attack
+from explorer.attacks.gradient import bucketed
+from explorer.config import AttackSpec
+from explorer.core.finite import check_finite_logits
 
 log = logging.getLogger(__name__)
 

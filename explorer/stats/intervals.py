@@ -4,7 +4,7 @@ An accuracy k/n measured on n held-out images estimates the accuracy on the dist
 images come from; the Wilson score interval (Wilson 1927, JASA 22:209; recommended over the
 normal approximation by Brown, Cai & DasGupta 2001, Stat. Sci. 16:101) covers it with about 95%
 probability, stays inside [0, 1] and is not degenerate at 0/n or n/n. Differences between
-points or methods evaluated on the same images are *paired*: ``explorer.bootstrap`` resamples
+points or methods evaluated on the same images are *paired*: ``explorer.stats.bootstrap`` resamples
 images for those.
 
 Every point row carries ``clean_ci`` and ``robust_ci`` as ``[lo, hi]``; rows stored before

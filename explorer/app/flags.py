@@ -1,7 +1,7 @@
 """Flags of the web app (shared by ``app.py`` and ``python -m explorer serve``); no gradio here.
 
 The serving caps (``--max-*``) bound what one page user can make the server do; the defaults
-of the job caps depend on the device (``explorer.jobs.Limits.for_device``: generous on a GPU).
+of the job caps depend on the device (``explorer.app.jobs.Limits.for_device``: generous on a GPU).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .intervals import fmt_ci, with_intervals
+from explorer.stats.intervals import fmt_ci, with_intervals
 
 Row = Mapping[str, Any]
 ENDPOINT_STYLE = {  # kind -> (marker symbol, colour, legend name)

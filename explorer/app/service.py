@@ -19,20 +19,28 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .attacks import AttackCancelled, find_attack, run_attack
-from .attacks.stages import STAGES
+from explorer.attacks import AttackCancelled, find_attack, run_attack
+from explorer.attacks.stages import STAGES
+from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from explorer.core.device import check_device
+from explorer.core.taskvec import flat_stats
+from explorer.engine.frontier import Engine
+from explorer.engine.points import sweep_grid
+from explorer.executors import (
+    Executor,
+    LocalExecutor,
+    PointJob,
+    check_executor_options,
+    make_executor,
+    sweep_jobs,
+)
+from explorer.store import Store
+from explorer.zoo import Manifest, entry_from_path, load_manifest
+
 from .background import BackgroundSweep
-from .config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .device import check_device
-from .engine import Engine
 from .images import DEFAULT_MAX_PIXELS, image_to_tensor, read_image, tensor_to_image
-from .executors import Executor, LocalExecutor, PointJob, check_executor_options, make_executor, sweep_jobs
-from .points import sweep_grid
 from .jobs import Limits
-from .serving import Serving
-from .store import Store
-from .taskvec import flat_stats
-from .zoo import Manifest, entry_from_path, load_manifest
+from .policy import Serving
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +228,7 @@ class Service:
         Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
         "probs": {name: (clean probs, adv probs)}, "linf": float}``.
         """
-        from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+        from explorer.evaluation.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
         check_class_count(attack, classnames)
         x = image_to_tensor(image)
@@ -260,7 +268,7 @@ class Service:
         Raises:
             ValueError: no alpha, more than 11, or one outside [0, 1].
         """
-        from . import imagewise
+        from explorer.engine import imagewise
 
         if not 1 <= len(alphas) <= 11 or any(not 0.0 <= float(a) <= 1.0 for a in alphas):
             raise ValueError(f"the filmstrip takes 1 to 11 alphas in [0, 1], got {list(alphas)}")
@@ -277,7 +285,7 @@ class Service:
 
         Returns: ``{"models", "adv": {label: HxWx3 uint8}, "clean", "pred", "fooled", "attack"}``.
         """
-        from . import imagewise
+        from explorer.engine import imagewise
 
         with self.lock(base):
             eng = self.engine(base)

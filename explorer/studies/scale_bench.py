@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from .engine import Engine
-from .merging import apply_coefficients
-from .resident import constant_coefficients
-from .zoo import load_manifest
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.engine.frontier import Engine
+from explorer.engine.resident import constant_coefficients
+from explorer.merging import apply_coefficients
+from explorer.zoo import load_manifest
 
 log = logging.getLogger(__name__)
 GiB = 2 ** 30

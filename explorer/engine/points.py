@@ -1,6 +1,6 @@
 """Points and their rows: the merges of a sweep, and the JSON row of a computed or failed point.
 
-Shared by :class:`explorer.engine.Engine` and the executors (``explorer.executors``), so every
+Shared by :class:`explorer.engine.frontier.Engine` and the executors (``explorer.executors``), so every
 executor runs the same points under the same store keys and writes the same columns.
 """
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
-from .evaluate import EvalResult
-from .intervals import with_intervals
-from .merging import canonical_spec, get_method
+from explorer.config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.evaluation.evaluate import EvalResult
+from explorer.merging import canonical_spec, get_method
+from explorer.stats.intervals import with_intervals
 
 
 def sweep_grid(spec: SweepSpec) -> list[MergeSpec]:

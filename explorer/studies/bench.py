@@ -14,15 +14,15 @@ from collections.abc import Sequence
 
 import torch
 
-from .attacks import ATTACKS, find_attack
-from .attacks.records import pgd_steps
-from .attacks.safety import attack_context
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .data import get_task
-from .engine import Engine
-from .taskvec import TaskVector, sum_vectors
-from .zeroshot import ZeroShotClassifier
-from .zoo import Manifest, create_model, load_weights
+from explorer.attacks import ATTACKS, find_attack
+from explorer.attacks.records import pgd_steps
+from explorer.attacks.safety import attack_context
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from explorer.core.taskvec import TaskVector, sum_vectors
+from explorer.data import get_task
+from explorer.engine.frontier import Engine
+from explorer.evaluation.zeroshot import ZeroShotClassifier
+from explorer.zoo import Manifest, create_model, load_weights
 
 log = logging.getLogger(__name__)
 

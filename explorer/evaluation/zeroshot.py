@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .activation import budget_for
-from .heap import release_freed_heap
+from explorer.core.heap import release_freed_heap
+from explorer.evaluation.activation import budget_for
 
 log = logging.getLogger(__name__)
 

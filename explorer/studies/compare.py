@@ -5,9 +5,9 @@ run at keep=1), one attack, on the held-out split (``test``; the calibration of 
 ``variational`` reads only ``train``). Points go through ``Engine.point`` (store-backed, so a
 rerun is served from the store), each attacked afresh unless ``--reuse``. Outputs: a figure
 (PNG with matplotlib when installed, else Plotly HTML), a CSV and a markdown table, and one
-printed row per method: name first, its hypervolume (``explorer.hypervolume``: area dominated in
+printed row per method: name first, its hypervolume (``explorer.stats.hypervolume``: area dominated in
 the clean x robust unit square, reference (0, 0)) last, with a 95% paired-bootstrap interval over
-the images (``explorer.bootstrap``; every method is evaluated on the same images, so they are
+the images (``explorer.stats.bootstrap``; every method is evaluated on the same images, so they are
 resampled together). Then the paired hypervolume difference of ``stability`` against
 ``task_arithmetic`` and against ``magnitude``, with its interval and whether its sign is resolved
 at this n. Endpoint accuracies carry Wilson 95% intervals.
@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bootstrap import hypervolume_intervals, resolved
-from .config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
-from .executors import Executor, LocalExecutor, PointJob, run_in_order
-from .hypervolume import hypervolume, pareto_front
-from .intervals import fmt_ci, with_intervals
-from .merging import METHODS
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
+from explorer.executors import Executor, LocalExecutor, PointJob, run_in_order
+from explorer.merging import METHODS
+from explorer.stats.bootstrap import hypervolume_intervals, resolved
+from explorer.stats.hypervolume import hypervolume, pareto_front
+from explorer.stats.intervals import fmt_ci, with_intervals
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def write_figure(results: dict[str, list[dict]], table: list[dict], path: Path, 
         return path
     import plotly.graph_objects as go
 
-    from .plots import error_bars
+    from explorer.viz.plots import error_bars
     fig = go.Figure([go.Scatter(x=[r["clean_acc"] for r in rows], y=[r["robust_acc"] for r in rows],
                                 mode="lines+markers", name=f"{m} (HV {hv[m]:.3f}{hv_ci[m]})",
                                 error_x=error_bars(rows, "clean"), error_y=error_bars(rows, "robust"),

@@ -10,7 +10,7 @@
    magnitude masks).
 
 Each frontier's hypervolume carries a 95% paired-bootstrap interval over the evaluated images
-(:mod:`explorer.bootstrap`), and so does its difference to the first row of its panel (plain
+(:mod:`explorer.stats.bootstrap`), and so does its difference to the first row of its panel (plain
 weighted addition; task arithmetic). Every point goes through ``Engine.point`` (store-backed,
 attacked afresh unless ``reuse``); the calibration reads the ``train`` split only.
 """
@@ -20,10 +20,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .bootstrap import hypervolume_intervals
+from explorer.config import AttackSpec, EvalSpec, MergeSpec
+from explorer.merging import get_method
+from explorer.stats.bootstrap import hypervolume_intervals
+
 from .compare import calibration_options, point_flags
-from .config import AttackSpec, EvalSpec, MergeSpec
-from .merging import get_method
 
 log = logging.getLogger(__name__)
 

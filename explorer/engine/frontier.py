@@ -24,25 +24,47 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .activation import BatchPlan, budget_for
-from .attacks import AttackCancelled
-from .config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from .device import check_device, default_device
-from .engine_inputs import EvalInputs
-from .evaluate import AdversarialBank, evaluate
-from .finite import InvalidPointError, check_merged
-from .heap import release_freed_heap
+from explorer.attacks import AttackCancelled
+from explorer.calibrate import CalibrationCache, prepare_context
+from explorer.config import (
+    CODE_VERSION,
+    AttackSpec,
+    EvalSpec,
+    MergeSpec,
+    SweepSpec,
+    resolve_defaults,
+)
+from explorer.core.device import check_device, default_device
+from explorer.core.finite import InvalidPointError, check_merged
+from explorer.core.heap import release_freed_heap
+from explorer.evaluation.activation import BatchPlan, budget_for
+from explorer.evaluation.evaluate import AdversarialBank, evaluate
+from explorer.evaluation.zeroshot import ZeroShotClassifier
+from explorer.merging import (
+    MergedDelta,
+    MergeInputs,
+    apply_coefficients,
+    canonical_spec,
+    merge_coefficients,
+    method_version,
+    validate_spec,
+)
+from explorer.store import Store
+from explorer.zoo import Manifest, ModelEntry, create_model, load_manifest
+from explorer.zoo.flatload import cache_dir_of
+
 from .attack_twin import AttackTwin
-from .calibrate import CalibrationCache, prepare_context
-from .merging import (MergedDelta, MergeInputs, apply_coefficients, canonical_spec,
-                      merge_coefficients, method_version, validate_spec)
-from .resident import (Vector, constant_coefficients, flat_digest, load_base, load_vector, text_segments,
-                       vector_from_tensors)
+from .inputs import EvalInputs
 from .points import failed_row, point_row, sweep_grid
-from .store import Store
-from .zeroshot import ZeroShotClassifier
-from .zoo import Manifest, ModelEntry, create_model, load_manifest
-from .zoo.flatload import cache_dir_of
+from .resident import (
+    Vector,
+    constant_coefficients,
+    flat_digest,
+    load_base,
+    load_vector,
+    text_segments,
+    vector_from_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +114,7 @@ class Engine(EvalInputs):
         self._plans: dict[tuple, BatchPlan] = {}
         entry = self.manifest.get(self.base)
         model, self.tokenizer = create_model(entry)
-        # At the memory floor (explorer.resident): meta reference, flat pre + theta, the model's
+        # At the memory floor (explorer.engine.resident): meta reference, flat pre + theta, the model's
         # parameters views into theta; integer buffers are the model's own (set from the file).
         self.cache_dir = cache_dir_of(self.manifest.defaults, self.manifest.path)
         self.reference, self.layout, self.pre, self.theta, self.base_report = load_base(
@@ -265,7 +287,7 @@ class Engine(EvalInputs):
                        batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
                        attack_model=self.attack_model(ev.task, normalize) if attacked else None,
                        should_stop=should_stop)
-        release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.heap)
+        release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.core.heap)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from .attacks import run_attack
-from .config import AttackSpec, MergeSpec
-from .engine import Engine
-from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+from explorer.attacks import run_attack
+from explorer.config import AttackSpec, MergeSpec
+from explorer.evaluation.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+
+from .frontier import Engine
 
 
 def merged_classifier(eng: Engine, names: Sequence[str], spec: MergeSpec, classnames: Sequence[str],

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
 from torch import nn
 
-from .finite import check_finite_logits
-from .zeroshot import ZeroShotClassifier
+from explorer.core.finite import check_finite_logits
+from explorer.evaluation.zeroshot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from explorer.config import AttackSpec
+from explorer.zoo import (
+    CheckpointRefused,
+    Manifest,
+    read_checkpoint_file,
+    refused_message,
+    resolve_in_folder,
+)
+
 from .added import AddedCheckpoints
-from .config import AttackSpec
 from .jobs import Job, JobBoard, Limits, check_cost
-from .zoo import CheckpointRefused, Manifest, read_checkpoint_file, refused_message, resolve_in_folder
 
 
 class Service(Protocol):
-    """What the policy needs of ``explorer.service.Service`` (typed here: no import cycle)."""
+    """What the policy needs of ``explorer.app.service.Service`` (typed here: no import cycle)."""
 
     manifest: Manifest
     device: str | None

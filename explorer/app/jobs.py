@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .attacks import attack_cost
-from .config import AttackSpec
+from explorer.attacks import attack_cost
+from explorer.config import AttackSpec
 
 log = logging.getLogger(__name__)
 MIN_BATCH = 32   # images a pass is priced at, at least (module docstring)

@@ -1,0 +1,1 @@
+"""Statistics of results: Wilson intervals, paired bootstrap, Pareto fronts and hypervolume."""
