@@ -45,6 +45,10 @@ class Form:
         except KeyError:
             raise AttributeError(name) from None
 
+    def by_name(self) -> dict[str, Component]:
+        """Every control by name (a copy): what ``Outputs.components`` looks names up in."""
+        return dict(self._by_name)
+
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
 

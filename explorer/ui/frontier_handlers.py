@@ -23,6 +23,15 @@ from . import common
 from .common import Selection, readable_errors
 from .form import Form
 from .guard import session_of, start_job, stop
+from .outputs import Outputs
+
+# Each event's outputs by name: frontier_tab wires these components, the handlers return these values.
+PREVIEW = Outputs("plot", "summary", "current", "status")
+REFINE = Outputs("plot", "summary", "table", "rows", "current", "status")
+SWEEP = Outputs("plot", "table", "rows", "status")
+SHOW_STORED = Outputs("plot", "table", "status")
+FIRST_VIEW = Outputs("plot", "table", "status", "summary", "current")
+LAMBDA_SLIDERS = Outputs("alpha", *(f"lambda_{i}" for i in range(common.MAX_VECTORS)))
 
 
 def setting_of(row: dict) -> tuple:
@@ -83,7 +92,8 @@ class FrontierHandlers:
         known = self.stored(v["rows"] or [], sel)
         if known is not None:   # on a computed curve: the full-tier point at once
             fig, curve = self._figure(v["rows"] or [], sel.ref(), known, v.get("theme"))
-            return fig, common.point_summary(known, "Computed"), known, common.caption(curve, sel.ref(), known)
+            return PREVIEW(plot=fig, summary=common.point_summary(known, "Computed"), current=known,
+                           status=common.caption(curve, sel.ref(), known))
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         ev = replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N))
         job = start_job(self.service, request, "Preview", 1, ev.n, quick)
@@ -91,10 +101,11 @@ class FrontierHandlers:
             row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick, ev, reuse=True,
                                      should_stop=job.should_stop)
         except AttackCancelled:
-            return (gr.skip(),) * 3
+            return PREVIEW.skip()
         row = {**row, "preview": True}
         fig, curve = self._figure(v["rows"] or [], sel.ref(), row, v.get("theme"))
-        return fig, common.point_summary(row, "Preview (refining…)"), row, common.caption(curve, sel.ref(), row)
+        return PREVIEW(plot=fig, summary=common.point_summary(row, "Preview (refining…)"), current=row,
+                       status=common.caption(curve, sel.ref(), row))
 
     @readable_errors
     def refine(self, values: Mapping[Any, Any], request: gr.Request = None):
@@ -111,11 +122,11 @@ class FrontierHandlers:
                                      should_stop=lambda: self._live.get(session, 0) != generation
                                      or job.should_stop())
         except AttackCancelled:
-            return (gr.skip(),) * 6
+            return REFINE.skip()
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
         fig, curve = self._figure(rows, row, row, v.get("theme"))
-        return (fig, common.point_summary(row, "Refined"), common.rows_table(curve), rows, row,
-                common.caption(curve, row, row))
+        return REFINE(plot=fig, summary=common.point_summary(row, "Refined"), table=common.rows_table(curve),
+                      rows=rows, current=row, status=common.caption(curve, row, row))
 
     # ------------------------------------------------------------------ sweep
     @readable_errors
@@ -135,20 +146,21 @@ class FrontierHandlers:
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
-                yield gr.skip(), gr.skip(), gr.skip(), self._sweep_status(done, total, fresh, failed,
-                                                                          self.curve_rows(rows, sel.ref()), sel.ref())
+                yield SWEEP(status=self._sweep_status(done, total, fresh, failed, self.curve_rows(rows, sel.ref()),
+                                                      sel.ref()))
                 continue
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
             fig, curve = self._figure(rows, row, row, v.get("theme"))
-            yield fig, common.rows_table(curve), rows, self._sweep_status(done, total, fresh, failed, curve, row)
+            yield SWEEP(plot=fig, table=common.rows_table(curve), rows=rows,
+                        status=self._sweep_status(done, total, fresh, failed, curve, row))
             if job.should_stop():
                 break
         if job.should_stop():
             why = {"time limit": f" (this server's time limit per job, "
                                  f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.reason, "")
-            yield gr.skip(), gr.skip(), gr.skip(), (f"Stopped after {done}/{total} points{why}; they are "
-                                                     "stored, a re-run resumes from there.")
+            yield SWEEP(status=f"Stopped after {done}/{total} points{why}; they are stored, a re-run resumes "
+                               "from there.")
 
     @staticmethod
     def _sweep_status(done: int, total: int, fresh: int, failed: list[str], curve: Sequence[dict],
@@ -170,12 +182,12 @@ class FrontierHandlers:
         try:
             v, sel = self.read(values)
         except ValueError as exc:
-            return plots.frontier_figure([]), common.rows_table([]), str(exc)
+            return SHOW_STORED(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
         curve = self.curve_rows(v["rows"] or [], sel.ref())
         label = sel.attack.label
         fig = plots.frontier_figure(curve, current=self.stored(v["rows"] or [], sel), attack=label,
                                     setting=f"{label}, n={sel.eval.n}, task {sel.eval.task}", theme=v.get("theme"))
-        return fig, common.rows_table(curve), common.caption(curve, sel.ref())
+        return SHOW_STORED(plot=fig, table=common.rows_table(curve), status=common.caption(curve, sel.ref()))
 
     # ------------------------------------------------------------------ first view
     @readable_errors
@@ -187,7 +199,7 @@ class FrontierHandlers:
         try:
             v, sel = self.read(values)
         except ValueError as exc:
-            yield plots.frontier_figure([]), common.rows_table([]), str(exc), gr.skip(), gr.skip()
+            yield FIRST_VIEW(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
             return
         session, spec = session_of(request), common.default_curve(self.service)
         start, job, shown = self._live.get(session, 0), None, -1
@@ -207,13 +219,14 @@ class FrontierHandlers:
             if failed:
                 status += f" {len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}"
             if self._live.get(session, 0) != start:   # the user took over the plot
-                yield gr.skip(), gr.skip(), status, gr.skip(), gr.skip()
+                yield FIRST_VIEW(status=status)
             else:
                 current = common.at_merge(curve, canonical_spec(sel.merge))
                 fig = plots.frontier_figure(curve, current=current, attack=sel.attack.label, theme=v.get("theme"))
                 summary = (common.point_summary(current, "On the curve") if current is not None
                            else "Move α (or any control) to compute the current merge.")
-                yield fig, common.rows_table(curve), status, summary, current
+                yield FIRST_VIEW(plot=fig, table=common.rows_table(curve), status=status, summary=summary,
+                                 current=current)
             if snap is None or snap.done:
                 return
             shown = len(snap.rows)
@@ -256,14 +269,15 @@ class FrontierHandlers:
         natural, robust = list(natural or []), list(robust or [])
         names = natural + robust
         vals = [(1 - alpha) / max(len(natural), 1)] * len(natural) + [alpha / max(len(robust), 1)] * len(robust)
-        ups = []
+        ups = {}
         for i in range(common.MAX_VECTORS):
             if i < len(names):
                 kind = "natural" if i < len(natural) else "robust"
-                ups.append(gr.update(visible=bool(advanced), label=f"λ {names[i]} ({kind})", value=vals[i]))
+                ups[f"lambda_{i}"] = gr.update(visible=bool(advanced), label=f"λ {names[i]} ({kind})",
+                                               value=vals[i])
             else:
-                ups.append(gr.update(visible=False))
-        return [gr.update(visible=not advanced), *ups]
+                ups[f"lambda_{i}"] = gr.update(visible=False)
+        return LAMBDA_SLIDERS(alpha=gr.update(visible=not advanced), **ups)
 
 
 def _sweep_ref(spec: SweepSpec) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from explorer.viz import plots
 
 from . import common
 from .form import Form
-from .frontier_handlers import FrontierHandlers
+from .frontier_handlers import FIRST_VIEW, LAMBDA_SLIDERS, PREVIEW, REFINE, SHOW_STORED, SWEEP, FrontierHandlers
 
 MERGE = "merge"   # the form group of the controls that define the current merge and its evaluation
 
@@ -125,8 +125,8 @@ def build_frontier_tab(service: Service, form: Form) -> tuple:
 
 def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     """The tab's events; the page-load event's ``(fn, inputs, outputs)``."""
-    plot, summary, status, table, files = r["plot"], r["summary"], r["status"], r["table"], r["files"]
-    lambdas = c["lambdas"]
+    files, lambdas = r["files"], c["lambdas"]
+    out = {**f.by_name(), **r}   # every output by name (Outputs.components picks each event's, in order)
     point_inputs = f.inputs(MERGE, "rows", *(["theme"] if "theme" in f else []))
 
     # Live point: preview tier at once, then the chosen attack and n in a chained event. A slider's
@@ -134,22 +134,22 @@ def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     # in the box into leaving it and an arrow key on the range into a release, so typing, keys and
     # dragging all land here.
     triggers = [f.alpha.release, f.keep.release, *[s.release for s in lambdas], f.method.input, f.scope.input]
-    live = gr.on(triggers, h.preview, point_inputs, [plot, summary, f.current, status],
+    live = gr.on(triggers, h.preview, point_inputs, PREVIEW.components(out),
                  api_name="preview_point", trigger_mode="always_last", concurrency_id="engine")
-    refine = live.success(h.refine, point_inputs, [plot, summary, table, f.rows, f.current, status],
+    refine = live.success(h.refine, point_inputs, REFINE.components(out),
                           api_name="refine_point", trigger_mode="always_last", concurrency_id="engine")
     gr.on(triggers, None, cancels=[refine])
 
     sweep = c["sweep_btn"].click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas"),
-                                 [plot, table, f.rows, status], api_name="sweep", concurrency_id="engine")
-    c["stop_btn"].click(h.stop, None, status, cancels=[sweep], queue=False, api_name="stop")
+                                 SWEEP.components(out), api_name="sweep", concurrency_id="engine")
+    c["stop_btn"].click(h.stop, None, r["status"], cancels=[sweep], queue=False, api_name="stop")
 
     # Settings that change what is plotted: show the stored points of the new setting.
     setting_events = [f.base.input, f.natural.input, f.robust.input, f.attack.input, f.eps.submit, f.eps.blur,
                       f.norm.input, f.task.input, f.n.submit, f.n.blur, *([f.theme.input] if "theme" in f else [])]
-    gr.on(setting_events, h.show_stored, point_inputs, [plot, table, status], api_name="show_stored")
+    gr.on(setting_events, h.show_stored, point_inputs, SHOW_STORED.components(out), api_name="show_stored")
     gr.on([f.natural.input, f.robust.input, f.advanced.input], h.lambda_sliders,
-          [f.natural, f.robust, f.advanced, f.alpha], [f.alpha, *lambdas], queue=False,
+          [f.natural, f.robust, f.advanced, f.alpha], LAMBDA_SLIDERS.components(out), queue=False,
           api_visibility="private")
     f.advanced.input(lambda a: gr.update(visible=a), f.advanced, c["lambda_box"], queue=False,
                      api_visibility="private")
@@ -157,4 +157,4 @@ def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
     r["export_btn"].click(h.export, [f.rows, f.current], files, api_name="export").success(**show)
     r["ckpt_btn"].click(h.checkpoint, f.inputs(MERGE), files, api_name="checkpoint",
                         concurrency_id="engine").success(**show)
-    return h.first_view, point_inputs, [plot, table, status, summary, f.current]
+    return h.first_view, point_inputs, FIRST_VIEW.components(out)

@@ -24,12 +24,19 @@ from . import common
 from .common import readable_errors
 from .form import Form
 from .guard import session_of, start_job, stop
+from .outputs import Outputs
 
 TOP_K = 5
 MAX_CLASSES = 200    # class names one Inspect may encode
 DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
 FILM_SIDE = 96       # side small images are enlarged to in the filmstrip and transfer panels
 FRAMES = 6           # filmstrip alphas by default (0, 0.2, ..., 1)
+MODELS = ("current merge", "natural endpoint", "robust endpoint")   # the three bar plots, in order
+
+# Each event's outputs by name: inspect_tab wires these components, the handlers return these values.
+INSPECT = Outputs("clean", "adv", "delta", *(f"bars_{i}" for i in range(len(MODELS))), "summary", "download")
+FILMSTRIP = Outputs("film")
+TRANSFER = Outputs("crafted", "transfer")
 
 
 def parse_classes(text: str | None) -> list[str]:
@@ -121,7 +128,7 @@ class InspectHandlers:
             frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
                                             image, names, attack, should_stop=job.should_stop)
         frames = [{**f, "adv": display_image(f["adv"], FILM_SIDE)[0]} for f in frames]
-        return image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme"))
+        return FILMSTRIP(film=image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme")))
 
     @readable_errors
     def transfer(self, values: Mapping[Any, Any], request: gr.Request = None,
@@ -134,7 +141,7 @@ class InspectHandlers:
             [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
             [f"crafted on<br>{m}" for m in res["models"]], [False] * len(res["models"]),
             title="Adversarial images", detail=attack.label, theme=v.get("theme"))
-        return strip, image_plots.transfer_figure(res, theme=v.get("theme"))
+        return TRANSFER(crafted=strip, transfer=image_plots.transfer_figure(res, theme=v.get("theme")))
 
     @readable_errors
     def inspect(self, values: Mapping[Any, Any], request: gr.Request = None,
@@ -146,12 +153,12 @@ class InspectHandlers:
         spec = models["current merge"][1]
         with stopped_as_error(job):
             res = self.service.inspect(sel.base, models, image, names, attack, should_stop=job.should_stop)
-        figs = []
-        for label, (clean, adv) in res["probs"].items():
+        figs = {}
+        for i, (label, (clean, adv)) in enumerate(res["probs"].items()):
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)
             title = f"{label}<br>{top_c} → {top_a}" + (" ✗ fooled" if top_c != top_a else " ✓ held")
-            figs.append(plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
-                                          attack=attack.label, theme=v.get("theme")))
+            figs[f"bars_{i}"] = plots.topk_figure(clean, adv, k=min(TOP_K, len(names)), title=title,
+                                                  attack=attack.label, theme=v.get("theme"))
         out = encode_png(res["adv"], common.export_dir(res["adv"].tobytes()) / "adversarial.png")
         where = spec.alpha if spec.alpha is not None else list(spec.lambdas)
         (clean, k), (adv, _), (delta, _) = (display_image(res[n]) for n in ("clean", "adv", "delta"))
@@ -160,4 +167,4 @@ class InspectHandlers:
                    f"prediction; ‖δ‖∞ = {res['linf'] * 255:.2f}/255. Images show the attack on the "
                    f"current merge ({spec.method}, {'α' if spec.alpha is not None else 'λ'} = {where}, "
                    f"keep {spec.keep:g}). Perturbation shown amplified ×{0.5 / max(res['linf'], 1e-12):.0f}." + shown)
-        return clean, adv, delta, *figs, summary, str(out)
+        return INSPECT(clean=clean, adv=adv, delta=delta, **figs, summary=summary, download=str(out))

@@ -11,7 +11,7 @@ from explorer.data import task_names
 from .form import Form
 from .frontier_tab import MERGE
 from .guard import uploaded_image
-from .inspect_handlers import InspectHandlers
+from .inspect_handlers import FILMSTRIP, INSPECT, MODELS, TRANSFER, InspectHandlers
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 ATTACK_KINDS = ["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack-fast", "none"]
@@ -62,7 +62,7 @@ def build_inspect_tab(service: Service, form: Form) -> None:
                 delta = gr.Image(label="δ amplified", interactive=False, height=200)
             with gr.Row():
                 bars = [gr.Plot(label=name, elem_id=f"bars-{i}")
-                        for i, name in enumerate(["current merge", "natural endpoint", "robust endpoint"])]
+                        for i, name in enumerate(MODELS)]
             download = gr.DownloadButton("Download adversarial PNG", size="sm")
             film = gr.Plot(label="Image by image: attacked at each α", elem_id="filmstrip-plot")
             with gr.Row():
@@ -71,8 +71,11 @@ def build_inspect_tab(service: Service, form: Form) -> None:
     source.input(h.task_classes, source, classes, queue=False, api_visibility="private")
     form.add("inspect", image=image, classes=classes, kind=kind, inspect_eps=eps, steps=steps, frames=frames)
     inputs = form.inputs("inspect", MERGE, *(["theme"] if "theme" in form else []))
-    first = run.click(h.inspect, inputs, [clean, adv, delta, *bars, summary, download], api_name="inspect",
-                      concurrency_id="engine")
-    second = first.success(h.filmstrip, inputs, film, api_name="filmstrip", concurrency_id="engine")
-    third = second.success(h.transfer, inputs, [crafted, transfer], api_name="transfer", concurrency_id="engine")
+    out = dict(clean=clean, adv=adv, delta=delta, **{f"bars_{i}": b for i, b in enumerate(bars)}, summary=summary,
+               download=download, film=film, crafted=crafted, transfer=transfer)
+    first = run.click(h.inspect, inputs, INSPECT.components(out), api_name="inspect", concurrency_id="engine")
+    second = first.success(h.filmstrip, inputs, FILMSTRIP.components(out), api_name="filmstrip",
+                           concurrency_id="engine")
+    third = second.success(h.transfer, inputs, TRANSFER.components(out), api_name="transfer",
+                           concurrency_id="engine")
     stop_btn.click(h.stop, None, summary, cancels=[first, second, third], queue=False, api_name="stop_inspect")

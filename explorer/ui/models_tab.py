@@ -14,9 +14,13 @@ from explorer.zoo import LOCAL_SUFFIXES, CheckpointError, CheckpointRefused
 from .common import one_line, readable_errors
 from .form import Form
 from .guard import session_of
+from .outputs import Outputs
 
 MODEL_COLUMNS = ["name", "role", "arch", "towers", "normalize", "weights", "provenance"]
 STAT_COLUMNS = ["vector", "role", "L2 norm", "Linf norm", "nonzero fraction", "touches text tower"]
+# Each event's outputs by name: build_models_tab wires these components, the handlers return these values.
+STATS = Outputs("norms", "heat", "layers")
+ADD = Outputs("table", "added", "natural", "robust", "pick")
 
 
 def manifest_table(service: Service, owner: str = "default") -> pd.DataFrame:
@@ -60,8 +64,8 @@ class ModelsHandlers:
         progress(0, desc="loading task vectors")
         s = self.vector_stats(base or self.service.default_base, names)
         table = pd.DataFrame(s["table"], columns=STAT_COLUMNS).round(5)
-        return (table, plots.cosine_heatmap(names, s["cos"], theme=theme),
-                plots.layer_magnitude_figure(s["layers"], s["layer_norms"], theme=theme))
+        return STATS(norms=table, heat=plots.cosine_heatmap(names, s["cos"], theme=theme),
+                     layers=plots.layer_magnitude_figure(s["layers"], s["layer_norms"], theme=theme))
 
     @readable_errors
     def add(self, base: str, upload: str | None, path: str | None, name: str | None, role: str,
@@ -91,9 +95,10 @@ class ModelsHandlers:
             raise gr.Error(one_line(f"Checkpoint rejected: {exc}")) from None
         self._stats.clear()              # a name may now stand for other weights (evicted, re-added)
         nat, rob = serving.names(owner, "natural"), serving.names(owner, "robust")
-        return (manifest_table(self.service, owner), f"Added **{added}** as a {role} vector (this session only"
-                f"{'' if not serving.added.shared else ', shared'}).",
-                gr.update(choices=nat), gr.update(choices=rob), gr.update(choices=nat + rob))
+        return ADD(table=manifest_table(self.service, owner),
+                   added=f"Added **{added}** as a {role} vector (this session only"
+                         f"{'' if not serving.added.shared else ', shared'}).",
+                   natural=gr.update(choices=nat), robust=gr.update(choices=rob), pick=gr.update(choices=nat + rob))
 
 
 def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) -> None:
@@ -131,12 +136,14 @@ def build_models_tab(service: Service, form: Form, tab: gr.Tab | None = None) ->
         add_btn = gr.Button("Validate and add", elem_id="add-btn")
         added = gr.Markdown("")
     fc = form
+    out = {**fc.by_name(), "norms": norms, "heat": heat, "layers": layers, "table": table, "added": added,
+           "pick": pick}
     stat_inputs = [fc.base, pick, *([fc.theme] if "theme" in fc else [])]
-    stats_btn.click(h.stats, stat_inputs, [norms, heat, layers], api_name="vector_stats",
+    stats_btn.click(h.stats, stat_inputs, STATS.components(out), api_name="vector_stats",
                     concurrency_id="engine")
     if tab is not None:
-        tab.select(h.stats, stat_inputs, [norms, heat, layers], api_visibility="private",
+        tab.select(h.stats, stat_inputs, STATS.components(out), api_visibility="private",
                    concurrency_id="engine")
     # Its own queue: reading a file never waits behind (or holds up) the engine's jobs.
-    add_btn.click(h.add, [fc.base, upload, path, name, role], [table, added, fc.natural, fc.robust, pick],
+    add_btn.click(h.add, [fc.base, upload, path, name, role], ADD.components(out),
                   api_name="add_checkpoint", concurrency_id="checkpoint", concurrency_limit=1)
