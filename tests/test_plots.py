@@ -140,3 +140,79 @@ def test_themes_keep_endpoints_distinct_and_text_talk_sized(rows: list[dict], th
         assert fig.layout.font.size >= 14
     with pytest.raises(KeyError, match="light"):
         plots.frontier_figure(rows, theme="sepia")
+
+
+# ----------------------------------------------------------------- partial (anytime) points
+AA = "autoattack-fast Linf eps=4/255"
+
+
+def grown(r: dict, done: int, n: int = 256, final: bool | None = None) -> dict:
+    """``r`` as an anytime point with ``done`` of ``n`` images (the row contract's fields)."""
+    return {**r, "attack": AA, "n": n, "n_done": done, "final": done == n if final is None else final}
+
+
+def partial_rows(done: int = 48) -> list[dict]:
+    """Pretrained and task arithmetic at alpha 0, 0.5, 1; alpha 0.5 and the pretrained one partial."""
+    pre = grown(row("task_arithmetic", None, 0.30, 0.05, lambdas=[0.0, 0.0]), done)
+    a0, a5, a1 = (row("task_arithmetic", a, 0.9 - 0.4 * a, 0.1 + 0.5 * a) for a in (0.0, 0.5, 1.0))
+    return [pre, grown(a0, 256), grown(a5, done), grown(a1, 256)]
+
+
+def test_progress_reads_the_row_contract() -> None:
+    from explorer.viz import partial
+
+    old = row("ties", 0.5, 0.7, 0.3)   # stored before anytime points: complete
+    assert partial.progress(old) == (64, 64, True) and not partial.is_partial(old)
+    assert partial.progress(grown(old, 48)) == (48, 256, False)
+    assert partial.progress(grown(old, 256)) == (256, 256, True)
+    # final is never believed early: a row saying final on fewer images is partial
+    assert partial.progress(grown(old, 48, final=True)) == (48, 256, False)
+    assert partial.progress(grown(old, 256, final=False)) == (256, 256, False)   # cut off at n: still partial
+    assert partial.n_cell(grown(old, 48)) == "48/256" and partial.n_cell(old) == "64"
+
+
+def test_partial_intervals_are_over_the_images_done() -> None:
+    from explorer.stats.intervals import acc_interval
+    from explorer.viz import partial
+
+    r = partial.with_progress_intervals(grown(row("ties", 0.5, 0.75, 0.25), 48))
+    assert r["clean_ci"] == acc_interval(0.75, 48) and r["robust_ci"] == acc_interval(0.25, 48)
+    assert r["n"] == 256 and r["clean_ci"] != acc_interval(0.75, 256)   # wider than the target's
+    bars = plots.error_bars([r], "clean")
+    assert bars["array"][0] == pytest.approx(acc_interval(0.75, 48)[1] - 0.75)
+
+
+def test_partial_points_are_hollow_with_error_bars_filled_when_final() -> None:
+    fig = plots.frontier_figure(partial_rows(48))
+    n = names(fig)
+    curve = fig.data[n.index("task_arithmetic")]
+    assert list(curve.marker.symbol) == ["circle", "circle-open", "circle"]   # by alpha: 0, 0.5, 1
+    assert curve.error_y.array[1] > curve.error_y.array[0] > 0   # 48 images: the wider interval
+    pre = fig.data[n.index(plots.ENDPOINT_STYLE["pretrained"][2])]
+    assert list(pre.marker.symbol) == ["square-open"]
+    nat = fig.data[n.index(plots.ENDPOINT_STYLE["natural"][2])]
+    assert nat.marker.symbol == "diamond"
+    assert "Pareto front (partial)" in n and "Pareto front" not in n
+    title = " ".join(re.sub(r"<[^>]+>", "", line) for line in fig.layout.title.text.split("<br>"))
+    assert f"{AA}, n=256, task shapes, 2 of 4 points partial" in title
+    hover = curve.text[1]
+    assert f"{AA} on 48/256 images (partial)" in hover and "over the 48 images done" in hover
+    assert "partial" not in curve.text[0]
+    done = plots.frontier_figure(partial_rows(256))
+    curve = done.data[names(done).index("task_arithmetic")]
+    assert curve.marker.symbol == "circle" and "Pareto front" in names(done)
+    assert "partial" not in done.layout.title.text
+
+
+def test_curve_progress_and_front_caption() -> None:
+    from explorer.viz import partial
+
+    rows = partial_rows(48)
+    curves = {"pretrained": rows[:1], "task_arithmetic": rows[1:]}
+    assert partial.curve_progress(curves) == ("pretrained: autoattack-fast on 48/256 images; "
+                                              "task_arithmetic: autoattack-fast on 48-256/256 images")
+    assert partial.curve_progress({"task_arithmetic": partial_rows(256)[1:]}) == ""
+    # (0.3, 0.05) is dominated; along the front (0.5, 0.6), (0.7, 0.35), (0.9, 0.1), by hand:
+    hv = 0.5 * 0.6 + 0.2 * 0.35 + 0.2 * 0.1
+    assert partial.front_text(rows) == f"hypervolume {hv:.3f} (partial: 2 of 4 points not complete)"
+    assert partial.front_text(partial_rows(256)) == f"hypervolume {hv:.3f}"

@@ -86,7 +86,7 @@ def assert_accuracies_carry_intervals(table, rows) -> None:
 
     by_alpha = {r["alpha"]: r for r in rows if r.get("alpha") is not None}
     for _, rec in table.iterrows():
-        assert "eps=" in rec["attack"] and rec["n"] >= 1
+        assert "eps=" in rec["attack"] and re.fullmatch(r"[1-9]\d*(/[1-9]\d*)?", rec["n"])
         for col, key in ((common.CLEAN_COL, "clean"), (common.ROBUST_COL, "robust")):
             acc, lo, hi = map(float, ACC_CELL.fullmatch(rec[col]).groups())
             assert lo <= acc <= hi
@@ -150,6 +150,40 @@ def test_exports(ctx, tmp_path) -> None:
     from safetensors.torch import load_file
     sd = load_file(ckpt)
     assert len(sd) == len(ctx.engine().layout.keys)
+
+
+def test_partial_points_in_table_caption_and_exports(ctx) -> None:
+    """A growing point (row contract: n_done of n, final False, intervals over n_done) is marked in
+    the table (``n_done/n``), the caption, the CSV/JSON (``final``, ``n_done``) and the HTML figure
+    (hollow marker); the same key replaces the stored complete point in the session's rows."""
+    import json
+
+    from explorer.stats.intervals import acc_interval
+
+    h = FrontierHandlers(ctx)
+    *_, rows, row, _ = h.refine(controls(alpha=0.5))
+    grow = {**row, "n_done": 8, "final": False, "clean_acc": 0.5, "robust_acc": 0.25,
+            "clean_ci": acc_interval(0.5, 8), "robust_ci": acc_interval(0.25, 8)}
+    table = common.rows_table([grow, row])
+    assert list(table["n"]) == ["8/16", "16"]
+    assert table.loc[0, common.CLEAN_COL] == common.acc_cell(0.5, acc_interval(0.5, 8))
+    text = common.caption([grow], row)
+    assert "Partial (hollow): task_arithmetic: pgd-2 on 8/16 images." in text
+    assert "Hypervolume 0.125 (partial: 1 of 1 points not complete)" in text
+    assert "Partial" not in common.caption([row], row) and "Hypervolume" in common.caption([row], row)
+    summary = common.point_summary(grow, "Refining")
+    assert "n = 8/16 (partial, so far)" in summary
+    csv, js, html = (Path(f) for f in h.export([grow], grow)[:3])
+    import pandas as pd
+
+    got = pd.read_csv(csv)   # the session's growing point first, then the store's other points
+    assert (got["final"][0], got["n_done"][0], got["n"][0], got["alpha"][0]) == (False, 8, 16, 0.5)
+    assert all(got["final"][1:]) and list(got["n_done"][1:]) == list(got["n"][1:])
+    assert (got["alpha"] == 0.5).sum() == 1   # replaced by key: the stored complete copy is not repeated
+    exported = json.loads(js.read_text())
+    assert (exported[0]["final"], exported[0]["n_done"]) == (False, 8)
+    assert "circle-open" in html.read_text() and "Pareto" not in common.marked([row])[0]
+    assert common.marked([row])[0]["final"] is True and common.marked([row])[0]["n_done"] == 16
 
 
 @pytest.fixture(scope="module")

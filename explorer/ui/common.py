@@ -18,8 +18,8 @@ import pandas as pd
 from explorer.attacks import ATTACK_NAMES, parse_attack
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
 from explorer.merging import validate_spec
-from explorer.stats.intervals import fmt_ci, with_intervals
-from explorer.viz import plots
+from explorer.stats.intervals import fmt_ci
+from explorer.viz import partial, plots
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ TABLE_COLUMNS = ["α", CLEAN_COL, ROBUST_COL, "attack", "n", "method", "task", "
 # accuracy columns so that α and both accuracies fit in 326 (each wraps before its interval).
 TABLE_WIDTHS = [56, 176, 176, 184, 52, 136, 64, 116, 52, 72, 64, 72]
 # The exported CSV: numbers as numbers, intervals in their own columns (README, "What an interval means").
+# ``final``/``n_done``: a partial (anytime) point's accuracies are over its n_done images (viz/partial.py).
 EXPORT_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "clean_ci", "robust_acc",
-                  "robust_ci", "attack", "n", "task", "cached", "seconds"]
+                  "robust_ci", "attack", "n", "n_done", "final", "task", "cached", "seconds"]
 
 
 INTERNAL_ERROR = "Something went wrong on the server (the details are in its log); please try again."
@@ -199,13 +200,13 @@ def rows_table(rows: Sequence[dict]) -> pd.DataFrame:
     """The points as the page shows them: each accuracy in one cell with its Wilson 95% interval
     (``0.879 [0.833, 0.913]``), beside the attack (with eps), n and task that produced it."""
     recs = []
-    for r in map(with_intervals, rows):
+    for r in map(partial.with_progress_intervals, rows):
         attack = f"{r['attack']} (preview)" if r.get("preview") else r.get("attack")
         alpha = None if r.get("alpha") is None else round(float(r["alpha"]), 4)
         method = "pretrained" if plots.endpoint_kind(r) == "pretrained" else r.get("method")
         recs.append({"method": method, "α": alpha, CLEAN_COL: acc_cell(r["clean_acc"], r.get("clean_ci")),
                      ROBUST_COL: acc_cell(r["robust_acc"], r.get("robust_ci")), "attack": attack,
-                     "n": r.get("n"), "task": r.get("task"),
+                     "n": partial.n_cell(r), "task": r.get("task"),
                      "λ": ", ".join(f"{float(v):+.2f}" for v in r.get("lambdas") or []), "keep": r.get("keep"),
                      "scope": r.get("scope"), "cached": r.get("cached"), "seconds": r.get("seconds")})
     return pd.DataFrame(recs, columns=TABLE_COLUMNS)
@@ -214,8 +215,9 @@ def rows_table(rows: Sequence[dict]) -> pd.DataFrame:
 def export_table(rows: Sequence[dict]) -> pd.DataFrame:
     """The points for the CSV export: accuracies as numbers, intervals ``[lo, hi]`` beside them."""
     recs = []
-    for r in map(with_intervals, rows):
+    for r in map(partial.with_progress_intervals, rows):
         rec = {c: r.get(c) for c in EXPORT_COLUMNS}
+        rec["n_done"], _, rec["final"] = partial.progress(r)
         rec["lambdas"] = ", ".join(f"{float(v):+.2f}" for v in r.get("lambdas") or [])
         rec["clean_acc"] = round(float(r["clean_acc"]), 4)
         rec["robust_acc"] = round(float(r["robust_acc"]), 4)
@@ -227,16 +229,27 @@ def export_table(rows: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(recs, columns=EXPORT_COLUMNS)
 
 
+def marked(rows: Sequence[dict]) -> list[dict]:
+    """Rows as exported (JSON): each with ``n_done`` and ``final`` (``partial.progress``), so a
+    partial point is never read as complete."""
+    out = []
+    for r in rows:
+        done, _, final = partial.progress(r)
+        out.append({**r, "n_done": done, "final": final})
+    return out
+
+
 def point_summary(row: dict, state: str) -> str:
     """One line under the plot: accuracies with the attack, eps, n and tier that produced them."""
     alpha = row.get("alpha")
     where = f"α = {alpha:.2f}" if alpha is not None else "λ = " + ", ".join(
         f"{v:+.2f}" for v in row.get("lambdas", []))
     cached = " · from the store" if row.get("cached") else f" · {row.get('seconds', 0):.1f} s"
-    row = with_intervals(row)
+    row = partial.with_progress_intervals(row)
+    n = row["n"] if not partial.is_partial(row) else f"{partial.n_cell(row)} (partial, so far)"
     return (f"**{state}** — {row['method']} {where}, keep {row['keep']:g}: clean **{row['clean_acc']:.3f}** "
             f"{fmt_ci(row.get('clean_ci'))}, robust **{row['robust_acc']:.3f}** {fmt_ci(row.get('robust_ci'))} "
-            f"(95% intervals) under *{row['attack']}*, n = {row['n']} "
+            f"(95% intervals) under *{row['attack']}*, n = {n} "
             f"(task {row['task']}){cached}")
 
 
@@ -265,15 +278,23 @@ def at_merge(curve: Sequence[dict], spec: MergeSpec) -> dict | None:
 
 def caption(curve: Sequence[dict], ref: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> str:
     """What the plot shows, counted: points per curve and endpoints, the attack (with eps) and n,
-    and the tier of the highlighted point when it is not the plotted setting's."""
-    kinds: dict[str, int] = {}   # as drawn: a curve's points include its α = 0 and α = 1 ends
+    the plotted points' hypervolume; while any point is partial, how many images each curve's
+    points have (``partial.curve_progress``); the tier of the highlighted point when it is not the
+    plotted setting's."""
+    groups: dict[str, list[dict]] = {}   # as drawn: a curve's points include its α = 0 and α = 1 ends
     for r in curve:
         pre = plots.endpoint_kind(r) == "pretrained"
         name = "pretrained" if pre else plots.curve_name(r) if r.get("alpha") is not None else "λ points"
-        kinds[name] = kinds.get(name, 0) + 1
-    parts = ", ".join(f"{k} {v}" for k, v in kinds.items())
+        groups.setdefault(name, []).append(r)
+    parts = ", ".join(f"{k} {len(v)}" for k, v in groups.items())
     text = (f"{len(curve)} point{'s' * (len(curve) != 1)} plotted" + (f" ({parts})" if parts else "")
             + f" — {ref.get('attack')}, n = {ref.get('n')}, task {ref.get('task')}.")
+    if curve:
+        front = partial.front_text(curve)
+        text += f" {front[0].upper()}{front[1:]}."
+    growing = partial.curve_progress(groups)
+    if growing:
+        text += f" Partial (hollow): {growing}."
     if current is not None and current.get("preview"):
         text += (f" ★ is a preview ({current.get('attack')}, n = {current.get('n')}), "
                  "not on this scale until refined.")

@@ -241,7 +241,7 @@ class FrontierHandlers:
         if ref is None:
             raise gr.Error("nothing to export yet: move the slider or run a sweep first")
         fig, curve = self._figure(rows or [], {**ref, "preview": False}, current)
-        text = json.dumps(curve, indent=1, default=str)
+        text = json.dumps(common.marked(curve), indent=1, default=str)
         out = common.export_dir(text)
         common.export_table(curve).to_csv(out / "frontier.csv", index=False)
         (out / "frontier.json").write_text(text)

@@ -14,7 +14,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.stats.intervals import fmt_ci, with_intervals
+from explorer.stats.intervals import fmt_ci
+
+from . import partial
+from .partial import with_progress_intervals
 
 Row = Mapping[str, Any]
 ENDPOINT_STYLE = {  # kind -> (marker symbol, colour, legend name)
@@ -106,25 +109,30 @@ def endpoint_kind(row: Row) -> str | None:
     return {0.0: "natural", 1.0: "robust"}.get(float(alpha))
 
 
-def setting_label(row: Row) -> str:
-    """What produced a number: ``pgd-10 Linf eps=4/255, n=256, task shapes``."""
-    return f"{row.get('attack', '?')}, n={row.get('n', '?')}, task {row.get('task', '?')}"
+def setting_label(row: Row, rows: Sequence[Row] = ()) -> str:
+    """What produced a number: ``pgd-10 Linf eps=4/255, n=256, task shapes``; ``, 2 of 6 points
+    partial`` when some of ``rows`` are still growing (``partial``)."""
+    k = sum(partial.is_partial(r) for r in rows)
+    return (f"{row.get('attack', '?')}, n={row.get('n', '?')}, task {row.get('task', '?')}"
+            + (f", {k} of {len(rows)} points partial" if k else ""))
 
 
 def hover_text(row: Row) -> str:
     """Hover card of one point: accuracies with their 95% intervals, merge config and the attack,
     eps and n behind the numbers."""
-    row = with_intervals(row)
+    row = with_progress_intervals(row)
     alpha = row.get("alpha")
     lambdas = ", ".join(f"{float(v):+.3g}" for v in row.get("lambdas") or [])
     return "<br>".join([
         f"<b>{row.get('method', '?')}</b>" + (" (preview)" if row.get("preview") else ""),
         f"clean {float(row['clean_acc']):.3f} {fmt_ci(row.get('clean_ci'))} · "
         f"robust {float(row['robust_acc']):.3f} {fmt_ci(row.get('robust_ci'))}",
-        "(95% intervals, Wilson)",
+        f"(95% intervals over the {partial.progress(row)[0]} images done, Wilson)" if partial.is_partial(row)
+        else "(95% intervals, Wilson)",
         f"α = {'—' if alpha is None else f'{float(alpha):.3g}'} · λ = [{lambdas}]",
         f"keep = {float(row.get('keep', 1.0)):.3g} ({row.get('scope', 'global')})",
-        f"attack: {row.get('attack', '?')} · eps = {float(row.get('eps', 0)):.4g} · n = {row.get('n', '?')}",
+        f"attack: {partial.attack_on_images(row)} · eps = {float(row.get('eps', 0)):.4g}" if partial.is_partial(row)
+        else f"attack: {row.get('attack', '?')} · eps = {float(row.get('eps', 0)):.4g} · n = {row.get('n', '?')}",
     ])
 
 
@@ -148,7 +156,7 @@ def curve_name(row: Row) -> str:
 def error_bars(rows: Sequence[Row], key: str, colour: str | None = None) -> dict[str, Any]:
     """Plotly ``error_x``/``error_y`` of the rows' ``{key}_ci`` intervals (asymmetric, around
     ``{key}_acc``); empty when no row has an ``n``."""
-    rows = [with_intervals(r) for r in rows]
+    rows = [with_progress_intervals(r) for r in rows]
     if not all(r.get(f"{key}_ci") for r in rows):
         return {}
     acc = [float(r[f"{key}_acc"]) for r in rows]
@@ -159,7 +167,10 @@ def error_bars(rows: Sequence[Row], key: str, colour: str | None = None) -> dict
     return {**bars, "color": colour} if colour else bars
 
 
-def _scatter(rows: Sequence[Row], errors: bool = True, **kwargs: Any) -> go.Scatter:
+def _scatter(rows: Sequence[Row], errors: bool = True, symbol: str | None = None, **kwargs: Any) -> go.Scatter:
+    """One trace of ``rows``; ``symbol``: their marker, hollow at partial points (``partial.symbols``)."""
+    if symbol is not None:
+        kwargs["marker"] = {**kwargs.get("marker", {}), "symbol": partial.symbols(symbol, rows)}
     if errors:
         colour = (kwargs.get("line") or kwargs.get("marker") or {}).get("color")
         kwargs.update(error_x=error_bars(rows, "clean", colour), error_y=error_bars(rows, "robust", colour))
@@ -187,30 +198,30 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
             curves.setdefault(curve_name(r), []).append(r)
     for i, (name, pts) in enumerate(curves.items()):
         pts = sorted(pts, key=lambda r: float(r["alpha"]))
-        fig.add_trace(_scatter(pts, name=name, mode="lines+markers",
+        fig.add_trace(_scatter(pts, name=name, mode="lines+markers", symbol="circle",
                                line=dict(color=METHOD_COLOURS[i % len(METHOD_COLOURS)], width=2)))
     manual = [r for r in rows if r.get("alpha") is None and endpoint_kind(r) is None]
     if manual:
-        fig.add_trace(_scatter(manual, name="advanced (λ per vector)", mode="markers",
-                               marker=dict(symbol="x", size=9, color="#7f7f7f")))
+        fig.add_trace(_scatter(manual, name="advanced (λ per vector)", mode="markers", symbol="x",
+                               marker=dict(size=9, color="#7f7f7f")))
     front = [rows[i] for i in pareto_front([(r["clean_acc"], r["robust_acc"]) for r in rows])]
     if len(front) > 1:
-        fig.add_trace(_scatter(front, errors=False, name="Pareto front", mode="lines", hoverinfo="skip",
+        name = "Pareto front (partial)" if partial.any_partial(rows) else "Pareto front"
+        fig.add_trace(_scatter(front, errors=False, name=name, mode="lines", hoverinfo="skip",
                                line=dict(color=style["front"], dash="dot", width=3, shape="hv")))
     for kind, (symbol, _, label) in ENDPOINT_STYLE.items():
         pts = [r for r in rows if endpoint_kind(r) == kind]
         if pts:
-            fig.add_trace(_scatter(pts, name=label, mode="markers", marker=dict(
-                symbol=symbol, size=17, color=style["endpoints"][kind],
+            fig.add_trace(_scatter(pts, name=label, mode="markers", symbol=symbol, marker=dict(
+                size=17, color=style["endpoints"][kind],
                 line=dict(color=style["outline"], width=1.5))))
     if current is not None:
         tag = "current (preview)" if current.get("preview") else "current"
-        name = "<br>".join(fit_lines(f"{tag}: {current.get('attack')}, n={current.get('n')}", FONT_SIZE - 1, 280))
-        fig.add_trace(_scatter([current], name=name,
-                               mode="markers", marker=dict(symbol="star", size=24, color="#ffd400",
-                                                           line=dict(color="black", width=1.5))))
+        text = f"{tag}: {current.get('attack')}, n={partial.n_cell(current)}"
+        fig.add_trace(_scatter([current], name="<br>".join(fit_lines(text, FONT_SIZE - 1, 280)), mode="markers",
+                               symbol="star", marker=dict(size=24, color="#ffd400", line=dict(color="black", width=1.5))))
     ref = rows[0] if rows else current
-    setting = setting_label(ref) if ref else (setting or "no points yet")
+    setting = setting_label(ref, rows) if ref else (setting or "no points yet")
     attack = ref.get("attack") if ref else (attack or "no attack chosen")
     shown = [*rows, *([current] if current is not None else [])]
     readable(fig, theme)
