@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from explorer.attacks import attack_cost  # noqa: E402
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas  # noqa: E402
+from explorer.core.cancel import CancelToken, scoped  # noqa: E402
 from explorer.engine.frontier import Engine  # noqa: E402
 from explorer.studies.bench import step_seconds  # noqa: E402
 
@@ -174,7 +175,7 @@ def run_frontier(eng: Engine, ev: EvalSpec, tab: Table, past_deadline: Callable[
     hook = attack_net(eng, ev).register_forward_hook(count)
     tab.frontier_started = last = time.perf_counter()
     try:
-        for i, row in enumerate(eng.sweep(spec, progress=False, should_stop=past_deadline), 1):
+        for i, row in enumerate(scoped(CancelToken(also=past_deadline), eng.sweep(spec, progress=False)), 1):
             now = time.perf_counter()
             tab.frontier_s.append(now - last)
             tab.frontier_attacked.append(row.get("n_attacked") or 0)

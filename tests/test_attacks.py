@@ -28,6 +28,7 @@ from explorer.attacks import (
 from explorer.attacks.safety import AttackModel, attack_context
 from explorer.attacks.stages import build_stage
 from explorer.config import AttackSpec
+from explorer.core.cancel import Cancelled, CancelToken, cancel_scope
 from explorer.evaluation.zeroshot import ZeroShotClassifier
 
 # Every attack of the registry (one instance per pattern) but the ones with Square's 5000 queries:
@@ -133,7 +134,7 @@ def test_records_are_the_one_list():
 
 def test_public_names_are_verbs_and_records():
     assert sorted(explorer.attacks.__all__) == sorted([
-        "ATTACKS", "ATTACK_NAMES", "AttackCancelled", "AttackRecord", "attack_cost", "attack_help",
+        "ATTACKS", "ATTACK_NAMES", "Cancelled", "AttackRecord", "attack_cost", "attack_help",
         "attack_table", "check_gradients", "check_logits", "find_attack", "parse_attack",
         "reference_autoattack", "run_attack", "validate_attack"])
 
@@ -378,24 +379,24 @@ def test_apgd_t_with_too_few_classes_is_an_error_not_a_silent_skip():
 
 
 @pytest.mark.parametrize("name", ["pgd-5", "autoattack-fast"])
-def test_should_stop_cancels_an_attack(mlp_setup, name):
-    from explorer.attacks import AttackCancelled
-
+def test_a_set_cancel_token_cancels_an_attack(mlp_setup, name):
     model, x, y = mlp_setup
     polls = []
-    with pytest.raises(AttackCancelled):
-        run_attack(model, x, y, AttackSpec(name, eps=8 / 255), should_stop=lambda: polls.append(1) or True)
-    assert len(polls) == 1      # polled before the first step or stage, then nothing ran
-    # Never asked to stop: the same attack runs to the end.
-    adv = run_attack(model, x, y, AttackSpec("pgd-5", eps=8 / 255), should_stop=lambda: False)
-    assert adv.shape == x.shape
+    with cancel_scope(CancelToken(also=lambda: polls.append(1) or True, reason="stop pressed")), \
+            pytest.raises(Cancelled, match="stop pressed"):
+        run_attack(model, x, y, AttackSpec(name, eps=8 / 255))
+    assert len(polls) == 1      # checked before the first forward, step or stage; then nothing ran
+    # A token never set, and no scope at all: the same attack runs to the end, the same result.
+    with cancel_scope(CancelToken()):
+        adv = run_attack(model, x, y, AttackSpec("pgd-5", eps=8 / 255))
+    assert torch.equal(adv, run_attack(model, x, y, AttackSpec("pgd-5", eps=8 / 255)))
+    assert not torch.equal(adv, x)
 
 
 def test_stop_acts_inside_an_autoattack_stage(mlp_setup):
-    """torchattacks runs a stage's 100 steps in its own loop; the model wrapper polls, so a
-    Stop pressed mid-stage ends it within a step (not after the stage or batch)."""
-    from explorer.attacks import AttackCancelled
-
+    """torchattacks runs a stage's 100 steps in its own loop; the model wrapper checks the token
+    before every forward, so a Stop pressed mid-stage ends it within a step (not after the stage
+    or batch)."""
     model, x, y = mlp_setup
     calls = []
 
@@ -403,8 +404,8 @@ def test_stop_acts_inside_an_autoattack_stage(mlp_setup):
         calls.append(1)
         return len(calls) > 5
 
-    with pytest.raises(AttackCancelled):
-        run_attack(model, x, y, AttackSpec("apgd-ce", eps=8 / 255), should_stop=stop_after_five)
+    with cancel_scope(CancelToken(also=stop_after_five)), pytest.raises(Cancelled):
+        run_attack(model, x, y, AttackSpec("apgd-ce", eps=8 / 255))
     assert len(calls) == 6
     # The cancelled attack still restored the model's mode and parameter flags.
     assert model.training and all(p.requires_grad for p in model.parameters())
@@ -448,8 +449,8 @@ def test_cached_random_starts_equal_fresh_draws(norm):
 
 
 def test_a_stop_check_leaves_batchnorm_in_eval_mode(fast_stages):
-    """Page jobs pass ``should_stop``, which wraps the model once more for torchattacks' stages.
-    That wrapper must report eval mode: torchattacks calls ``model.train()`` afterwards on a
+    """The attack wrapper (``AttackModel``, which also checks the cancel token) must report eval
+    mode: torchattacks calls ``model.train()`` afterwards on a
     model that said it was training, which put every BatchNorm in training mode mid-attack (one
     image: "Expected more than 1 value per channel when training"; more: batch statistics in the
     predictions and running statistics overwritten). With or without the check, the same
@@ -463,8 +464,9 @@ def test_a_stop_check_leaves_batchnorm_in_eval_mode(fast_stages):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     spec = AttackSpec("autoattack-fast", eps=8 / 255)
     plain = run_attack(model, x, y, spec)
-    checked = run_attack(model, x, y, spec, should_stop=lambda: False)
-    one = run_attack(model, x[:1], y[:1], spec, should_stop=lambda: False)   # raised before the fix
+    with cancel_scope(CancelToken()):
+        checked = run_attack(model, x, y, spec)
+        one = run_attack(model, x[:1], y[:1], spec)   # raised before the fix
     assert torch.equal(plain, checked) and torch.equal(one, plain[:1])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m.training for m in model.modules())

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.core.cancel import CancelToken, cancel_scope
 from explorer.engine.frontier import Engine
 from explorer.evaluation.evaluate import evaluate
 from explorer.store import Store
@@ -98,8 +99,8 @@ def test_store_serves_reruns_and_interrupted_sweep_resumes(tiny_zoo, tmp_path):
     spec = SweepSpec(manifest=str(tiny_zoo), base="base", natural=("natural",), robust=("robust2",),
                      alphas=(0.0, 0.5, 1.0), attack=AttackSpec("pgd-2", eps=4 / 255), eval=EV)
     seen = []
-    first = list(Engine(tiny_zoo, store=store).sweep(spec, should_stop=lambda: len(seen) >= 2,
-                                                     on_point=seen.append, progress=False))
+    with cancel_scope(CancelToken(also=lambda: len(seen) >= 2)):
+        first = list(Engine(tiny_zoo, store=store).sweep(spec, on_point=seen.append, progress=False))
     assert len(first) == 2 and len(store) == 2          # cut off midway: two points kept
     again = list(Engine(tiny_zoo, store=store).sweep(spec, progress=False))
     assert [r["cached"] for r in again] == [True, True, False]
@@ -120,8 +121,8 @@ def test_stop_inside_a_point_abandons_it_and_keeps_the_rest(tiny_zoo, tmp_path):
         polls.append(len(seen))
         return polls.count(1) > 3
 
-    rows = list(Engine(tiny_zoo, store=store).sweep(spec, should_stop=stop, on_point=seen.append,
-                                                    progress=False))
+    with cancel_scope(CancelToken(also=stop)):
+        rows = list(Engine(tiny_zoo, store=store).sweep(spec, on_point=seen.append, progress=False))
     assert len(rows) == 1 and len(store) == 1 and polls.count(1) == 4
     again = list(Engine(tiny_zoo, store=store).sweep(spec, progress=False))
     assert [r["cached"] for r in again] == [True, False, False]

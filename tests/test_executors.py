@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from explorer.config import AttackSpec, EvalSpec, SweepSpec
+from explorer.core.cancel import CancelToken, cancel_scope
 from explorer.engine.frontier import Engine
 from explorer.executors import ExecutorError, LocalExecutor, make_executor, run_in_order, run_sweep, sweep_jobs
 from explorer.executors.ray_connect import import_ray, split_address
@@ -159,7 +160,8 @@ def test_stop_cancels_running_points_within_seconds(executor, tiny_zoo, tmp_path
             fired.append(time.perf_counter())
         return bool(fired)
 
-    rows = list(run_sweep(executor, slow, should_stop=should_stop))
+    with cancel_scope(CancelToken(also=should_stop)):
+        rows = list(run_sweep(executor, slow))
     latency = time.perf_counter() - fired[0]
     assert rows == [] and len(store) == 0               # nothing finished, nothing half-stored
     assert latency < 3.0, latency
@@ -232,7 +234,7 @@ def test_service_sweep_on_ray_streams_the_pretrained_point_and_the_sweep(executo
     svc = Service(str(tiny_zoo), "cpu", str(tmp_path / "r.sqlite"), executor="ray", workers=2)
     monkeypatch.setattr(svc, "executor", lambda base=None: executor)
     executor.store = svc.store
-    rows = list(svc.sweep(sweep_spec(tiny_zoo), should_stop=lambda: False))
+    rows = list(svc.sweep(sweep_spec(tiny_zoo)))
     pre = [r for r in rows if r["lambdas"] == [0.0, 0.0]]
     want_pre = Engine(tiny_zoo, device="cpu").point(["natural"], ["robust"], MergeSpec(lambdas=(0.0, 0.0)),
                                                     PGD, EV, use_bank=False)

@@ -70,7 +70,7 @@ def test_background_sweep_runs_once_and_matches_the_sweep(service) -> None:
     assert job.wait(120)
     snap = job.snapshot()
     assert snap.done and snap.error is None and len(snap.rows) == snap.total == 6   # pretrained + 5 alphas
-    direct = list(service.sweep(spec, should_stop=lambda: False))
+    direct = list(service.sweep(spec))
     assert [r["key"] for r in snap.rows] == [r["key"] for r in direct]
     assert [r["robust_acc"] for r in snap.rows] == [r["robust_acc"] for r in direct]
 
@@ -87,9 +87,9 @@ def test_first_view_streams_with_a_progress_line(tiny_zoo) -> None:
     spec = default_curve(svc)
     gate = threading.Event()
 
-    def gated(stop):
+    def gated():
         gate.wait(60)
-        yield from svc.sweep(spec, stop)
+        yield from svc.sweep(spec)
 
     svc._background[spec.digest()] = BackgroundSweep(gated, 6)   # the job the page will find
     values = {form[k]: c.value for k, c in ((k, form[k]) for k in form.api_order(form.inputs("merge", "theme")))}

@@ -68,7 +68,7 @@ def test_service_points_are_history_free_and_the_preview_variant_is_labelled(swe
     service = Service(None, device="cpu", store_path="none")
     spec = SweepSpec(manifest=service.manifest_path, base="pretrained", natural=("natural",), robust=("tecoa",),
                      alphas=(0.0, 1.0), attack=ATTACK, eval=EV)
-    streamed = list(service.sweep(spec, should_stop=lambda: False))
+    streamed = list(service.sweep(spec))
     assert _acc(streamed[-1]) == _acc(rob) and _acc(streamed[1]) == _acc(rows[0])
     quick = service.point("pretrained", ["natural"], ["tecoa"], MergeSpec.from_alpha(1.0), ATTACK, EV, reuse=True)
     assert quick["attack"] == ATTACK.label + REUSE_TAG and quick["robust_acc"] <= rob["robust_acc"]

@@ -15,6 +15,7 @@ from explorer.app.added import AddedCheckpoints
 from explorer.app.jobs import MIN_BATCH, JobBoard, JobRefused, Limits, check_cost, job_cost
 from explorer.app.service import Service
 from explorer.attacks import parse_attack
+from explorer.core.cancel import Cancelled, cancel_scope, check_cancelled
 from explorer.zoo import CheckpointError, CheckpointRefused, load_manifest, load_weights, read_checkpoint_file
 from explorer.zoo.files import refused_message, resolve_in_folder
 
@@ -110,16 +111,19 @@ def test_stop_reaches_queued_and_running_jobs_not_later_ones() -> None:
     board = JobBoard(Limits(max_job_seconds=0.5))
     queued_at = time.monotonic()
     board.stop("ann")                                # Stop pressed while the job waited in the queue
-    assert board.start("ann", submitted=queued_at).should_stop()
+    assert board.start("ann", submitted=queued_at).cancelled
     later = board.start("ann")                        # submitted after the Stop: runs
     other = board.start("bob")
-    assert not later.should_stop() and not other.should_stop()
+    assert not later.cancelled and not other.cancelled
     board.stop("ann")
-    assert later.should_stop() and later.reason == "stopped" and not other.should_stop()
+    assert later.cancelled and later.stop_reason == "stopped" and not other.cancelled
     time.sleep(0.6)
-    assert other.should_stop() and other.reason == "time limit"
+    assert other.cancelled and other.stop_reason == "time limit"
     gone = board.start("cy", alive=lambda: False)
-    assert gone.should_stop() and gone.reason == "client gone"
+    assert gone.cancelled and gone.stop_reason == "client gone"
+    # A job is the token its work runs under: inside its scope the attack loop's check raises.
+    with cancel_scope(gone), pytest.raises(Cancelled, match="job client gone"):
+        check_cancelled()
 
 
 def test_added_book_evicts_least_recently_used() -> None:

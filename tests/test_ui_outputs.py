@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.attacks import AttackCancelled
+from explorer.core.cancel import Cancelled
 from explorer.ui import build_demo
 from explorer.ui.outputs import Outputs
 
@@ -73,7 +73,7 @@ def is_skip(v) -> bool:
 
 
 def cancelled(*_a, **_k):
-    raise AttackCancelled("a newer move")
+    raise Cancelled("a newer move")
 
 
 def test_outputs_type_orders_names_and_skips_the_rest() -> None:
@@ -108,7 +108,7 @@ def test_live_point_paths(demo, monkeypatch) -> None:
 def test_sweep_failed_point_and_stop_paths(demo, monkeypatch) -> None:
     service = demo.explorer_service
 
-    def sweep(spec, should_stop):
+    def sweep(spec):
         yield {"failed": True, "method": "ties", "lambdas": [0.5, 0.5], "error": "non-finite weights"}
         service.serving.jobs.stop("default")
         yield {"failed": True, "method": "ties", "lambdas": [1.0, 0.0], "error": "non-finite weights"}

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from explorer.core.cancel import CancelToken, cancel_scope
+
 log = logging.getLogger(__name__)
 
 
@@ -25,20 +27,22 @@ class Snapshot:
 
 
 class BackgroundSweep:
-    """Run ``rows(should_stop)`` once in a daemon thread; ``snapshot()`` at any time.
+    """Run ``rows()`` once in a daemon thread, under this sweep's cancel token; ``snapshot()``
+    at any time.
 
     Args:
-        rows: a function of a stop predicate returning the row generator.
+        rows: a function returning the row generator (it is consumed inside ``cancel_scope``,
+            so ``stop()`` ends it within the point in flight).
         total: how many rows it will yield (for progress).
         name: the thread's name.
     """
 
-    def __init__(self, rows: Callable[[Callable[[], bool]], Iterator[dict]], total: int,
+    def __init__(self, rows: Callable[[], Iterator[dict]], total: int,
                  name: str = "explorer-background-sweep") -> None:
         self._rows_fn, self.total, self.name = rows, total, name
         self._rows: list[dict] = []
         self._done = threading.Event()
-        self._stop = threading.Event()
+        self._token = CancelToken(reason="background sweep stopped")
         self._error: str | None = None
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -53,9 +57,10 @@ class BackgroundSweep:
 
     def _run(self) -> None:
         try:
-            for row in self._rows_fn(self._stop.is_set):
-                with self._guard:
-                    self._rows.append(row)
+            with cancel_scope(self._token):
+                for row in self._rows_fn():
+                    with self._guard:
+                        self._rows.append(row)
         except Exception as exc:   # reported in the snapshot as one line, logged in full
             log.exception("background sweep failed")
             self._error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -72,4 +77,4 @@ class BackgroundSweep:
 
     def stop(self) -> None:
         """Ask the sweep to stop (the point in progress is abandoned)."""
-        self._stop.set()
+        self._token.cancel()

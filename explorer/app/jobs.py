@@ -9,8 +9,8 @@ survives every stage). ``MIN_BATCH``: a pass on a handful of images costs about 
 for one image alone), so Inspect's one image is priced as 32. A job over
 ``Limits.max_job_cost`` is refused before any work, in one readable line.
 
-A running job polls ``Job.should_stop`` (the engine polls it between attack steps, batches and
-points): it fires when the owner pressed Stop, when the job ran past ``Limits.max_job_seconds``,
+A running job is a cancel token (``explorer.core.cancel``): its work runs inside
+``cancel_scope(job)`` and the attack checks it before every step. It is set when the owner pressed Stop, when the job ran past ``Limits.max_job_seconds``,
 or when ``alive()`` (supplied by the front end: is the client still connected?) says no.
 A Stop is remembered with its time, so a job that was *queued* before the Stop (``submitted``
 earlier) stops as soon as it starts: a Stop is never lost while the job waits.
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from explorer.attacks import attack_cost
 from explorer.config import AttackSpec
+from explorer.core.cancel import CancelToken
 
 log = logging.getLogger(__name__)
 MIN_BATCH = 32   # images a pass is priced at, at least (module docstring)
@@ -74,26 +75,33 @@ def check_cost(limits: Limits, what: str, points: int, images: int, attack: Atta
     return cost
 
 
-class Job:
-    """One running job: ``should_stop()`` for the engine, ``seconds`` since it started."""
+class Job(CancelToken):
+    """One running job: the cancel token its work runs under (``with cancel_scope(job)``), set
+    once its owner pressed Stop after it was queued, it ran past its time cap, or its client went
+    away (``stop_reason`` says which)."""
 
     def __init__(self, owner: str, submitted: float, deadline: float,
                  alive: Callable[[], bool] | None, board: JobBoard) -> None:
+        super().__init__(reason="job stopped")
         self.owner, self.submitted, self.deadline = owner, submitted, deadline
         self.started = time.monotonic()
         self._alive, self._board = alive, board
-        self.reason: str | None = None
+        self.stop_reason: str | None = None
 
-    def should_stop(self) -> bool:
-        """True once stopped by its owner, past its time cap, or its client is gone (``reason``)."""
-        if self.reason is None:
-            if self._board.stopped_since(self.owner) >= self.submitted:
-                self.reason = "stopped"
+    @property
+    def cancelled(self) -> bool:
+        if self.stop_reason is None:
+            if super().cancelled:
+                self.stop_reason = "stopped"
+            elif self._board.stopped_since(self.owner) >= self.submitted:
+                self.stop_reason = "stopped"
             elif time.monotonic() > self.deadline:
-                self.reason = "time limit"
+                self.stop_reason = "time limit"
             elif self._alive is not None and not self._alive():
-                self.reason = "client gone"
-        return self.reason is not None
+                self.stop_reason = "client gone"
+            if self.stop_reason is not None:
+                self.reason = f"job {self.stop_reason}"
+        return self.stop_reason is not None
 
 
 class JobBoard:

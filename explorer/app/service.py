@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from explorer.attacks import AttackCancelled, find_attack, run_attack
+from explorer.attacks import find_attack, run_attack
 from explorer.attacks.stages import STAGES
 from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.device import check_device
 from explorer.core.taskvec import flat_stats
 from explorer.engine.frontier import Engine
@@ -154,38 +155,38 @@ class Service:
 
     # ------------------------------------------------------------------ points
     def point(self, base: str, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec,
-              attack: AttackSpec, ev: EvalSpec, should_stop: Callable[[], bool] | None = None,
-              reuse: bool = False) -> dict[str, Any]:
+              attack: AttackSpec, ev: EvalSpec, reuse: bool = False) -> dict[str, Any]:
         """One merged model's clean and robust accuracy (served from the store when known).
 
-        ``should_stop`` is polled inside the attack (``AttackCancelled`` when it fires).
+        Raises ``Cancelled`` (before it starts, or inside the attack) once the enclosing cancel
+        token is set (``explorer.core.cancel``).
         ``reuse=True`` (the live preview) also tries adversarial examples carried over from
         earlier points: faster, history-dependent, labelled ``+reuse`` and stored apart.
         """
         with self.lock(base):
-            if should_stop is not None and should_stop():
-                raise AttackCancelled("superseded before it started")
-            return self.engine(base).point(list(natural), list(robust), spec, attack, ev,
-                                           should_stop=should_stop, use_bank=reuse)
+            check_cancelled()   # superseded while it waited for the lock
+            return self.engine(base).point(list(natural), list(robust), spec, attack, ev, use_bank=reuse)
 
-    def sweep(self, spec: SweepSpec, should_stop: Callable[[], bool]) -> Iterator[dict]:
+    def sweep(self, spec: SweepSpec) -> Iterator[dict]:
         """Stream the points of a sweep, starting with the pretrained model (all lambdas 0).
 
         The engine lock is held per point only, so other sessions interleave between points. On
-        Ray, points are history-free and come back as they finish (any order).
+        Ray, points are history-free and come back as they finish (any order). A set cancel
+        token ends the stream (iterate with ``cancel.scoped(token, ...)`` from a handler whose
+        steps run in different threads); finished points are in the store.
         """
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
         if self.executor_kind == "ray":
             jobs = [PointJob(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval),
                     *sweep_jobs(spec)]
-            yield from (row for _, row in self.executor(spec.base).run(jobs, should_stop=should_stop))
+            yield from (row for _, row in self.executor(spec.base).run(jobs))
             return
         try:
-            yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval, should_stop)
-        except AttackCancelled:
+            yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval)
+        except Cancelled:
             return
-        gen = self.engine(spec.base).sweep(spec, should_stop=should_stop)
+        gen = self.engine(spec.base).sweep(spec)
         while True:
             with self.lock(spec.base):
                 row = next(gen, None)
@@ -201,7 +202,7 @@ class Service:
             job = self._background.get(key)
             if job is None:
                 total = 1 + len(sweep_grid(spec))
-                job = self._background[key] = BackgroundSweep(lambda stop: self.sweep(spec, stop), total)
+                job = self._background[key] = BackgroundSweep(lambda: self.sweep(spec), total)
         return job.start()
 
     def merged_checkpoint(self, base: str, names: Sequence[str], spec: MergeSpec, out: Path) -> Path:
@@ -214,8 +215,8 @@ class Service:
 
     # ------------------------------------------------------------------ inspect
     def inspect(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                classnames: Sequence[str], attack: AttackSpec, templates: Sequence[str] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                classnames: Sequence[str], attack: AttackSpec,
+                templates: Sequence[str] | None = None) -> dict[str, Any]:
         """Zero-shot predictions before/after a white-box attack, for each named merged model.
 
         Args:
@@ -223,7 +224,6 @@ class Service:
                 is returned for display.
             image: HxWx3 uint8.
             classnames: at least two class names.
-            should_stop: polled inside each attack (``AttackCancelled`` when it fires).
 
         Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
         "probs": {name: (clean probs, adv probs)}, "linf": float}``.
@@ -245,7 +245,7 @@ class Service:
                 y = torch.tensor([max(range(len(classnames)), key=lambda j: clean[classnames[j]])],
                                  device=eng.device)
                 # Untargeted white-box attack on this model, against its own clean prediction.
-                x_adv = run_attack(clf, x, y, attack, should_stop=should_stop)
+                x_adv = run_attack(clf, x, y, attack)
                 out["probs"][label] = (clean, _probs(clf, x_adv))
                 if i == 0:
                     delta = (x_adv - x).cpu()
@@ -257,7 +257,7 @@ class Service:
 
     def filmstrip(self, base: str, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
                   alphas: Sequence[float], image: np.ndarray, classnames: Sequence[str],
-                  attack: AttackSpec, should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+                  attack: AttackSpec) -> list[dict[str, Any]]:
         """One image attacked on the merge at each alpha (``imagewise.filmstrip``).
 
         Args:
@@ -275,12 +275,11 @@ class Service:
         with self.lock(base):
             eng = self.engine(base)
             x = image_to_tensor(image).to(eng.device)
-            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack, should_stop)
+            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack)
         return [{**f, "adv": tensor_to_image(f["adv"])} for f in frames]
 
     def transfer(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                 classnames: Sequence[str], attack: AttackSpec,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
         """One image attacked on each model, classified by every model (``imagewise.transfer``).
 
         Returns: ``{"models", "adv": {label: HxWx3 uint8}, "clean", "pred", "fooled", "attack"}``.
@@ -290,7 +289,7 @@ class Service:
         with self.lock(base):
             eng = self.engine(base)
             x = image_to_tensor(image).to(eng.device)
-            res = imagewise.transfer(eng, models, x, classnames, attack, should_stop)
+            res = imagewise.transfer(eng, models, x, classnames, attack)
         return {**res, "adv": {k: tensor_to_image(v) for k, v in res["adv"].items()}, "attack": attack.label}
 
     # ------------------------------------------------------------------ models

@@ -12,7 +12,8 @@ Building blocks used by other packages are imported from their modules:
 """
 from __future__ import annotations
 
-from .gradient import AttackCancelled
+from explorer.core.cancel import Cancelled
+
 from .records import (
                       ATTACK_NAMES,
                       ATTACKS,
@@ -29,7 +30,7 @@ from .safety import check_gradients, check_logits
 from .stages import reference_autoattack
 
 __all__ = [
-    "ATTACKS", "ATTACK_NAMES", "AttackCancelled", "AttackRecord", "attack_cost", "attack_help",
+    "ATTACKS", "ATTACK_NAMES", "Cancelled", "AttackRecord", "attack_cost", "attack_help",
     "attack_table", "check_gradients", "check_logits", "find_attack", "parse_attack",
     "reference_autoattack", "run_attack", "validate_attack",
 ]

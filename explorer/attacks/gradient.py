@@ -13,22 +13,13 @@ Two departures from torchattacks' PGD, both needed by the frontier engine:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class AttackCancelled(RuntimeError):
-    """Raised inside an attack when the caller's ``should_stop`` says so (nothing is returned)."""
-
-
-def check_stop(should_stop: Callable[[], bool] | None) -> None:
-    if should_stop is not None and should_stop():
-        raise AttackCancelled("attack cancelled by the caller")
-
+from explorer.core.cancel import check_cancelled
 
 # Forward+backward batches are padded to a multiple of this many rows: the active set shrinks at
 # every step, and each new batch shape makes oneDNN/cuDNN build new kernels (measured: a new
@@ -110,8 +101,7 @@ def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, step: float, norm: str) -> 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
         *, step_size: float | None = None, rand_init: bool = True, seed: int = 0,
-        sample_ids: torch.Tensor | None = None,
-        should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        sample_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on the CE loss with per-sample early exit.
 
     Args:
@@ -121,7 +111,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
         step_size: defaults to 2.5 * eps / K.
         rand_init: random start inside the ball (seeded per sample) or start at x.
         sample_ids: stable ids of the rows (default arange(N)) for the random start.
-        should_stop: polled before every step; ``AttackCancelled`` when it returns True.
+
+    Raises:
+        Cancelled: the enclosing cancel scope's token was set (checked before every step).
 
     Shape:
         x: [N, C, H, W] in [0, 1] on the model's device; y: [N] int64. Returns x_adv like x.
@@ -135,7 +127,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
         x_adv = project(x + random_start(x.shape, eps, norm, seed, ids).to(x), x, eps, norm)
     active = torch.arange(len(x), device=x.device)
     for _ in range(steps):
-        check_stop(should_stop)
+        check_cancelled()
         rows = bucketed(active, limit=len(x))
         xa = x_adv[rows].clone().requires_grad_(True)
         with torch.enable_grad():

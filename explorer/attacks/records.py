@@ -22,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from explorer.config import AttackSpec
+from explorer.core.cancel import check_cancelled
 
-from .gradient import check_stop, fgsm, pgd
-from .safety import AttackModel, model_device
+from .gradient import fgsm, pgd
+from .safety import model_device
 from .stages import ROBUSTVLM, STAGES, STANDARD, build_stage, run_stages
 
 Tier = Literal["clean", "preview", "reported"]
@@ -37,7 +38,6 @@ class RunOptions:
     batch_size: int = 256
     progress: bool = False
     rand_init: bool = True
-    should_stop: Callable[[], bool] | None = None
 
 
 # (net, x, y, sample_ids, spec, n_classes, options) -> x_adv. ``net`` is an ``AttackModel`` in
@@ -82,10 +82,10 @@ def _gradient_runner(steps_of: Callable[[AttackSpec], int | None]) -> Runner:
         for rows in tqdm(torch.arange(len(x)).split(o.batch_size), desc=spec.name, disable=not o.progress,
                          leave=False):
             xb, yb = x[rows].to(device).contiguous(), y[rows].to(device)
-            check_stop(o.should_stop)
+            check_cancelled()
             out.append(fgsm(net, xb, yb, spec.eps, spec.norm) if k is None else
                        pgd(net, xb, yb, spec.eps, spec.norm, k, rand_init=o.rand_init, seed=spec.seed,
-                           sample_ids=ids[rows], should_stop=o.should_stop))
+                           sample_ids=ids[rows]))
         return torch.cat(out) if out else x.to(device)
     return run
 
@@ -97,12 +97,10 @@ def _stages_runner(stages: tuple[str, ...]) -> Runner:
         # Contiguous leaves: torchattacks' FAB .view()s gradients shaped like its input.
         xs = x.to(device).contiguous(memory_format=torch.contiguous_format)
         alive = torch.ones(len(x), dtype=torch.bool, device=device)
-        # torchattacks' stages loop internally (100 steps x 9 targets); polling in the forward
-        # lets a Stop act within one step of them, not after the batch.
-        stage_net = AttackModel(net, should_stop=o.should_stop) if o.should_stop is not None else net
-        return run_stages(stage_net, xs, y.to(device), alive, stages, spec.eps, spec.norm, spec.seed,
-                          n_classes, batch_size=o.batch_size, progress=o.progress,
-                          should_stop=o.should_stop)
+        # torchattacks' stages loop internally (100 steps x 9 targets): AttackModel checks the
+        # cancel token before every forward, so a Stop acts within one step of them.
+        return run_stages(net, xs, y.to(device), alive, stages, spec.eps, spec.norm, spec.seed,
+                          n_classes, batch_size=o.batch_size, progress=o.progress)
     return run
 
 

@@ -48,8 +48,8 @@ def _clean_correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
 
 def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
                sample_ids: torch.Tensor | None = None, batch_size: int = 256,
-               progress: bool = False, rand_init: bool = True, assume_correct: bool = False,
-               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+               progress: bool = False, rand_init: bool = True,
+               assume_correct: bool = False) -> torch.Tensor:
     """Attack the points that are still correctly classified; return the adversarial batch.
 
     Args:
@@ -63,8 +63,10 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
         rand_init: pgd only; False starts at x (for comparisons with fixed-start PGD).
         assume_correct: the caller already knows every row is clean-correct (``evaluate``
             checks on the model that decides); skip the clean pass.
-        should_stop: polled between steps, stages and batches; when it returns True the
-            attack raises ``AttackCancelled`` (so a Stop button acts within seconds).
+
+    Raises:
+        Cancelled: the enclosing cancel scope's token was set (``explorer.core.cancel``; checked
+            before every attack step, so a Stop acts within seconds). Nothing is returned.
 
     Shape:
         x: [N, C, H, W] float in [0, 1]; y: [N] int64.
@@ -89,7 +91,7 @@ def run_attack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, sp
             robust, n_classes = _clean_correct(net, x, y, batch_size, device)
         idx = robust.nonzero().flatten()
         log.info("%s on %d/%d clean-correct points", spec.label, len(idx), len(x))
-        options = RunOptions(batch_size, progress, rand_init, should_stop)
+        options = RunOptions(batch_size, progress, rand_init)
         if len(idx):   # nothing clean-correct (e.g. tied logits): nothing to attack
             x_adv[idx] = record.run(net, x[idx], y[idx], ids[idx], spec, n_classes, options).to(x)
     return _enforce_ball(x_adv, x, spec.eps, spec.norm)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gradient import check_stop
+from explorer.core.cancel import check_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,17 @@ class AttackModel(nn.Module):
 
     Args:
         model: an ``nn.Module`` or a plain callable mapping pixels to logits.
-        should_stop: polled before every forward; ``AttackCancelled`` when it returns True
-            (cancels attacks whose loops are not ours, e.g. torchattacks' stages).
+
+    Raises:
+        Cancelled: from ``forward`` once the enclosing cancel scope's token is set (this is what
+            stops attacks whose loops are not ours, e.g. torchattacks' stages, within one step).
 
     Shape:
         forward: x [N, C, H, W] float in [0, 1] -> logits [N, n_classes] float32.
     """
 
-    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(self, model: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
-        self.should_stop = should_stop
         if isinstance(model, AttackModel):
             model = model.net
         if not isinstance(model, nn.Module):
@@ -59,7 +59,7 @@ class AttackModel(nn.Module):
             self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_stop(self.should_stop)
+        check_cancelled()
         return self.net(x.contiguous()).float()
 
 

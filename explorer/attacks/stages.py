@@ -34,7 +34,7 @@ import torchattacks
 from torch import nn
 from tqdm.auto import tqdm
 
-from .gradient import check_stop
+from explorer.core.cancel import check_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,12 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
                stages: tuple[str, ...], eps: float, norm: str, seed: int, n_classes: int, *,
                batch_size: int = 256, progress: bool = False,
-               square_queries: int | None = None,
-               should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+               square_queries: int | None = None) -> torch.Tensor:
     """Run the stages in order, each only on the points still robust after the previous ones.
 
     Args:
         model: an ``AttackModel`` in eval mode, on the device of x.
         robust: bool [N], the points to attack (clean-correct ones); updated in place.
-        should_stop: polled before every stage and batch (``AttackCancelled``).
 
     Shape:
         x: [N, C, H, W] contiguous in [0, 1]; y: [N]. Returns x_adv [N, C, H, W].
@@ -168,7 +166,7 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch
         atk = build_stage(name, model, eps, norm, seed, n_classes, square_queries)
         chunks = idx.split(batch_size)
         for chunk in tqdm(chunks, desc=name, disable=not progress, leave=False):
-            check_stop(should_stop)
+            check_cancelled()
             adv = atk(x[chunk], y[chunk]).detach()
             fooled = _predict(model, adv) != y[chunk]
             x_adv[chunk[fooled]] = adv[fooled]

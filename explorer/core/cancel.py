@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class Cancelled(RuntimeError):
@@ -63,3 +66,20 @@ def check_cancelled() -> None:
     token = _current.get()
     if token is not None and token.cancelled:
         raise Cancelled(token.reason)
+
+
+def scoped(token: CancelToken | None, items: Iterable[T]) -> Iterator[T]:
+    """Iterate ``items`` with every step (each ``next``) inside ``cancel_scope(token)``.
+
+    For generators consumed step by step from different threads (a Gradio generator handler
+    resumes in a worker thread per step, each with its own context): the scope is entered and
+    left within each step, in the thread that runs it, so it never leaks into another context.
+    """
+    it = iter(items)
+    while True:
+        with cancel_scope(token):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from explorer.attacks import AttackCancelled
 from explorer.calibrate import CalibrationCache, prepare_context
 from explorer.config import (
     CODE_VERSION,
@@ -34,6 +33,7 @@ from explorer.config import (
     SweepSpec,
     resolve_defaults,
 )
+from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.device import check_device, default_device
 from explorer.core.finite import InvalidPointError, check_merged
 from explorer.core.heap import release_freed_heap
@@ -255,11 +255,11 @@ class Engine(EvalInputs):
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
               ev: EvalSpec, *, use_store: bool = True, use_bank: bool = False, sweep: str | None = None,
-              progress: bool = False, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+              progress: bool = False) -> dict[str, Any]:
         """Merge, evaluate and store one point; served from the store when already computed.
 
-        ``should_stop`` is polled inside the attack; when it fires the point is abandoned
-        (``AttackCancelled``; nothing stored) and the model stays as merged. Settings the
+        Under a set cancel token (``explorer.core.cancel``) the point is abandoned inside its
+        attack (``Cancelled``; nothing stored) and the model stays as merged. Settings the
         method ignores are reset first (``canonical_spec``): the row reports what was computed.
         ``use_bank=True`` is the labelled reuse variant (module docstring).
 
@@ -267,6 +267,7 @@ class Engine(EvalInputs):
 
         Raises:
             InvalidPointError: the merged weights or the logits are invalid (nothing stored).
+            Cancelled: the enclosing cancel scope's token was set (nothing stored).
             ValueError: the vectors declare different normalisations (``normalization``).
         """
         spec = canonical_spec(spec)
@@ -285,8 +286,7 @@ class Engine(EvalInputs):
         attacked = attack.name != "none" and attack.eps > 0
         res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
                        batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
-                       attack_model=self.attack_model(ev.task, normalize) if attacked else None,
-                       should_stop=should_stop)
+                       attack_model=self.attack_model(ev.task, normalize) if attacked else None)
         release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.core.heap)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
@@ -309,8 +309,7 @@ class Engine(EvalInputs):
         return self.point(nat, rob, MergeSpec(lambdas=(1.0,)), attack, ev, **kwargs)
 
     def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, progress: bool = True,
-              use_bank: bool = False) -> Iterator[dict]:
+              progress: bool = True, use_bank: bool = False) -> Iterator[dict]:
         """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent).
 
         Every point is attacked afresh (numbers independent of what the session computed
@@ -318,19 +317,19 @@ class Engine(EvalInputs):
         the settings its method ignores are dropped (task arithmetic at every keep) is yielded
         once. A point whose merge or logits are invalid (``finite.InvalidPointError``) is
         yielded as a failure row (``failed_row``: ``error`` set, accuracies None, not stored) and
-        the sweep goes on.
+        the sweep goes on. A set cancel token (``explorer.core.cancel``; iterate with
+        ``cancel.scoped`` when the steps run in different threads) ends the stream, within the
+        point in flight, which is abandoned; the points before it are in the store.
         """
         self.normalization([*spec.natural, *spec.robust])   # refuse mixed declarations up front
         sweep_id = spec.digest()[:16]
         for ms in tqdm(sweep_grid(spec), desc="sweep", disable=not progress):
-            if should_stop is not None and should_stop():
-                log.info("sweep stopped by the caller; computed points are in the store")
-                return
             try:
+                check_cancelled()
                 row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
-                                 use_bank=use_bank, should_stop=should_stop)
-            except AttackCancelled:
-                log.info("sweep stopped inside a point; the points before it are in the store")
+                                 use_bank=use_bank)
+            except Cancelled:
+                log.info("sweep stopped by the caller; the points before this one are in the store")
                 return
             except InvalidPointError as exc:   # this point has no accuracy; the others do
                 log.warning("sweep point %s lambdas=%s failed: %s", ms.method, ms.lambdas, exc)

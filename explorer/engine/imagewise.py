@@ -14,7 +14,7 @@ own clean prediction (the untargeted white-box attack aims at exactly that: Carl
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,18 +43,17 @@ def predict(clf: ZeroShotClassifier, x: torch.Tensor) -> int:
         return int(clf(x).argmax(-1)[0])
 
 
-def attack_own_prediction(clf: ZeroShotClassifier, x: torch.Tensor, attack: AttackSpec,
-                          should_stop: Callable[[], bool] | None = None) -> tuple[int, torch.Tensor]:
+def attack_own_prediction(clf: ZeroShotClassifier, x: torch.Tensor, attack: AttackSpec) -> tuple[int, torch.Tensor]:
     """(clean prediction, adversarial image) of an untargeted attack on ``clf``'s own prediction.
 
-    ``should_stop`` is polled inside the attack (``AttackCancelled`` when it fires)."""
+    Raises ``Cancelled`` inside the attack once the enclosing cancel token is set."""
     y = predict(clf, x)
-    return y, run_attack(clf, x, torch.tensor([y], device=x.device), attack, should_stop=should_stop)
+    return y, run_attack(clf, x, torch.tensor([y], device=x.device), attack)
 
 
 def filmstrip(eng: Engine, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
               alphas: Sequence[float], x: torch.Tensor, classnames: Sequence[str],
-              attack: AttackSpec, should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+              attack: AttackSpec) -> list[dict[str, Any]]:
     """The image attacked on the merge at each alpha (``merge``'s method, keep and scope).
 
     Shape: x is [1, 3, H, W] float in [0, 1] on the engine's device.
@@ -68,7 +67,7 @@ def filmstrip(eng: Engine, natural: Sequence[str], robust: Sequence[str], merge:
         spec = MergeSpec.from_alpha(float(a), len(natural), len(robust), method=merge.method,
                                     keep=merge.keep, scope=merge.scope, options=merge.options)
         clf = merged_classifier(eng, names, spec, classnames)
-        y, x_adv = attack_own_prediction(clf, x, attack, should_stop)
+        y, x_adv = attack_own_prediction(clf, x, attack)
         y_adv = predict(clf, x_adv)
         frames.append({"alpha": float(a), "adv": x_adv.cpu(), "clean_pred": classnames[y],
                        "adv_pred": classnames[y_adv], "fooled": y_adv != y})
@@ -76,8 +75,7 @@ def filmstrip(eng: Engine, natural: Sequence[str], robust: Sequence[str], merge:
 
 
 def transfer(eng: Engine, models: Mapping[str, tuple[Sequence[str], MergeSpec]], x: torch.Tensor,
-             classnames: Sequence[str], attack: AttackSpec,
-             should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+             classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
     """Craft the adversarial image on each model; classify every crafted image by every model.
 
     Returns: ``{"models": labels, "adv": {src: [1,3,H,W] CPU tensor}, "clean": {label: class},
@@ -88,7 +86,7 @@ def transfer(eng: Engine, models: Mapping[str, tuple[Sequence[str], MergeSpec]],
     adv, clean = {}, {}
     for label, (names, spec) in models.items():
         clf = merged_classifier(eng, names, spec, classnames)
-        y, adv[label] = attack_own_prediction(clf, x, attack, should_stop)
+        y, adv[label] = attack_own_prediction(clf, x, attack)
         clean[label] = y
     pred: dict[str, dict[str, str]] = {s: {} for s in models}
     fooled: dict[str, dict[str, bool]] = {s: {} for s in models}

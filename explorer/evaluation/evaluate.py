@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -143,8 +142,7 @@ def check_ball(x: torch.Tensor, x_adv: torch.Tensor, attack: AttackSpec) -> None
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, *,
              sample_ids: torch.Tensor | None = None, bank: AdversarialBank | None = None,
              batch_size: int = 256, checks: bool = True, return_adv: bool = False,
-             progress: bool = False, attack_model: nn.Module | None = None,
-             should_stop: Callable[[], bool] | None = None) -> EvalResult:
+             progress: bool = False, attack_model: nn.Module | None = None) -> EvalResult:
     """Clean and robust accuracy of ``model`` on (x, y) under ``attack``.
 
     Args:
@@ -158,12 +156,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         attack_model: the same function, faster to differentiate (``attack_twin.AttackTwin``);
             it only proposes adversarial examples: clean correctness and every proof are
             decided on ``model``.
-        should_stop: passed to the attack (``AttackCancelled`` when it returns True).
 
     Raises:
         ValueError: images that are not float pixels in [0, 1] (e.g. 0-255 values).
         NonFiniteLogitsError: the model returned NaN/inf logits on a clean or adversarial image.
         SanityError: a broken invariant (robust > clean, x_adv outside the ball).
+        Cancelled: the enclosing cancel scope's token was set (``explorer.core.cancel``).
     """
     check_pixels(x)
     ids = torch.arange(x.shape[0], device=x.device) if sample_ids is None else sample_ids
@@ -194,8 +192,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         t2 = time.perf_counter()
         if todo.numel():
             adv = run_attack(net, x[todo], y[todo], attack, sample_ids=ids[todo],
-                             batch_size=batch_size, progress=progress, assume_correct=True,
-                             should_stop=should_stop)
+                             batch_size=batch_size, progress=progress, assume_correct=True)
             if checks:
                 check_ball(x[todo], adv, attack)
             fooled = predict(model, adv, batch_size) != y[todo]

@@ -58,29 +58,28 @@ class Executor(Protocol):
     """Where points run. ``run`` yields ``(job index, row)`` as points finish (any order).
 
     Rows are the engine's (``Engine.point``); a point found in the store comes back with
-    ``cached=True`` and is not recomputed. When ``should_stop`` returns True, outstanding work
-    is cancelled within seconds and ``run`` returns; finished points are already stored.
+    ``cached=True`` and is not recomputed. When the enclosing cancel token is set
+    (``explorer.core.cancel``), outstanding work is cancelled within seconds and ``run`` returns;
+    finished points are already stored.
     """
 
     name: str
     manifest: Manifest
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
-            should_stop: Callable[[], bool] | None = None,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
 
 def run_sweep(executor: Executor, spec: SweepSpec, *, use_bank: bool = False,
-              on_point: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              on_point: Callable[[dict], None] | None = None,
               progress: bool = False) -> Iterator[dict[str, Any]]:
     """Stream the rows of ``spec`` from ``executor`` as they finish (completion order).
 
     ``use_bank=False`` (default) attacks every point afresh. ``on_point`` sees each row first.
     """
-    for _, row in executor.run(sweep_jobs(spec), use_bank=use_bank, should_stop=should_stop,
-                               progress=progress):
+    for _, row in executor.run(sweep_jobs(spec), use_bank=use_bank, progress=progress):
         if on_point is not None:
             on_point(row)
         yield row

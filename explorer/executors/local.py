@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from explorer.attacks import AttackCancelled
+from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.finite import InvalidPointError
 from explorer.engine.frontier import Engine
 from explorer.engine.points import failed_row
@@ -40,18 +40,16 @@ class LocalExecutor:
         return self.engine.manifest
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
-            should_stop: Callable[[], bool] | None = None,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield ``(index, row)`` per job in order; return early (nothing stored) on a stop."""
+        """Yield ``(index, row)`` per job in order; return early on a set cancel token (the point in
+        flight abandoned, nothing stored for it)."""
         for i, job in enumerate(tqdm(jobs, desc="sweep", disable=not progress, delay=1.0)):
-            if should_stop is not None and should_stop():
-                log.info("stopped by the caller; computed points are in the store")
-                return
             try:
+                check_cancelled()
                 row = self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
-                                        sweep=job.sweep, use_bank=use_bank, should_stop=should_stop)
-            except AttackCancelled:
-                log.info("stopped inside a point; the points before it are in the store")
+                                        sweep=job.sweep, use_bank=use_bank)
+            except Cancelled:
+                log.info("stopped by the caller; the points before this one are in the store")
                 return
             except InvalidPointError as exc:   # no accuracy for this point (not stored); go on
                 log.warning("point %s lambdas=%s failed: %s", job.spec.method, job.spec.lambdas, exc)

@@ -7,8 +7,8 @@ context), results stream back as they finish and the driver alone writes the SQL
 A point already in the store is served from it and never sent out.
 
 Faults: an actor that dies mid-point has its point sent to another actor (a fresh one
-replaces it); Ray itself never re-runs a task, so a point is stored once. ``should_stop``
-is polled every 0.2 s; when it fires, each running point gets a stop signal (the attack ends
+replaces it); Ray itself never re-runs a task, so a point is stored once. The cancel token
+(``explorer.core.cancel``) is polled every 0.2 s; when it is set, each running point gets a stop signal (the attack ends
 within a batch) and actors that do not answer within ``stop_grace_s`` are killed.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from explorer.core.cancel import current_token
 from explorer.store import Store
 from explorer.zoo import Manifest, ModelEntry, load_manifest
 
@@ -177,7 +178,6 @@ class RayExecutor:
         return [self.manifest.get(n) for n in sorted({n for j in jobs for n in j.names})]
 
     def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
-            should_stop: Callable[[], bool] | None = None,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(index, row)`` as points finish; known points first, from the store."""
         first: dict[str, int] = {}
@@ -201,7 +201,7 @@ class RayExecutor:
         try:
             while pending or len(queue):
                 self._dispatch(jobs, queue, pending, use_bank)
-                if should_stop is not None and should_stop():
+                if (token := current_token()) is not None and token.cancelled:
                     log.info("stopped by the caller; %d running points cancelled", len(pending))
                     return
                 with self._guard:

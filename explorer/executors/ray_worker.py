@@ -2,8 +2,8 @@
 
 The actor never opens the SQLite store: its engine writes into an ``Outbox`` and each call
 returns (key, row, clean flags, robust flags) to the driver. ``stop`` runs in its own
-concurrency group, so it reaches a point that is being computed: the point's ``should_stop``
-sees the ticket and the attack ends within a batch (``AttackCancelled``; nothing returned).
+concurrency group, so it reaches a point that is being computed: the point runs under a cancel
+token that sees the ticket, and the attack ends within a step (``Cancelled``; nothing returned).
 Imported only when the Ray executor is used (it needs the ``ray`` package).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import ray
 import torch
 
-from explorer.attacks import AttackCancelled
+from explorer.core.cancel import Cancelled, CancelToken, cancel_scope
 from explorer.core.finite import InvalidPointError
 from explorer.engine.frontier import Engine
 from explorer.engine.points import failed_row
@@ -70,14 +70,15 @@ class PointWorker:
             entries: Sequence[ModelEntry] = ()) -> tuple[str, dict, Any, Any] | None:
         """Compute one point; None when ``stop(ticket)`` cancelled it (nothing kept)."""
         self.learn(entries)
-        def should_stop() -> bool:
+        def cancelled() -> bool:
             with self._lock:
                 return ticket in self._cancelled
 
         try:
-            self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
-                              sweep=job.sweep, use_bank=use_bank, should_stop=should_stop)
-        except AttackCancelled:
+            with cancel_scope(CancelToken(also=cancelled, reason="stopped by the driver")):
+                self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
+                                  sweep=job.sweep, use_bank=use_bank)
+        except Cancelled:
             self.outbox.take()
             return None
         except InvalidPointError as exc:   # no accuracy, nothing to store: a failure row

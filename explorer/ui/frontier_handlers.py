@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 
 from explorer.app.service import Service
-from explorer.attacks import AttackCancelled
 from explorer.config import SweepSpec, parse_alphas
+from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, scoped
 from explorer.merging import canonical_spec
 from explorer.viz import plots
 
@@ -98,9 +98,9 @@ class FrontierHandlers:
         ev = replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N))
         job = start_job(self.service, request, "Preview", 1, ev.n, quick)
         try:
-            row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick, ev, reuse=True,
-                                     should_stop=job.should_stop)
-        except AttackCancelled:
+            with cancel_scope(job):
+                row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick, ev, reuse=True)
+        except Cancelled:
             return PREVIEW.skip()
         row = {**row, "preview": True}
         fig, curve = self._figure(v["rows"] or [], sel.ref(), row, v.get("theme"))
@@ -117,11 +117,11 @@ class FrontierHandlers:
         session = session_of(request)
         generation = self._live.get(session, 0)
         job = start_job(self.service, request, "Refine", 1, sel.eval.n, sel.attack)
+        superseded = CancelToken(also=lambda: self._live.get(session, 0) != generation or job.cancelled)
         try:
-            row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval,
-                                     should_stop=lambda: self._live.get(session, 0) != generation
-                                     or job.should_stop())
-        except AttackCancelled:
+            with cancel_scope(superseded):
+                row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval)
+        except Cancelled:
             return REFINE.skip()
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
         fig, curve = self._figure(rows, row, row, v.get("theme"))
@@ -142,7 +142,7 @@ class FrontierHandlers:
         total = 1 + len(sw.methods) * len(sw.alphas)
         job = start_job(self.service, request, "Sweep", total, sel.eval.n, sel.attack)
         done, fresh, failed = 0, 0, []
-        for row in self.service.sweep(sw, should_stop=job.should_stop):
+        for row in scoped(job, self.service.sweep(sw)):
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
@@ -154,11 +154,11 @@ class FrontierHandlers:
             fig, curve = self._figure(rows, row, row, v.get("theme"))
             yield SWEEP(plot=fig, table=common.rows_table(curve), rows=rows,
                         status=self._sweep_status(done, total, fresh, failed, curve, row))
-            if job.should_stop():
+            if job.cancelled:
                 break
-        if job.should_stop():
+        if job.cancelled:
             why = {"time limit": f" (this server's time limit per job, "
-                                 f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.reason, "")
+                                 f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.stop_reason, "")
             yield SWEEP(status=f"Stopped after {done}/{total} points{why}; they are stored, a re-run resumes "
                                "from there.")
 

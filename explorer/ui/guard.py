@@ -1,8 +1,8 @@
 """The page's side of serving safely: whose job this is, when it was queued, whether its client is
 still there, and an image input that decodes nothing itself.
 
-``start_job`` prices a job with the service's serving policy (``explorer.app.policy``), and gives
-it a ``should_stop`` that fires when the session pressed Stop after the job was queued, when the
+``start_job`` prices a job with the service's serving policy (``explorer.app.policy``); the job
+is a cancel token (its work runs in ``cancel_scope(job)``) that is set when the session pressed Stop after the job was queued, when the
 job runs past its time cap, or when Gradio's queue has marked the job dead (its client went
 away: the queue calls ``clean_events`` on a dropped connection, which sets ``alive = False``).
 Gradio has no public call for "is my client still connected" inside a handler, so the queue's

@@ -14,8 +14,9 @@ import numpy as np
 
 from explorer.app.images import encode_png
 from explorer.app.service import Service
-from explorer.attacks import AttackCancelled, parse_attack
+from explorer.attacks import parse_attack
 from explorer.config import MergeSpec
+from explorer.core.cancel import Cancelled, cancel_scope
 from explorer.data import get_task
 from explorer.merging import canonical_spec
 from explorer.viz import image_plots, plots
@@ -71,11 +72,13 @@ def attack_name(kind: str, steps: float | int | None) -> str:
 
 @contextlib.contextmanager
 def stopped_as_error(job: Any) -> Iterator[None]:
-    """An attack ended by Stop, the time cap or a departed client, as one readable line."""
+    """Run the body under the job's cancel token; an attack ended by Stop, the time cap or a
+    departed client becomes one readable line."""
     try:
-        yield
-    except AttackCancelled:
-        raise gr.Error(f"Stopped ({job.reason or 'stopped'}).") from None
+        with cancel_scope(job):
+            yield
+    except Cancelled:
+        raise gr.Error(f"Stopped ({job.stop_reason or 'stopped'}).") from None
 
 
 class InspectHandlers:
@@ -126,7 +129,7 @@ class InspectHandlers:
         alphas = [round(i / (count - 1), 4) for i in range(count)]
         with stopped_as_error(job):
             frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
-                                            image, names, attack, should_stop=job.should_stop)
+                                            image, names, attack)
         frames = [{**f, "adv": display_image(f["adv"], FILM_SIDE)[0]} for f in frames]
         return FILMSTRIP(film=image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme")))
 
@@ -136,7 +139,7 @@ class InspectHandlers:
         """The image attacked on each of the three models, classified by the other two (and itself)."""
         v, image, names, sel, attack, models, job = self.prepare(values, request, "Transfer")
         with stopped_as_error(job):
-            res = self.service.transfer(sel.base, models, image, names, attack, should_stop=job.should_stop)
+            res = self.service.transfer(sel.base, models, image, names, attack)
         strip = image_plots.image_strip(
             [display_image(res["adv"][m], FILM_SIDE)[0] for m in res["models"]],
             [f"crafted on<br>{m}" for m in res["models"]], [False] * len(res["models"]),
@@ -152,7 +155,7 @@ class InspectHandlers:
         v, image, names, sel, attack, models, job = self.prepare(values, request, "Inspect")
         spec = models["current merge"][1]
         with stopped_as_error(job):
-            res = self.service.inspect(sel.base, models, image, names, attack, should_stop=job.should_stop)
+            res = self.service.inspect(sel.base, models, image, names, attack)
         figs = {}
         for i, (label, (clean, adv)) in enumerate(res["probs"].items()):
             top_c, top_a = max(clean, key=clean.get), max(adv, key=adv.get)
