@@ -156,7 +156,7 @@ ALLOWED = {
     "viz": {"stats", "config"},
     "app": {"attacks", "config", "core", "engine", "evaluation", "executors", "store", "zoo", "stats", "data",
             "merging"},
-    "ui": {"app", "attacks", "config", "data", "merging", "stats", "viz", "zoo"},
+    "ui": {"app", "attacks", "config", "core", "data", "merging", "stats", "viz", "zoo"},
     "cli": {"app", "attacks", "config", "core", "executors", "finetune", "merging", "stats", "store", "studies",
             "ui", "zoo", "data", "engine", "evaluation", "viz"},
 }
