@@ -166,8 +166,9 @@ def test_cuda_device_without_cuda_is_one_line(tiny_zoo, capsys, monkeypatch):
 
 def test_help_shows_each_commands_whole_summary(capsys):
     """The zoo's two-line summary is printed whole (it was cut at 'list or measure a')."""
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         main(["zoo", "--help"])
+    assert stop.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "build the demo zoo, list or measure a manifest, or write a synthetic scale fixture" in out
 

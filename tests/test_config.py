@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from explorer.config import (
@@ -35,9 +37,14 @@ def test_parse_eps(text, value):
     assert parse_eps(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("bad", ["abc", "4/0", "-1/255", "2", "nan"])
-def test_parse_eps_rejects(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad,message", [
+    ("abc", "eps 'abc' is not a number or a fraction like 4/255"),
+    ("4/0", "eps '4/0' is not a number or a fraction like 4/255"),
+    ("-1/255", r"eps must lie in \[0, 1\] \(pixel units\), got '-1/255'"),
+    ("2", r"eps must lie in \[0, 1\] \(pixel units\), got '2'"),
+    ("nan", r"eps must lie in \[0, 1\] \(pixel units\), got 'nan'")])
+def test_parse_eps_rejects(bad, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         parse_eps(bad)
 
 
@@ -60,9 +67,11 @@ def test_parse_alphas():
     assert parse_alphas("0:1:11")[3] == pytest.approx(0.3)
     assert len(parse_alphas("0:1:11")) == 11
     assert parse_alphas("0, 0.5,1") == (0.0, 0.5, 1.0)
-    for bad in ["0:2:3", "0:1", "", "1.5"]:
-        with pytest.raises(ValueError):
+    for bad in ["0:2:3", "", "1.5"]:
+        with pytest.raises(ValueError, match=rf"^alphas must be in \[0, 1\]; got '{re.escape(bad)}'$"):
             parse_alphas(bad)
+    with pytest.raises(ValueError, match=r"^alphas '0:1': use start:stop:count"):
+        parse_alphas("0:1")
     # Malformed text names the expected forms, not Python's float() message (a page user's input).
     for bad in ["a:b:c", "x,1", "0:1:z"]:
         with pytest.raises(ValueError, match=r"use start:stop:count \(e.g. 0:1:11\) or a comma list") as err:
@@ -78,9 +87,12 @@ def test_from_alpha_endpoints_and_shares():
     assert MergeSpec.from_alpha(0.5, n_natural=2, n_robust=1, scale=2.0).lambdas == (0.5, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("kwargs", [{"keep": 0.0}, {"keep": 1.5}, {"scope": "layer"}, {"alpha": 2.0}])
-def test_merge_spec_rejects_out_of_range(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs,message", [
+    ({"keep": 0.0}, r"keep must lie in \(0, 1\], got 0.0"), ({"keep": 1.5}, r"keep must lie in \(0, 1\], got 1.5"),
+    ({"scope": "layer"}, "scope must be 'global' or 'per_tensor', got 'layer'"),
+    ({"alpha": 2.0}, r"alpha must lie in \[0, 1\], got 2.0")])
+def test_merge_spec_rejects_out_of_range(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         MergeSpec(**kwargs)
 
 
@@ -111,7 +123,7 @@ def test_non_finite_scale_seed_and_option_text_are_refused():
 
 
 def test_eval_spec_rejects_empty():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^sample count n must be >= 1, got 0$"):
         EvalSpec(n=0)
 
 

@@ -3,6 +3,7 @@ own open_clip preprocessing, and the ``zoo synth`` / ``bench --scale`` commands 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -107,8 +108,15 @@ def test_zoo_synth_and_bench_scale_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     ratio = float(out.split("memory / floor: ")[1].split()[0])
     # The bound itself is measured by test_scale in a fresh window; inside a long pytest process
-    # the absolute peak is the suite's, so here the lines must be there and parse.
-    assert ratio >= 0 and float(out.split("merge / bandwidth floor: ")[1].split()[0]) > 0
+    # the absolute peak is the suite's, so here the ratio must be what the memory line says:
+    # (peak - before) / floor, within the line's rounding (2 decimals of GiB), and loading costs.
+    m = re.search(r"peak resident ([\d.]+) GiB, ([\d.]+) GiB before loading.*?floor \(2 \+ 2\) x ([\d.]+) = "
+                  r"[\d.]+ GiB; bound 1.25 x floor \+ 1 GiB = ([\d.]+) GiB", out)
+    peak, before, size, bound = map(float, m.groups())
+    floor = 4 * 1.6e6 * 4 / 2**30   # base + merged + 2 vectors of tiny-clip's 1.6M float32 params
+    assert abs(size - floor / 4) < 0.0005 and abs(bound - (1.25 * floor + 1)) < 0.005
+    assert ratio > 0 and abs(ratio * floor - (peak - before)) <= 0.01 + 0.005 * ratio
+    assert float(out.split("merge / bandwidth floor: ")[1].split()[0]) > 0
     assert "bound 1.25 x floor + 1 GiB" in out
     assert "text tower = base rounded to fp16" in out and "load robust_fp16" in out
     assert main(["zoo", "synth", "--arch", "no-such-arch", "--into", str(tmp_path / "y")]) == 2

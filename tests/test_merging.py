@@ -205,9 +205,9 @@ def test_apply_writes_in_place_and_refuses_aliases():
     out = apply_coefficients(pre, fts, coeffs, out=buf)
     assert out.data_ptr() == buf.data_ptr()
     torch.testing.assert_close(out, pre + coeffs[0] * inputs.taus[0] + coeffs[1] * inputs.taus[1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^out must not alias pre or a fine-tuned vector$"):
         apply_coefficients(pre, fts, coeffs, out=pre)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^1 coefficients for 2 fine-tuned weight vectors$"):
         apply_coefficients(pre, fts, coeffs[:1])
 
 
@@ -221,5 +221,5 @@ def test_registry_errors_and_validation():
         merge_coefficients(inputs, MergeSpec(lambdas=(1.0,)))
     with pytest.raises(ValueError, match="tile"):
         MergeInputs(inputs.taus, [(0, 500), (400, 1000)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^tau\[1\] must be a flat float32 tensor, got \(1000,\) torch.float64$"):
         MergeInputs([inputs.taus[0], inputs.taus[1].double()], SEGMENTS)

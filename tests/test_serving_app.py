@@ -10,6 +10,7 @@ import socket
 import time
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -184,7 +185,7 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
         assert "\n" not in errs[-1] and errs[-1] != INTERNAL_ERROR
     assert errs[-2].startswith("α: trade-off") and "greater than maximum value 1" in errs[-2]   # names the control
     assert errs[-1] == "PGD steps: Value 0 is less than minimum value 1."
-    with pytest.raises(Exception) as info:    # a payload that is not an uploaded file, refused in preprocess
+    with pytest.raises(gr.Error) as info:    # a payload that is not an uploaded file, refused in preprocess
         uploaded_image().preprocess({"url": "data:image/png;base64,AAAA"})
     assert info.value.message == IMAGE_REFUSED and info.value.print_exception is False
     printed = capfd.readouterr()

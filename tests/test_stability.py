@@ -177,7 +177,23 @@ def test_engine_endpoints_exact_and_masks_on_real_model(engine):
 def test_the_engine_is_a_calibration_host(engine):
     """calibrate/ is typed against CalibrationHost; the Engine must offer every member of it."""
     from explorer.calibrate.host import CalibrationHost
-    members = [*CalibrationHost.__annotations__, "classifier", "vector", "vectors"]
-    assert all(hasattr(engine, m) for m in members), [m for m in members if not hasattr(engine, m)]
+    from explorer.data import get_task
+
+    assert set(CalibrationHost.__annotations__) == {"device", "base_digest", "pre", "layout", "model", "tokenizer",
+                                                    "manifest"}   # each checked below, by value
+    assert engine.device == torch.device("cpu") and len(engine.base_digest) >= 16
     assert engine.pre.dtype == torch.float32 and engine.pre.numel() == engine.layout.numel
-    assert isinstance(engine.manifest.defaults, dict)
+    assert engine.pre.device == engine.device
+    params = dict(engine.model.named_parameters())
+    assert all(tuple(params[k].shape) == tuple(s) for k, s in zip(engine.layout.keys, engine.layout.shapes))
+    tokens = engine.tokenizer(["a photo of a circle"])
+    assert tokens.dtype == torch.long and tokens.shape == (1, engine.model.context_length)
+    assert engine.manifest.defaults["task"] == "shapes"
+    clf = engine.classifier("shapes")
+    assert list(clf.classnames) == list(get_task("shapes").classnames) and len(clf.templates) >= 1
+    assert clf.preprocess(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    assert engine.normalization(["natural", "robust"]) == "clip" and engine.preprocess_cfg()["size"] in (32, (32, 32))
+    nat, rob = engine.vectors(["natural", "robust"])
+    assert (nat.role, rob.role) == ("natural", "robust") and nat.digest != rob.digest
+    assert engine.vector("natural") is nat and nat.tau.shape == engine.pre.shape
+    assert torch.equal(nat.tau, nat.ft - engine.pre)

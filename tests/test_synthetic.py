@@ -63,7 +63,7 @@ def test_shifted_style_differs_from_clean():
     flat = (clean[:, :, 0, 0] - clean[:, :, 0, 1]).abs().amax(1)
     noisy = (shifted[:, :, 0, 0] - shifted[:, :, 0, 1]).abs().amax(1)
     assert (flat < 1e-6).float().mean() > 0.9 and noisy.mean() > 0.02
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^style must be 'clean' or 'shifted', got 'sketch'$"):
         S.render(scenes, "sketch")
 
 

@@ -268,7 +268,7 @@ def test_serve_flags() -> None:
     kw = launch_kwargs(args)
     assert kw["server_name"] == "127.0.0.1" and kw["share"] is False and kw["auth"] == ("ann", "pw")
     assert kw["max_file_size"] == "512mb" and kw["show_error"] is False   # no exception text in the page
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^--auth must look like USER:PASSWORD$"):
         parse_auth("no-colon")
 
 

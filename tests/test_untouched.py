@@ -87,7 +87,8 @@ def test_too_many_scattered_equal_coordinates_give_no_set():
     ft = fts[0].clone()
     ft[::20] = pre[::20]                            # 200 + ~140 singles > 4000 // 64 = 62
     assert find_untouched(pre, ft, SEGMENTS) is None
-    assert find_untouched(pre, ft, SEGMENTS, max_fraction=8) is not None
+    loose = find_untouched(pre, ft, SEGMENTS, max_fraction=8)   # 4000 // 8 = 500 singles allowed
+    assert torch.equal(_as_mask(loose), ft == pre) and loose.ranges == ()
 
 
 @pytest.mark.parametrize("pick", [(0, 1), (1, 2), (0, 1, 2), (1,)])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_pickled_objects_and_corrupt_files_are_refused(tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         read_checkpoint(str(tmp_path / "broken.safetensors"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(f'checkpoint {tmp_path}/absent.safetensors does not exist')}$"):
         read_checkpoint(str(tmp_path / "absent.safetensors"))
 
 
