@@ -122,7 +122,7 @@ def test_trajectory_stays_in_projection_ball(eta, beta, steps):
 
     def grad_fn(theta, k):
         assert torch.equal(theta[18:], theta0[18:])
-        return cal.weighted_gradient(f, theta, x, y, torch.full((32,), 1 / 32))
+        return cal.weighted_gradient(f, theta, x, y, torch.full((32,), 1 / 32)), 1.0
 
     total, dists = cal.trajectory_scores(grad_fn, theta0, segs, steps=steps, eta=eta, beta=beta)
     radius = eta * float(theta0[:18].norm())
@@ -138,7 +138,7 @@ def test_single_point_scores_are_the_gradient_magnitude():
     theta0 = torch.randn(N, generator=torch.Generator().manual_seed(2))
     w = torch.full((32,), 1 / 32)
     g = cal.weighted_gradient(f, theta0, x, y, w)
-    total, dists = cal.trajectory_scores(lambda th, k: cal.weighted_gradient(f, th, x, y, w), theta0,
+    total, dists = cal.trajectory_scores(lambda th, k: (cal.weighted_gradient(f, th, x, y, w), 1.0), theta0,
                                          [(0, N)], steps=0, eta=0.1, beta=0.5)
     assert torch.equal(total, g.abs()) and dists == [0.0]
     ce = torch.nn.functional.cross_entropy(f(theta0.requires_grad_(True), x), y)  # mean CE
@@ -146,22 +146,83 @@ def test_single_point_scores_are_the_gradient_magnitude():
     assert torch.allclose(g, ref, atol=1e-6)
 
 
-def test_pci_weights_non_negative_normalised_and_seeded():
+def test_trajectory_normalises_pci_over_all_steps_so_heavier_steps_weigh_more():
+    """G = sum_k |g_k| / sum_k m_k: a step whose PCI mass is 3x another's counts 3x (v1 gave 1:1)."""
+    f, N = _linear_model()
+    x, y = _data()
+    theta0 = torch.randn(N, generator=torch.Generator().manual_seed(4))
+    masses = [1.0, 3.0, 0.5]
+    seen = []
+
+    def grad_fn(theta, k, scale=1.0):
+        g = cal.weighted_gradient(f, theta, x, y, torch.full((32,), masses[k] / 32))   # mass m_k
+        seen.append(g.clone())
+        return g * scale, masses[k] * scale
+
+    total, dists = cal.trajectory_scores(grad_fn, theta0, [(0, N)], steps=2, eta=0.05, beta=0.5)
+    expected = sum(g.abs() for g in seen) / sum(masses)
+    assert torch.allclose(total, expected, rtol=1e-6, atol=0)
+    # The weight of step k is m_k / sum m: the unit-mass gradients enter as m_k |g_unit_k| / sum m.
+    unit = [g / m for g, m in zip(seen, masses)]
+    assert torch.allclose(total, sum(m * u.abs() for m, u in zip(masses, unit)) / 4.5, rtol=1e-5)
+    # Scaling every weight (and so every mass) changes neither the path nor G.
+    seen.clear()
+    total2, dists2 = cal.trajectory_scores(lambda th, k: grad_fn(th, k, 1e3), theta0, [(0, N)], steps=2,
+                                           eta=0.05, beta=0.5)
+    assert dists2 == pytest.approx(dists, rel=1e-6) and torch.allclose(total2, total, rtol=1e-5)
+    with pytest.raises(ValueError, match="criticality index is 0"):
+        cal.trajectory_scores(lambda th, k: (torch.zeros(N), 0.0), theta0, [(0, N)], steps=1, eta=0.1, beta=0.5)
+
+
+def test_pci_index_is_the_antithetic_mean_of_the_probability_ratio_and_seeded():
     f, N = _linear_model()
     x, y = _data()
     theta = torch.randn(N, generator=torch.Generator().manual_seed(3))
-    kw = dict(samples=6, sigma=0.05)
+    segs, sigma, samples = [(0, 18)], 0.05, 3
     cost = cal.Cost()
-    w1 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(0), cost=cost,
-                         **kw)
-    w2 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(0), **kw)
-    w3 = cal.pci_weights(f, theta, x, y, [(0, N)], generator=torch.Generator().manual_seed(1), **kw)
-    assert float(w1.min()) >= 0.0 and float(w1.sum()) == pytest.approx(1.0, abs=1e-6)
-    assert torch.equal(w1, w2) and not torch.equal(w1, w3)
-    assert cost.forward == 7 and cost.backward == 0
-    # Off (no draws) or no perturbation: uniform.
-    off = cal.pci_weights(f, theta, x, y, [(0, N)], samples=0, sigma=0.05, generator=torch.Generator())
-    assert torch.equal(off, torch.full((32,), 1 / 32))
+    w1 = cal.pci_index(f, theta, x, y, segs, samples=samples, sigma=sigma,
+                       generator=torch.Generator().manual_seed(0), cost=cost)
+    w2 = cal.pci_index(f, theta, x, y, segs, samples=samples, sigma=sigma, generator=torch.Generator().manual_seed(0))
+    w3 = cal.pci_index(f, theta, x, y, segs, samples=samples, sigma=sigma, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(w1, w2) and not torch.equal(w1, w3) and float(w1.min()) >= 0.0
+    assert cost.forward == 2 * samples + 1 and cost.backward == 0
+    # The same draws by hand: |mean_j (p(theta+D_j) + p(theta-D_j)) / 2p(theta) - 1|, the bias untouched.
+    gen = torch.Generator().manual_seed(0)
+    p = lambda th: torch.softmax(f(th, x).double(), -1).gather(1, y.view(-1, 1)).squeeze(1)  # noqa: E731
+    std = sigma * float(theta[:18].norm()) / 18 ** 0.5
+    acc = torch.zeros(32, dtype=torch.float64)
+    for _ in range(samples):
+        d = torch.zeros(N)
+        d[:18] = std * torch.randn(18, generator=gen)
+        acc += (p(theta + d) + p(theta - d)) / (2 * p(theta)) - 1
+    assert torch.allclose(w1.double(), (acc / samples).abs(), rtol=1e-5, atol=1e-9)
+    # Off (no draws, or no perturbation): weight 1 for every sample.
+    for kw in (dict(samples=0, sigma=0.05), dict(samples=4, sigma=0.0)):
+        assert torch.equal(cal.pci_index(f, theta, x, y, segs, generator=torch.Generator(), **kw), torch.ones(32))
+
+
+def test_pci_index_tracks_curvature_second_order_in_sigma():
+    """Antithetic draws cancel the first-order term: with the same draws, halving sigma divides the
+    index by 4 (curvature, sigma^2), where one-sided draws would divide it by about 2 (noise, sigma)."""
+    f, N = _linear_model()
+    x, y = _data()
+    x, theta = x.double(), torch.randn(N, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    idx = [cal.pci_index(f, theta, x, y, [(0, 18)], samples=4, sigma=s,
+                         generator=torch.Generator().manual_seed(0)).double() for s in (2e-3, 1e-3)]
+    ratio = idx[0] / idx[1]
+    assert torch.allclose(ratio, torch.full_like(ratio, 4.0), rtol=1e-2)
+
+
+def test_pci_index_confident_samples_are_resolved_in_float64():
+    """Samples at 1 - p_c down to 1e-30 (float32 and log_softmax: p = 1, a ratio of 0) keep a non-zero index."""
+    f, N = _linear_model()
+    x, y = _data(n=4)
+    theta = torch.zeros(N)
+    theta[:18] = (torch.nn.functional.one_hot(y, 3).float().t() @ x)[:, :6].reshape(-1) * 8.0
+    p32 = torch.softmax(f(theta, x), -1).gather(1, y.view(-1, 1))
+    assert bool((p32 == 1.0).any())
+    w = cal.pci_index(f, theta, x, y, [(0, 18)], samples=4, sigma=0.01, generator=torch.Generator().manual_seed(0))
+    assert bool((w > 0).all())
 
 
 def test_pci_upweights_samples_whose_confidence_noise_moves_most():
@@ -171,8 +232,8 @@ def test_pci_upweights_samples_whose_confidence_noise_moves_most():
     x[1] *= 10.0   # far from it: the same noise moves its logits 1000x more
     theta = torch.zeros(N)
     theta[:18] = 0.1
-    w = cal.pci_weights(f, theta, x, y, [(0, 18)], samples=32, sigma=0.2,
-                        generator=torch.Generator().manual_seed(0))
+    w = cal.pci_index(f, theta, x, y, [(0, 18)], samples=32, sigma=0.2,
+                      generator=torch.Generator().manual_seed(0))
     assert float(w[1]) > float(w[0])
 
 

@@ -28,8 +28,8 @@ def test_pistole_scores_cached_deterministic_and_cost_stored_with_the_point(engi
     ctx = engine.context(NAMES, spec)
     assert cache.computed == before + 1 and ctx["pistole_robust"] == [False, True]
     cost = ctx["prep_cost"]
-    # natural: (K+1) x (PCI draws + 1 + gradient); robust adds PGD-1 per trajectory point
-    assert cost["forward"] == 2 * (2 + 1 + 1) + 2 * (2 + 1 + 1 + 1) and cost["backward"] == 2 * 1 + 2 * 2
+    # natural: (K+1) x (2 x PCI draws (antithetic) + 1 + gradient); robust adds PGD-1 per trajectory point
+    assert cost["forward"] == 2 * (2 * 2 + 1 + 1) + 2 * (2 * 2 + 1 + 1 + 1) and cost["backward"] == 2 * 1 + 2 * 2
     first = [g.clone() for g in ctx["pistole_grads"]]
     text = [not k.startswith("visual.") for k in engine.layout.keys]
     for g in first:

@@ -31,11 +31,12 @@ from explorer.merging.record import read_option
 from .batch import CalibSettings, FlatModel, adversarial_batch, calibration_batch
 from .cache import CalibrationCache, content_key, vector_identity
 from .host import CalibrationHost
-from .pistole import Cost, pci_weights, timed, trajectory_scores, weighted_gradient
+from .pistole import Cost, pci_index, timed, trajectory_scores, weighted_gradient
 
 log = logging.getLogger(__name__)
 
-SCORE_VERSION = 1  # part of the cache key: bump when the scores of a setting change
+SCORE_VERSION = 2  # part of the cache key: bump when the scores of a setting change
+# 2: PCI normalised over the trajectory (steps weighted by PCI), antithetic float64 PCI draws
 
 
 def score_settings(host: CalibrationHost, spec: MergeSpec) -> dict[str, Any]:
@@ -49,16 +50,16 @@ def score_settings(host: CalibrationHost, spec: MergeSpec) -> dict[str, Any]:
 def _model_scores(fm: FlatModel, theta0: Tensor, robust: bool, x: Tensor, y: Tensor,
                   segments: Sequence[tuple[int, int]], calib: CalibSettings, settings: dict[str, Any],
                   generator: torch.Generator, cost: Cost) -> Tensor:
-    """``G = sum_k |g_k|`` of one fine-tuned model (its own objective, PCI-weighted)."""
-    def grad_fn(theta: Tensor, k: int) -> Tensor:
+    """``G = sum_k |g_k| / sum_k,x PCI_k(x)`` of one fine-tuned model (its own objective)."""
+    def grad_fn(theta: Tensor, k: int) -> tuple[Tensor, float]:
         inputs = x
         if robust:
             inputs = adversarial_batch(fm, theta, x, y, calib, seed=calib.seed + k)
             cost.forward += calib.attack_steps
             cost.backward += calib.attack_steps
-        w = pci_weights(fm, theta, inputs, y, segments, samples=settings["pci_samples"],
-                        sigma=settings["pci_sigma"], generator=generator, cost=cost)
-        return weighted_gradient(fm, theta, inputs, y, w, cost)
+        w = pci_index(fm, theta, inputs, y, segments, samples=settings["pci_samples"],
+                      sigma=settings["pci_sigma"], generator=generator, cost=cost)
+        return weighted_gradient(fm, theta, inputs, y, w, cost), float(w.sum())
 
     total, dists = trajectory_scores(grad_fn, theta0, segments, steps=settings["traj_steps"],
                                      eta=settings["eta"], beta=settings["beta"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from explorer.config import parse_options
 from explorer.merging import get_method
+from explorer.studies.ablation import METHODS as ABLATION_METHODS
 
 from .common import add_eval_flags, resolve_specs, write_json
 
@@ -24,8 +25,7 @@ def _option(text: str) -> tuple[str, object]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_flags(p)
     p.add_argument("--methods", default=None,
-                   help="comma list for the methods panel (default: task_arithmetic,ties,magnitude,"
-                        "stability,iso_c,tsv_m,pistole)")
+                   help=f"comma list for the methods panel (default: {','.join(ABLATION_METHODS)})")
     p.add_argument("--alphas", default="0:1:6", help="start:stop:count (inclusive) or a comma list")
     p.add_argument("--keep", type=float, default=0.2, help="keep of the masking baselines and stability")
     p.add_argument("--pistole", action="append", type=_option, default=[], metavar="KEY=VALUE",

@@ -60,7 +60,7 @@ OPTIONS: dict[str, Option] = {
     "traj_steps": Option(2, "K, projected ascent steps of the parameter trajectory; 0 = single point"),
     "eta": Option(0.01, "trajectory ball radius, as a fraction of ||theta||_F of the vision tower"),
     "beta": Option(0.5, "trajectory step length, as a fraction of the ball radius"),
-    "pci_samples": Option(8, "random parameter perturbations per PCI estimate; 0 = uniform weights"),
+    "pci_samples": Option(8, "antithetic parameter perturbations (+/- Delta) per PCI estimate; 0 = uniform weights"),
     "pci_sigma": Option(0.01, "PCI perturbation size, relative to each tensor's norm"),
 }
 
@@ -233,5 +233,6 @@ def pistole(inputs: "MergeInputs", spec: "MergeSpec") -> list[Tensor | float]:
                                 gamma=float(opt("gamma")), q_scope=str(opt("q_scope")))
 
 
+# version 2: scores with PCI normalised over the trajectory and antithetic draws (calibrate/pistole.py)
 RECORD = MethodRecord("pistole", pistole, PAPER, fields=(), options=OPTIONS, preparer="pistole",
-                      exact_endpoints=False)
+                      exact_endpoints=False, version=2)

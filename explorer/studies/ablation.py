@@ -7,7 +7,7 @@
    (single-point gradients, no PCI), + masks and PCI, + masks and trajectory, full PISTOLE;
 2. the methods panel: ``pistole``, our ``stability``, ``iso_c``, ``tsv_m`` and the baselines
    (task arithmetic, which with equal lambdas *is* the mean of the vectors up to the scale, TIES,
-   magnitude masks).
+   DARE, magnitude masks).
 
 Each frontier's hypervolume carries a 95% paired-bootstrap interval over the evaluated images
 (:mod:`explorer.stats.bootstrap`), and so does its difference to the first row of its panel (plain
@@ -35,7 +35,7 @@ ABLATION_ROWS: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (
     ("+ masks and trajectory", (("pci_samples", 0),)),
     ("full PISTOLE", ()),
 )
-METHODS = ("task_arithmetic", "ties", "magnitude", "stability", "iso_c", "tsv_m", "pistole")
+METHODS = ("task_arithmetic", "ties", "dare", "magnitude", "stability", "iso_c", "tsv_m", "pistole")
 
 
 def frontier(engine: Any, natural: str, robust: str, method: str, alphas: Sequence[float],
