@@ -125,7 +125,7 @@ def test_zoo_report_prints_every_model_and_a_frontier(tiny_zoo, capsys):
 
 
 def test_bench_prints_both_paths_and_the_ratio_last(tiny_zoo, capsys):
-    assert main(["bench", "--manifest", str(tiny_zoo), "--attack", "pgd-3", "--eps", "4/255", "--n", "24",
+    assert main(["bench", "--manifest", str(tiny_zoo), "--attack", "pgd-3", "--eps", "4/255", "--n", "48",
                  "--points", "3", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("speedup ratio: ") and float(lines[-1].split(": ")[1]) > 0

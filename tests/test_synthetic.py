@@ -35,8 +35,8 @@ def test_shapes_task_has_enough_balanced_classes():
 
 
 def test_colors_task_balanced():
-    _, y = get_task("colors").load("test", 80, seed=0)
-    assert torch.equal(torch.bincount(y), torch.full((len(S.COLORS),), 10))
+    _, y = get_task("colors").load("test", S.BLOCK, seed=0)   # a whole block of the nested test split
+    assert torch.equal(torch.bincount(y), torch.full((len(S.COLORS),), S.BLOCK // len(S.COLORS)))
 
 
 def _hashes(x: torch.Tensor) -> set[bytes]:

@@ -20,6 +20,14 @@ that occur in the captions, used as prompt ensembles.
 Randomness: each (stream, split, seed) has its own ``numpy.random.SeedSequence``;
 the pretraining corpus (stream ``corpus``), task "train" and task "test" streams never share
 a seed, so "test" is held out from everything that trains.
+
+Nested evaluation sets: a task's "test" split is one fixed seeded order of images, drawn in
+blocks of ``BLOCK`` (block b from its own generator: ``stream_rng(stream, split, seed, b)``), so
+``load("test", k, seed)`` is the first k images of ``load("test", m, seed)`` for every k <= m: a
+point at n=64 is the first 64 images of the point at n=256. Block 0 is the draw ``n=BLOCK``
+always had. Each whole block is class-balanced (counts within 1 of BLOCK/classes); a prefix of
+a block is a seeded random subset of it. The "train" split stays one draw of n (the shipped zoo
+was trained and its calibration scores cached on those draws).
 """
 from __future__ import annotations
 
@@ -72,9 +80,28 @@ class Scenes:
         return len(self.shape)
 
 
-def stream_rng(stream: str, split: str, seed: int) -> np.random.Generator:
-    """Independent generator per (stream, split, seed): disjoint streams never share draws."""
-    return np.random.default_rng(np.random.SeedSequence([_STREAMS[stream], _SPLITS[split], int(seed)]))
+BLOCK = 128        # images per independently seeded block of a nested split
+
+
+def stream_rng(stream: str, split: str, seed: int, block: int = 0) -> np.random.Generator:
+    """Independent generator per (stream, split, seed, block): disjoint streams never share draws.
+
+    Block 0 is the generator every split always had; blocks >= 1 extend a nested split.
+    """
+    entropy = [_STREAMS[stream], _SPLITS[split], int(seed)] + ([int(block)] if block else [])
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
+def nested_load(block_loader, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of a split drawn in blocks: ``block_loader(b, size)`` renders block
+    ``b`` (``size`` = ``BLOCK``; a single block of exactly ``n`` for the "train" split).
+
+    Shape: returns [n, 3, 32, 32] in [0, 1] and [n] int64.
+    """
+    if split == "train":
+        return block_loader(0, n)
+    xs, ys = zip(*(block_loader(b, BLOCK) for b in range(-(-n // BLOCK))))
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
 def _balanced(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -307,8 +334,11 @@ def check_render_fits(n: int) -> None:
 def _loader(stream: str, factor: str, style: str):
     def load(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         check_render_fits(n)
-        scenes = sample_scenes(n, stream_rng(stream, split, seed), balance=factor)
-        return render(scenes, style), torch.from_numpy(getattr(scenes, factor).astype(np.int64))
+
+        def block(b: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            scenes = sample_scenes(size, stream_rng(stream, split, seed, b), balance=factor)
+            return render(scenes, style), torch.from_numpy(getattr(scenes, factor).astype(np.int64))
+        return nested_load(block, split, n)
     return load
 
 
@@ -329,15 +359,18 @@ def _shapes_shifted() -> Task:
 
 
 def _mixed_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Half clean, half shifted renderings of fresh scenes, shuffled (seeded)."""
+    """Half clean, half shifted renderings of fresh scenes (per block), shuffled (seeded)."""
     check_render_fits(n)
-    rng = stream_rng("shapes-mixed", split, seed)
-    scenes = sample_scenes(n, rng, balance="shape")
-    half = n // 2
-    x = torch.cat([render(_subset(scenes, slice(0, half), 0), "clean"),
-                   render(_subset(scenes, slice(half, n), 1), "shifted")])
-    order = torch.from_numpy(rng.permutation(n))
-    return x[order], torch.from_numpy(scenes.shape.astype(np.int64))[order]
+
+    def block(b: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = stream_rng("shapes-mixed", split, seed, b)
+        scenes = sample_scenes(size, rng, balance="shape")
+        half = size // 2
+        x = torch.cat([render(_subset(scenes, slice(0, half), 0), "clean"),
+                       render(_subset(scenes, slice(half, size), 1), "shifted")])
+        order = torch.from_numpy(rng.permutation(size))
+        return x[order], torch.from_numpy(scenes.shape.astype(np.int64))[order]
+    return nested_load(block, split, n)
 
 
 def _subset(scenes: Scenes, idx: slice, offset: int) -> Scenes:

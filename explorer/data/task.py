@@ -20,7 +20,10 @@ class Task:
         classnames: class names in label order.
         templates: prompt templates, each with one ``{}``.
         loader: ``loader(split, n, seed) -> (images [n,3,H,W] in [0,1], labels [n] int64)``;
-            the same (split, n, seed) always gives the same images.
+            the same (split, n, seed) always gives the same images, and for held-out splits
+            the first k images of (split, n, seed) are (split, k, seed) for every k <= n (one
+            fixed seeded order: nested evaluation sets; a point at n=64 is the first 64 images
+            of the point at n=256, so a store of per-image results grows a point image by image).
         splits: the split names the loader accepts.
         description: one line for the UI and docs.
     """

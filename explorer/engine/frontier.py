@@ -15,6 +15,7 @@ Invalid merges and non-finite logits fail the point (``finite.InvalidPointError`
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -65,6 +66,7 @@ from .resident import (
     text_segments,
     vector_from_tensors,
 )
+from .runner import PointRunner, PointSpec
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ class Engine(EvalInputs):
         self._text_key: Any = None
         self.calibration = CalibrationCache()  # scores/posteriors of data-aware methods (explorer.calibrate)
         self.last_prep_cost: dict | None = None  # the last merge's preparer cost (context["prep_cost"])
+        self.merged: tuple[tuple[str, ...], MergeSpec] | None = None   # what the resident model holds
+        self.runner = PointRunner(self)   # history-free points, grown over the per-image store
 
     # ------------------------------------------------------------------ models
     def vector(self, name: str) -> Vector:
@@ -177,7 +181,16 @@ class Engine(EvalInputs):
         return [self.vector(n) for n in names]
 
     def merge(self, names: Sequence[str], spec: MergeSpec) -> None:
-        """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model."""
+        """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model.
+
+        ``self.merged`` is then ``(tuple(names), spec)`` (None while a merge is under way or failed),
+        so a caller that finds the model already so merged may skip the pass.
+        """
+        self.merged = None
+        self._merge(names, spec)
+        self.merged = (tuple(names), spec)
+
+    def _merge(self, names: Sequence[str], spec: MergeSpec) -> None:
         validate_spec(spec)
         vecs = self.vectors(names)
         if len(spec.lambdas) != len(vecs):
@@ -241,8 +254,20 @@ class Engine(EvalInputs):
     # ------------------------------------------------------------------ points
     def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
                   use_bank: bool = False) -> str:
+        """Store key of a point: a hash of (code version, weights digests, merge, attack, eval)."""
+        return hashlib.sha256("|".join(self.key_parts(names, spec, attack, ev.to_json(), use_bank)).encode()).hexdigest()
+
+    def image_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec) -> str:
+        """Key of a point's per-image rows (``Store.images``): the point key's parts with the eval
+        set's ``n`` left out, since image i is the same image at every n (nested sets)."""
+        ev_part = {k: v for k, v in ev.to_dict().items() if k != "n"}
+        parts = self.key_parts(names, spec, attack, "images:" + json.dumps(ev_part, sort_keys=True), False)
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def key_parts(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev_part: str,
+                  use_bank: bool) -> list[str]:
         parts = [CODE_VERSION, self.base_digest, *[self.vector(n).digest for n in names],
-                 spec.to_json(), attack.to_json(), ev.to_json()]
+                 spec.to_json(), attack.to_json(), ev_part]
         # History-free numbers and reuse-tightened ones are stored apart ("fresh" is the marker
         # history-free points always had; rows stored without a marker came from the old default).
         parts.append("reuse" if use_bank else "fresh")
@@ -251,7 +276,7 @@ class Engine(EvalInputs):
             parts.append(f"normalize={normalize}")
         if method_version(spec.method) > 1:
             parts.append(f"{spec.method}@{method_version(spec.method)}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return parts
 
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
               ev: EvalSpec, *, use_store: bool = True, use_bank: bool = False, sweep: str | None = None,
@@ -277,6 +302,8 @@ class Engine(EvalInputs):
             row = self.store.get(key)
             if row is not None:
                 return {**row, "cached": True}
+        if not use_bank:   # history-free: grown over the per-image store (explorer.engine.runner)
+            return self._grown_point(PointSpec(tuple(natural), tuple(robust), spec, attack, ev), use_store, sweep)
         t0 = time.perf_counter()
         self.merge(names, spec)
         t1 = time.perf_counter()
@@ -284,7 +311,7 @@ class Engine(EvalInputs):
         clf = self.classifier(ev.task, normalize)
         x, y = self.eval_data(ev)
         attacked = attack.name != "none" and attack.eps > 0
-        res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack) if use_bank else None,
+        res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack),
                        batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
                        attack_model=self.attack_model(ev.task, normalize) if attacked else None)
         release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.core.heap)
@@ -294,11 +321,24 @@ class Engine(EvalInputs):
         if self.last_prep_cost is not None:
             row["prep_cost"] = self.last_prep_cost   # forward/backward passes and seconds of the scores
         row["normalize"] = normalize
-        if use_bank:
-            row["attack"] += REUSE_TAG
+        row["attack"] += REUSE_TAG
         if self.store is not None:
             self.store.put(key, row, res.clean_correct.numpy(), res.robust.numpy(), sweep=sweep)
         return row
+
+    def _grown_point(self, p: PointSpec, use_store: bool, sweep: str | None) -> dict[str, Any]:
+        """A whole point through the runner, one chunk per attack batch (no batch efficiency is
+        lost: the attack would split the images into such batches anyway); ``use_store=False``
+        computes every image afresh."""
+        # A private image store unless this engine has a real one: ``use_store=False``, and a Ray
+        # worker (its store an Outbox) computes every point afresh, as before.
+        runner = self.runner if use_store and isinstance(self.store, Store) else PointRunner(self, Store(":memory:"))
+        normalize = self.normalization(p.names)
+        attacked = p.attack.name != "none" and p.attack.eps > 0
+        chunk = self.batch_plan(p.eval, normalize, attacked).batch
+        rows = list(runner.grow(p, p.eval.n, chunk, sweep=sweep))
+        assert rows and rows[-1]["final"], "a grown point ends final"
+        return rows[-1]
 
     def model_point(self, name: str, attack: AttackSpec, ev: EvalSpec, **kwargs: Any) -> dict[str, Any]:
         """One manifest model by itself: the base (no vectors) or a fine-tune at lambda = 1."""

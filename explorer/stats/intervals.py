@@ -46,10 +46,10 @@ def acc_interval(acc: float, n: int) -> list[float]:
 
 
 def with_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row with ``clean_ci`` and ``robust_ci`` (computed from ``n`` and the accuracies when
-    absent; rows without an ``n`` are returned as they are)."""
+    """The row with ``clean_ci`` and ``robust_ci`` (computed from ``n_done``, else ``n``, and the
+    accuracies when absent; rows without an ``n`` are returned as they are)."""
     out = dict(row)
-    n = out.get("n")
+    n = out.get("n_done") or out.get("n")
     if not n:
         return out
     for key in ("clean", "robust"):
