@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.core.device import check_device, default_device
+from explorer.core.device import check_device, check_precision, default_device, float32_precision
 
 
 @pytest.mark.parametrize("name", [None, ""])
@@ -44,3 +44,57 @@ def test_engine_and_service_refuse_a_bad_device_before_loading(tiny_zoo):
         Service(str(tiny_zoo), "nope", "none")
     with pytest.raises(ValueError, match="^device 'nope'"):
         Engine(str(tiny_zoo), device="nope")
+
+
+def _switches() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def switches():
+    """The process's two TF32 switches, put back after the test whatever it did."""
+    saved = _switches()
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_float32_precision_sets_inside_and_restores_after(switches):
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+    with float32_precision("fp32"):
+        assert _switches() == (False, False)
+        with float32_precision("tf32"):
+            assert _switches() == (True, True)
+        assert _switches() == (False, False)
+    assert _switches() == (True, False)
+    with pytest.raises(RuntimeError, match="^boom$"), float32_precision("tf32"):
+        raise RuntimeError("boom")
+    assert _switches() == (True, False)                     # restored on the way out of an error
+    with pytest.raises(ValueError, match="^precision must be 'fp32' or 'tf32', got 'bf16'$"):
+        check_precision("bf16")
+
+
+def test_an_engines_precision_is_its_own(tiny_zoo, switches):
+    """Engine(precision=...) set TF32 for the whole process: another engine, the attack twin's fold
+    check and everything after saw it. Now each engine's merge and point run under its own, and
+    the process keeps its switches outside."""
+    from explorer.config import AttackSpec, EvalSpec, MergeSpec
+    from explorer.engine.attack_twin import exact_fp32
+    from explorer.engine.frontier import Engine
+
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False   # neither engine's
+    fp32, tf32 = Engine(tiny_zoo, device="cpu", precision="fp32"), Engine(tiny_zoo, device="cpu")
+    assert _switches() == (True, False) and (fp32.precision, tf32.precision) == ("fp32", "tf32")
+    for eng in (fp32, tf32):   # normalization is called inside point: it reports the switches there
+        eng.normalization = lambda names, norm=eng.normalization: seen.append(_switches()) or norm(names)
+    for eng, inside in ((fp32, (False, False)), (tf32, (True, True)), (fp32, (False, False))):
+        seen = []
+        eng.point(["natural"], ["robust"], MergeSpec.from_alpha(0.5), AttackSpec("pgd-1", eps="4/255"),
+                  EvalSpec("shapes", n=4), use_store=False)
+        assert seen and set(seen) == {inside} and _switches() == (True, False)
+    with tf32.precision_scope():
+        with exact_fp32():                                   # the twin's fold check: full fp32
+            assert _switches() == (False, False)
+        assert _switches() == (True, True)
+    assert _switches() == (True, False)
+    with pytest.raises(ValueError, match="^precision must be 'fp32' or 'tf32', got 'fp16'$"):
+        Engine(tiny_zoo, device="cpu", precision="fp16")

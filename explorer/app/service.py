@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors.torch import save_file
 
-from explorer.attacks import find_attack, run_attack
+from explorer.attacks import find_attack
 from explorer.attacks.stages import STAGES
 from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
 from explorer.core.cancel import Cancelled, check_cancelled
@@ -228,32 +227,18 @@ class Service:
         Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
         "probs": {name: (clean probs, adv probs)}, "linf": float}``.
         """
-        from explorer.evaluation.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+        from explorer.engine import imagewise
 
         check_class_count(attack, classnames)
         x = image_to_tensor(image)
-        out: dict[str, Any] = {"probs": {}, "clean": tensor_to_image(x)}
         with self.lock(base):
             eng = self.engine(base)
-            x = x.to(eng.device)
-            for i, (label, (names, spec)) in enumerate(models.items()):
-                normalize = eng.normalization(list(names))   # each merge's declared mean/std
-                eng.merge(list(names), spec)
-                clf = ZeroShotClassifier(eng.model, eng.tokenizer, classnames, templates or DEFAULT_TEMPLATES,
-                                         normalize=normalize).to(eng.device)
-                clean = _probs(clf, x)
-                y = torch.tensor([max(range(len(classnames)), key=lambda j: clean[classnames[j]])],
-                                 device=eng.device)
-                # Untargeted white-box attack on this model, against its own clean prediction.
-                x_adv = run_attack(clf, x, y, attack)
-                out["probs"][label] = (clean, _probs(clf, x_adv))
-                if i == 0:
-                    delta = (x_adv - x).cpu()
-                    out["adv"] = tensor_to_image(x_adv.cpu())
-                    out["linf"] = float(delta.abs().max())
-                    scale = 0.5 / max(float(delta.abs().max()), 1e-12)
-                    out["delta"] = tensor_to_image((0.5 + delta * scale).clamp(0, 1))
-        return out
+            res = imagewise.inspect(eng, models, x.to(eng.device), classnames, attack, templates)
+        x_adv = res["adv"][next(iter(models))]   # the first model's adversarial image is shown
+        delta = x_adv - x
+        scale = 0.5 / max(float(delta.abs().max()), 1e-12)
+        return {"probs": res["probs"], "clean": tensor_to_image(x), "adv": tensor_to_image(x_adv),
+                "linf": float(delta.abs().max()), "delta": tensor_to_image((0.5 + delta * scale).clamp(0, 1))}
 
     def filmstrip(self, base: str, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
                   alphas: Sequence[float], image: np.ndarray, classnames: Sequence[str],
@@ -342,11 +327,3 @@ def check_class_count(attack: AttackSpec, classnames: Sequence[str]) -> None:
         raise ValueError(f"{attack.name} needs at least {need} class names (targeted APGD's DLR loss reads "
                          f"the 4th largest logit); got {len(classnames)}: add class names, or choose "
                          "pgd-K, fgsm or apgd-ce")
-
-
-# --------------------------------------------------------------------------- image IO
-
-def _probs(clf: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    with torch.no_grad():
-        p = clf(x).softmax(-1)[0].cpu().tolist()
-    return dict(zip(clf.classnames, p))

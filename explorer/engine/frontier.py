@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from explorer.config import (
     resolve_defaults,
 )
 from explorer.core.cancel import Cancelled, check_cancelled
-from explorer.core.device import check_device, default_device
+from explorer.core.device import check_device, check_precision, default_device, float32_precision, in_own_precision
 from explorer.core.finite import InvalidPointError, check_merged
 from explorer.core.heap import release_freed_heap
 from explorer.evaluation.activation import BatchPlan, budget_for
@@ -95,7 +96,9 @@ class Engine(EvalInputs):
         fast_attack: compute attack gradients on an ``AttackTwin`` (BatchNorm folded,
             channels-last) where the tower has one; proofs are still checked on the model.
         precision: ``"tf32"`` (default) lets CUDA matmuls/convolutions use TF32; ``"fp32"``
-            forbids it. No effect on CPU.
+            forbids it; set around the engine's own work only (``merge``, ``point`` and what they
+            run, ``precision_scope`` for callers attacking its model), the process's switches
+            as they were outside. No effect on CPU.
     """
 
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
@@ -105,11 +108,7 @@ class Engine(EvalInputs):
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
         self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
         self.device = torch.device(check_device(device) or default_device())
-        if precision not in ("fp32", "tf32"):
-            raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
-        if self.device.type == "cuda":   # process-wide switches; tests/test_cuda.py bounds TF32's effect
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        self.precision = check_precision(precision)   # tests/test_cuda.py bounds TF32's effect
         self.store = store
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
         self.activation_budget = activation_budget or budget_for(self.device)
@@ -180,6 +179,11 @@ class Engine(EvalInputs):
     def vectors(self, names: Sequence[str]) -> list[Vector]:
         return [self.vector(n) for n in names]
 
+    def precision_scope(self) -> AbstractContextManager[None]:
+        """This engine's ``precision`` inside, the caller's switches after (``float32_precision``)."""
+        return float32_precision(self.precision)
+
+    @in_own_precision
     def merge(self, names: Sequence[str], spec: MergeSpec) -> None:
         """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model.
 
@@ -278,6 +282,7 @@ class Engine(EvalInputs):
             parts.append(f"{spec.method}@{method_version(spec.method)}")
         return parts
 
+    @in_own_precision
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
               ev: EvalSpec, *, use_store: bool = True, use_bank: bool = False, sweep: str | None = None,
               progress: bool = False) -> dict[str, Any]:

@@ -4,8 +4,9 @@
 what the attack makes each merge see, and whether it fooled it. ``transfer``: the image attacked on
 each of a few models and classified by every one of them (a 3x3 matrix for the current merge and
 the two endpoints): do adversarial images of the natural model fool the robust one, and back?
-Both take the resident engine (the caller holds its lock) and return plain values (uint8 images,
-class names, flags), so the service hands them to the UI as they are.
+``inspect``: the image attacked on each model, with its class probabilities before and after.
+All take the resident engine (the caller holds its lock), run under its ``precision``, and return
+plain values (images, class names, flags), so the service hands them to the UI as they are.
 
 An image counts as *fooled* on a model when the model's prediction on it differs from the model's
 own clean prediction (the untargeted white-box attack aims at exactly that: Carlini & Wagner's
@@ -21,6 +22,7 @@ import torch
 
 from explorer.attacks import run_attack
 from explorer.config import AttackSpec, MergeSpec
+from explorer.core.device import in_own_precision
 from explorer.evaluation.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
 
 from .frontier import Engine
@@ -37,6 +39,12 @@ def merged_classifier(eng: Engine, names: Sequence[str], spec: MergeSpec, classn
     return clf.to(eng.device)
 
 
+def class_probs(clf: ZeroShotClassifier, x: torch.Tensor) -> dict[str, float]:
+    """Softmax probability of each class name for the one image ``x`` ([1, 3, H, W] in [0, 1])."""
+    with torch.no_grad():
+        return dict(zip(clf.classnames, clf(x).softmax(-1)[0].cpu().tolist()))
+
+
 def predict(clf: ZeroShotClassifier, x: torch.Tensor) -> int:
     """Index of the top class of the one image ``x`` ([1, 3, H, W] in [0, 1])."""
     with torch.no_grad():
@@ -51,6 +59,28 @@ def attack_own_prediction(clf: ZeroShotClassifier, x: torch.Tensor, attack: Atta
     return y, run_attack(clf, x, torch.tensor([y], device=x.device), attack)
 
 
+@in_own_precision
+def inspect(eng: Engine, models: Mapping[str, tuple[Sequence[str], MergeSpec]], x: torch.Tensor,
+            classnames: Sequence[str], attack: AttackSpec,
+            templates: Sequence[str] | None = None) -> dict[str, Any]:
+    """The image attacked (white-box, on its own clean prediction) on each model; the zero-shot
+    probabilities before and after.
+
+    Shape: x is [1, 3, H, W] float in [0, 1] on the engine's device.
+
+    Returns: ``{"probs": {label: (clean {class: p}, adversarial {class: p})}, "adv": {label:
+    [1,3,H,W] CPU tensor}}``, in the order of ``models``.
+    """
+    probs, adv = {}, {}
+    for label, (names, spec) in models.items():
+        clf = merged_classifier(eng, names, spec, classnames, templates)
+        _, x_adv = attack_own_prediction(clf, x, attack)
+        probs[label] = (class_probs(clf, x), class_probs(clf, x_adv))
+        adv[label] = x_adv.cpu()
+    return {"probs": probs, "adv": adv}
+
+
+@in_own_precision
 def filmstrip(eng: Engine, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
               alphas: Sequence[float], x: torch.Tensor, classnames: Sequence[str],
               attack: AttackSpec) -> list[dict[str, Any]]:
@@ -74,6 +104,7 @@ def filmstrip(eng: Engine, natural: Sequence[str], robust: Sequence[str], merge:
     return frames
 
 
+@in_own_precision
 def transfer(eng: Engine, models: Mapping[str, tuple[Sequence[str], MergeSpec]], x: torch.Tensor,
              classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
     """Craft the adversarial image on each model; classify every crafted image by every model.
