@@ -49,11 +49,13 @@ class EvalResult:
 
     @property
     def clean_acc(self) -> float:
-        return float(self.clean_correct.float().mean())
+        """Fraction of clean-correct images: the exact ratio k / n (a float32 mean is not)."""
+        return int(self.clean_correct.sum()) / self.n if self.n else float("nan")
 
     @property
     def robust_acc(self) -> float:
-        return float(self.robust.float().mean())
+        """Fraction of robust images, k / n exactly."""
+        return int(self.robust.sum()) / self.n if self.n else float("nan")
 
 
 class AdversarialBank:
