@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 Scope = Literal["global", "per_tensor"]
 Norm = Literal["Linf", "L2"]
-CODE_VERSION = "0.5.0"  # part of every store key: bump when results would change (0.3.0: pooled-query
+CODE_VERSION = "0.6.0"  # part of every store key: bump when results would change (0.3.0: pooled-query
 # twin and padded predict batches change float rounding; 0.4.0: autoattack-fast runs RobustVLM's 5
 # APGD-CE restarts, autoattack's Square the reference p-schedule; 0.5.0: nested eval sets, so a
-# synthetic task's test images at n != 128 changed)
+# synthetic task's test images at n != 128 changed; 0.6.0: APGD / APGD-T / Square draw per image,
+# seeded by (seed, image id, stage, target, restart))
 
 
 def parse_eps(value: str | float | int, limit: float = 1.0) -> float:

@@ -22,7 +22,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from explorer.attacks import ATTACKS, run_attack, stages
+from explorer.attacks import ATTACKS, stages
 from explorer.attacks.stages import build_stage, settings_table, stage_settings
 from explorer.config import AttackSpec
 
@@ -66,26 +66,19 @@ def test_square_uses_the_reference_p_schedule():
 
 def test_robustvlm_apgd_ce_runs_five_restarts(monkeypatch):
     """Behaviour, not only the attribute: on points nothing can fool, autoattack-fast runs
-    APGD-CE 5 times and APGD-T once per target (9)."""
+    APGD-CE 5 times and APGD-T once per target (9), each 1 + steps passes per image."""
+    from explorer.attacks import attack_outcome
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 12))
     x = torch.rand(5, 3, 4, 4)
     with torch.no_grad():
         y = model(x).argmax(1)
     monkeypatch.setattr(stages, "STEPS", 2)
-    calls = {torchattacks.APGD: 0, torchattacks.APGDT: 0}
-    for cls in calls:
-        orig = cls.attack_single_run
-
-        def counted(self, *a, _orig=orig, _cls=cls, **k):
-            calls[_cls] += 1
-            return _orig(self, *a, **k)
-        monkeypatch.setattr(cls, "attack_single_run", counted)
-    run_attack(model, x, y, AttackSpec("autoattack-fast", eps=1e-7))
-    assert calls == {torchattacks.APGD: 5, torchattacks.APGDT: 9}
-    calls.update({torchattacks.APGD: 0, torchattacks.APGDT: 0})
-    run_attack(model, x, y, AttackSpec("apgd-ce", eps=1e-7))
-    assert calls[torchattacks.APGD] == 1          # the standard AutoAttack's first stage alone
+    out = attack_outcome(model, x, y, AttackSpec("autoattack-fast", eps=1e-7))
+    assert out.robust.all() and out.fwd_bwd.tolist() == [5 * 3 + 9 * 3] * 5
+    out = attack_outcome(model, x, y, AttackSpec("apgd-ce", eps=1e-7))
+    assert out.fwd_bwd.tolist() == [3] * 5          # the standard AutoAttack's first stage alone
 
 
 def test_readme_lists_every_setting_of_every_stage():

@@ -37,9 +37,14 @@ def bucketed(idx: torch.Tensor, limit: int | None = None) -> torch.Tensor:
     return torch.cat([idx, idx[:1].expand(pad)]) if pad and len(idx) else idx
 
 
-def sample_generator(seed: int, sample_id: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, sample_id) alone (SeedSequence mixing)."""
-    state = np.random.SeedSequence([seed % 2**63, int(sample_id) % 2**63]).generate_state(1, np.uint64)
+def sample_generator(seed: int, sample_id: int, *stream: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, sample_id, *stream) alone (SeedSequence mixing).
+
+    ``stream`` names the draw within the image (e.g. stage code, target, restart: see
+    ``stages.stream``); PGD's starts use none, so its draws are those of earlier versions.
+    """
+    words = [seed % 2**63, int(sample_id) % 2**63, *(int(s) % 2**63 for s in stream)]
+    state = np.random.SeedSequence(words).generate_state(1, np.uint64)
     return torch.Generator().manual_seed(int(state[0]))
 
 
@@ -101,7 +106,8 @@ def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, step: float, norm: str) -> 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
         *, step_size: float | None = None, rand_init: bool = True, seed: int = 0,
-        sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+        sample_ids: torch.Tensor | None = None,
+        passes: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on the CE loss with per-sample early exit.
 
     Args:
@@ -111,6 +117,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
         step_size: defaults to 2.5 * eps / K.
         rand_init: random start inside the ball (seeded per sample) or start at x.
         sample_ids: stable ids of the rows (default arange(N)) for the random start.
+        passes: optional int64 [N] on the CPU, incremented in place by the forward+backward
+            passes each row received (padding rows are not counted).
 
     Raises:
         Cancelled: the enclosing cancel scope's token was set (checked before every step).
@@ -129,6 +137,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
     for _ in range(steps):
         check_cancelled()
         rows = bucketed(active, limit=len(x))
+        if passes is not None:
+            passes[active.cpu()] += 1
         xa = x_adv[rows].clone().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xa)
@@ -144,6 +154,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
     return x_adv
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+         passes: torch.Tensor | None = None) -> torch.Tensor:
     """One step of size eps from x (sign step for Linf, normalised-gradient step for L2)."""
-    return pgd(model, x, y, eps, norm, steps=1, step_size=eps, rand_init=False)
+    return pgd(model, x, y, eps, norm, steps=1, step_size=eps, rand_init=False, passes=passes)

@@ -22,11 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from explorer.config import AttackSpec
-from explorer.core.cancel import check_cancelled
 
 from .gradient import fgsm, pgd
 from .safety import model_device
-from .stages import ROBUSTVLM, STAGES, STANDARD, build_stage, run_stages
+from .stages import ROBUSTVLM, STAGES, STANDARD, ProtocolResult, build_stage, run_stages
 
 Tier = Literal["clean", "preview", "reported"]
 MAX_PGD_STEPS = 10_000
@@ -40,11 +39,12 @@ class RunOptions:
     rand_init: bool = True
 
 
-# (net, x, y, sample_ids, spec, n_classes, options) -> x_adv. ``net`` is an ``AttackModel`` in
-# ``attack_context``; x [M, C, H, W] in [0, 1] holds the clean-correct rows only (any device),
-# y [M], sample_ids [M] on the CPU. Returns x_adv [M, C, H, W] on the model's device.
+# (net, x, y, sample_ids, spec, n_classes, options) -> ProtocolResult. ``net`` is an
+# ``AttackModel`` in ``attack_context``; x [M, C, H, W] in [0, 1] holds the clean-correct rows only
+# (any device), y [M], sample_ids [M] on the CPU. The result's x_adv [M, C, H, W] is on the model's
+# device; ``broken`` indexes the record's ``stage_names``.
 Runner = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, AttackSpec, int, RunOptions],
-                  torch.Tensor]
+                  ProtocolResult]
 # (model, spec, n_classes) -> the torchattacks object a plain script would use (the bench baseline).
 PlainBuilder = Callable[[nn.Module, AttackSpec, int], torchattacks.attack.Attack]
 
@@ -73,34 +73,49 @@ class AttackRecord:
     def choices(self) -> tuple[str, ...]:
         return self.examples or (self.name,)
 
+    def stage_names(self, spec: AttackSpec) -> tuple[str, ...]:
+        """The stages an outcome's ``broken`` indexes: the protocol's, or the attack itself."""
+        return self.stages or ((spec.name,) if self.run is not None else ())
+
 
 def _gradient_runner(steps_of: Callable[[AttackSpec], int | None]) -> Runner:
-    """Runner of our own gradient attacks: FGSM (``steps_of`` gives None) or K-step PGD, by batch."""
+    """Runner of our own gradient attacks: FGSM (``steps_of`` gives None) or K-step PGD, by batch.
+    One stage (the attack itself); an image counts as broken when its final iterate is
+    misclassified (one forward per image to check)."""
     def run(net, x, y, ids, spec, n_classes, o):
         device, k = model_device(net), steps_of(spec)
-        out = []
+        out, broken = [], torch.full((len(x),), -1, dtype=torch.long)
+        fb = torch.zeros(len(x), dtype=torch.long)
         for rows in tqdm(torch.arange(len(x)).split(o.batch_size), desc=spec.name, disable=not o.progress,
                          leave=False):
             xb, yb = x[rows].to(device).contiguous(), y[rows].to(device)
-            check_cancelled()
-            out.append(fgsm(net, xb, yb, spec.eps, spec.norm) if k is None else
-                       pgd(net, xb, yb, spec.eps, spec.norm, k, rand_init=o.rand_init, seed=spec.seed,
-                           sample_ids=ids[rows]))
-        return torch.cat(out) if out else x.to(device)
+            passes = torch.zeros(len(rows), dtype=torch.long)
+            adv = (fgsm(net, xb, yb, spec.eps, spec.norm, passes=passes) if k is None else
+                   pgd(net, xb, yb, spec.eps, spec.norm, k, rand_init=o.rand_init, seed=spec.seed,
+                       sample_ids=ids[rows], passes=passes))
+            with torch.no_grad():
+                hit = (net(adv).argmax(1) != yb).cpu()
+            broken[rows[hit]] = 0
+            fb[rows] = passes
+            out.append(adv)
+        x_adv = torch.cat(out) if out else x.to(device)
+        return ProtocolResult(x_adv, broken, fb, torch.ones(len(x), dtype=torch.long))
     return run
 
 
 def _stages_runner(stages: tuple[str, ...]) -> Runner:
-    """Runner of a protocol: the stages in order, each on the points still robust."""
+    """Runner of a protocol: the stages in order, each on the points still robust, per image."""
     def run(net, x, y, ids, spec, n_classes, o):
         device = model_device(net)
         # Contiguous leaves: torchattacks' FAB .view()s gradients shaped like its input.
         xs = x.to(device).contiguous(memory_format=torch.contiguous_format)
         alive = torch.ones(len(x), dtype=torch.bool, device=device)
-        # torchattacks' stages loop internally (100 steps x 9 targets): AttackModel checks the
-        # cancel token before every forward, so a Stop acts within one step of them.
-        return run_stages(net, xs, y.to(device), alive, stages, spec.eps, spec.norm, spec.seed,
-                          n_classes, batch_size=o.batch_size, progress=o.progress)
+        # torchattacks' FAB and L2 Square loop internally: AttackModel checks the cancel token
+        # before every forward, so a Stop acts within one of their steps.
+        res = ProtocolResult(xs, alive, alive, alive)
+        run_stages(net, xs, y.to(device), alive, stages, spec.eps, spec.norm, spec.seed,
+                   n_classes, batch_size=o.batch_size, progress=o.progress, sample_ids=ids, result=res)
+        return res
     return run
 
 

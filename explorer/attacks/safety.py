@@ -63,6 +63,28 @@ class AttackModel(nn.Module):
         return self.net(x.contiguous()).float()
 
 
+class PassCounter(nn.Module):
+    """Counts the rows it forwards: ``fwd_bwd`` when the input requires grad under grad mode
+    (a pass that is differentiated), ``fwd`` otherwise. Reports the wrapped model's mode, so
+    torchattacks' mode restore keeps eval mode (see ``AttackModel``)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.training = net.training
+        self.fwd_bwd = self.fwd = 0
+
+    def reset(self) -> None:
+        self.fwd_bwd = self.fwd = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.fwd_bwd += len(x)
+        else:
+            self.fwd += len(x)
+        return self.net(x)
+
+
 class _CallableModule(nn.Module):
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""AutoAttack and the RobustVLM protocol built from torchattacks stages, setting by setting.
+"""AutoAttack and the RobustVLM protocol, stage by stage and setting by setting, per image.
 
 'Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
 attacks' [https://arxiv.org/abs/2003.01690], reference code [https://github.com/fra31/auto-attack]
@@ -10,7 +10,11 @@ constructor's ``n_restarts=5`` (the standard version sets it to 1 for Linf and L
 
 Every stage's settings are data (``STAGES``: torchattacks class + constructor settings); the
 README's protocol table is ``settings_table()`` and tests/test_protocols.py pins each setting of
-each built object against the references.
+each built object against the references. ``run_stage`` runs a stage with those same settings,
+per image and batch-free: APGD-CE / APGD-T (``apgd.py``) and Linf Square (``square.py``) are our
+own code with per-image generators; FAB-T (no draw with one restart) and L2 Square (image by
+image) are torchattacks'. The torchattacks objects themselves serve the bench's plain baseline and
+``reference_autoattack``.
 
 torchattacks 3.5.1 traps handled here:
 - its ``AutoAttack`` builds APGD/APGD-T/FAB with their default ``steps=10``; we build every
@@ -32,9 +36,12 @@ from typing import Any
 import torch
 import torchattacks
 from torch import nn
-from tqdm.auto import tqdm
 
 from explorer.core.cancel import check_cancelled
+
+from .apgd import StageResult, apgd_stage
+from .safety import PassCounter
+from .square import square_l2, square_linf
 
 log = logging.getLogger(__name__)
 
@@ -136,26 +143,90 @@ def settings_table(n_classes: int = 1000) -> str:
     return "\n".join(rows) + "\n"
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
+def _fab_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, eps: float, norm: str,
+               seed: int, n_classes: int, batch_rows: int) -> StageResult:
+    """FAB-T: torchattacks' FAB (reference settings), target by target on the images still
+    robust, as its ``perturb`` loops. With one restart FAB draws nothing (its random start is
+    for restarts > 0), so an image's result is its own whatever ran beside it. Per-image cost:
+    the passes of each call shared equally by its rows (FAB runs every row every step)."""
+    counted = PassCounter(net)
+    atk = build_stage("fab-t", counted, eps, norm, seed, n_classes)
+    M = len(x)
+    fooled, out = torch.zeros(M, dtype=torch.bool), x.clone()
+    fb, fw = torch.zeros(M, dtype=torch.long), torch.zeros(M, dtype=torch.long)
+    for chunk in torch.arange(M, device=x.device).split(batch_rows):
+        for target_class in range(2, atk.n_target_classes + 2):
+            alive = chunk[~fooled[chunk.cpu()].to(x.device)]
+            if len(alive) == 0:
+                break
+            check_cancelled()
+            atk.target_class = target_class
+            counted.reset()
+            adv = atk.attack_single_run_targeted(x[alive], y[alive], use_rand_start=False).detach()
+            with torch.no_grad():
+                hit = net(adv).argmax(1) != y[alive]
+            d = (adv - x[alive]).flatten(1)
+            hit &= (d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)) <= eps   # perturb's check
+            a_cpu = alive.cpu()
+            fb[a_cpu] += -(-counted.fwd_bwd // len(alive))
+            fw[a_cpu] += -(-counted.fwd // len(alive)) + 1
+            fooled[a_cpu[hit.cpu()]] = True
+            out[alive[hit]] = adv[hit]
+    return StageResult(fooled, out, fb, fw)
+
+
+def run_stage(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, eps: float,
+              norm: str, seed: int, n_classes: int, *, batch_rows: int = 256, square_queries: int | None = None) -> StageResult:
+    """One stage of ``STAGES`` on (x, y), per image and batch-free, with the stage's settings."""
+    kw = STAGES[name].settings(n_classes, SQUARE_QUERIES if square_queries is None else square_queries)
+    if name.startswith("apgd-ce"):
+        return apgd_stage(net, x, y, ids, eps=eps, norm=norm, seed=seed, steps=kw["steps"],
+                          restarts=kw["n_restarts"], rho=kw["rho"], batch_rows=batch_rows, stage="apgd-ce")
+    if name == "apgd-t":
+        return apgd_stage(net, x, y, ids, eps=eps, norm=norm, seed=seed, steps=kw["steps"],
+                          restarts=kw["n_restarts"], rho=kw["rho"], n_targets=kw["n_classes"] - 1,
+                          batch_rows=batch_rows, stage="apgd-t")
+    if name == "fab-t":
+        return _fab_stage(net, x, y, ids, eps, norm, seed, n_classes, batch_rows)
+    if norm == "Linf":
+        return square_linf(net, x, y, ids, eps=eps, seed=seed, queries=kw["n_queries"], p_init=kw["p_init"],
+                           batch_rows=batch_rows)
+    return square_l2(net, x, y, ids, eps=eps, seed=seed, queries=kw["n_queries"], p_init=kw["p_init"])
+
+
+@dataclass
+class ProtocolResult:
+    """Per image: the adversarial example, the stage index that broke it (-1: none) and cost."""
+    x_adv: torch.Tensor          # [N, C, H, W] on the model's device
+    broken: torch.Tensor         # int64 [N] (CPU): index into the stage list, -1 if robust
+    fwd_bwd: torch.Tensor        # int64 [N] (CPU)
+    fwd: torch.Tensor            # int64 [N] (CPU)
 
 
 def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor,
                stages: tuple[str, ...], eps: float, norm: str, seed: int, n_classes: int, *,
                batch_size: int = 256, progress: bool = False,
-               square_queries: int | None = None) -> torch.Tensor:
+               square_queries: int | None = None, sample_ids: torch.Tensor | None = None,
+               result: ProtocolResult | None = None) -> torch.Tensor:
     """Run the stages in order, each only on the points still robust after the previous ones.
+
+    Every stage is per image and batch-free (``run_stage``): an image's outcome depends only
+    on (model, image, label, eps, norm, seed, its id), not on the batch or what else is attacked.
 
     Args:
         model: an ``AttackModel`` in eval mode, on the device of x.
         robust: bool [N], the points to attack (clean-correct ones); updated in place.
+        sample_ids: the images' stable ids [N] (default arange(N)): they seed every draw.
+        result: filled with the per-image stage index and cost when given.
 
     Shape:
         x: [N, C, H, W] contiguous in [0, 1]; y: [N]. Returns x_adv [N, C, H, W].
     """
+    ids = torch.arange(len(x)) if sample_ids is None else sample_ids.cpu()
     x_adv = x.clone()
-    for name in stages:
+    broken = torch.full((len(x),), -1, dtype=torch.long)
+    fb, fw = torch.zeros(len(x), dtype=torch.long), torch.zeros(len(x), dtype=torch.long)
+    for k, name in enumerate(stages):
         if n_classes < STAGES[name].min_classes:
             # Skipping a stage would leave a number labelled with an attack that did not run.
             raise ValueError(f"{name} needs >= {STAGES[name].min_classes} classes (its DLR loss reads "
@@ -163,26 +234,32 @@ def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, robust: torch
         idx = robust.nonzero().flatten()
         if len(idx) == 0:
             break
-        atk = build_stage(name, model, eps, norm, seed, n_classes, square_queries)
-        chunks = idx.split(batch_size)
-        for chunk in tqdm(chunks, desc=name, disable=not progress, leave=False):
-            check_cancelled()
-            adv = atk(x[chunk], y[chunk]).detach()
-            fooled = _predict(model, adv) != y[chunk]
-            x_adv[chunk[fooled]] = adv[fooled]
-            robust[chunk[fooled]] = False
+        check_cancelled()
+        res = run_stage(name, model, x[idx], y[idx], ids[idx.cpu()], eps, norm, seed, n_classes,
+                        batch_rows=batch_size, square_queries=square_queries)
+        i_cpu = idx.cpu()
+        fb[i_cpu] += res.fwd_bwd
+        fw[i_cpu] += res.fwd
+        hit = res.fooled.to(idx.device)
+        x_adv[idx[hit]] = res.x_adv[hit]
+        robust[idx[hit]] = False
+        broken[i_cpu[res.fooled]] = k
         log.info("%s: %d -> %d robust points", name, len(idx), int(robust.sum()))
+    if result is not None:
+        result.x_adv, result.broken, result.fwd_bwd, result.fwd = x_adv, broken, fb, fw
     return x_adv
 
 
 def reference_autoattack(model: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, eps: float,
                          norm: str = "Linf", seed: int = 0, *, n_classes: int | None = None,
-                         square_queries: int | None = None) -> torch.Tensor:
+                         square_queries: int | None = None,
+                         protocol: tuple[str, ...] = STANDARD) -> torch.Tensor:
     """The reference: torchattacks' own ``MultiAttack`` over the published standard stages.
 
     APGD-CE 100 it, APGD-T 100 it x 9 targets, FAB multi-targeted 9 targets, Square 5000
     queries, all with the same explicit seed, on the whole batch at once (no early filtering
-    beyond MultiAttack's own). For cross-checking ``run_attack(..., "autoattack")``.
+    beyond MultiAttack's own). For cross-checking ``run_attack(..., "autoattack")``;
+    ``protocol=ROBUSTVLM`` gives the reference of ``autoattack-fast``.
 
     Shape:
         x: [N, C, H, W] in [0, 1]; y: [N] int64. Returns x_adv on x's device.
@@ -196,6 +273,6 @@ def reference_autoattack(model: nn.Module | Callable, x: torch.Tensor, y: torch.
         if n_classes is None:
             n_classes = int(net(xd[:1]).shape[1])
         atks = [build_stage(s, net, eps, norm, seed, n_classes, square_queries)
-                for s in STANDARD if n_classes >= STAGES[s].min_classes]
+                for s in protocol if n_classes >= STAGES[s].min_classes]
         adv = torchattacks.MultiAttack(atks)(xd, yd)
     return adv.detach().to(x.device)

@@ -16,11 +16,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from explorer.attacks import check_gradients, check_logits, run_attack
+from explorer.attacks import attack_outcome, check_gradients, check_logits, find_attack
 from explorer.attacks.gradient import bucketed
+from explorer.attacks.run import CLEAN, ROBUST
 from explorer.config import AttackSpec
 from explorer.core.finite import check_finite_logits
 
@@ -31,9 +33,18 @@ class SanityError(AssertionError):
     """An evaluation broke an invariant (robust > clean, x_adv outside the ball, ...)."""
 
 
+BANK = -3   # ``EvalResult.broken``: proved by a banked adversarial example (``+reuse`` only)
+
+
 @dataclass
 class EvalResult:
-    """Per-sample outcome of one evaluation. Flags are boolean CPU tensors of length n."""
+    """Per-sample outcome of one evaluation, in eval order. Flags are boolean CPU tensors of
+    length n; ``broken`` / ``fwd_bwd`` / ``fwd`` int64 CPU tensors of length n.
+
+    ``broken[j]``: -2 misclassified clean (never attacked), -1 robust, -3 proved by the bank,
+    k >= 0 ``stage_names[k]`` broke it (decided on ``model``). ``fwd_bwd`` / ``fwd``: the attack's
+    forward+backward and forward-only passes spent on image j (the clean pass not counted).
+    """
 
     clean_correct: torch.Tensor
     robust: torch.Tensor
@@ -42,6 +53,35 @@ class EvalResult:
     n_reused: int = 0        # non-robust samples proved by a banked adversarial example
     n_attacked: int = 0      # samples the attack itself ran on
     x_adv: torch.Tensor | None = None
+    broken: torch.Tensor | None = None
+    stage_names: tuple[str, ...] = ()     # what ``broken`` indexes: the attack's stages
+    fwd_bwd: torch.Tensor | None = None
+    fwd: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.n
+        if self.broken is None:
+            self.broken = torch.where(self.clean_correct, ROBUST, CLEAN).long()
+        if self.fwd_bwd is None:
+            self.fwd_bwd = torch.zeros(n, dtype=torch.long)
+        if self.fwd is None:
+            self.fwd = torch.zeros(n, dtype=torch.long)
+
+    @property
+    def broken_stage(self) -> list[str | None]:
+        """Per image: "clean", "bank", the name of the stage that broke it, or None (robust)."""
+        names = {CLEAN: "clean", ROBUST: None, BANK: "bank"}
+        return [names[b] if b < 0 else self.stage_names[b] for b in self.broken.tolist()]
+
+    @property
+    def stages(self) -> list[str | None]:
+        """``broken_stage`` (the per-image store's ``stage`` column)."""
+        return self.broken_stage
+
+    @property
+    def costs(self) -> np.ndarray:
+        """int64 [n]: forward+backward passes per image (the per-image store's ``cost``)."""
+        return self.fwd_bwd.numpy()
 
     @property
     def n(self) -> int:
@@ -175,7 +215,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     correct = pred == y
     t1 = time.perf_counter()
     robust = correct.clone()
-    res = EvalResult(correct.cpu(), robust.cpu(), attack)
+    res = EvalResult(correct.cpu(), robust.cpu(), attack,
+                     stage_names=find_attack(attack.name).stage_names(attack))
+    broken = res.broken
     x_adv = x.clone() if return_adv else None
     if attack.name != "none" and attack.eps > 0 and bool(correct.any()):
         net = model if attack_model is None else attack_model
@@ -187,18 +229,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
             if cand.numel():
                 fooled = predict(model, bx[cand], batch_size) != y[cand]
                 robust[cand[fooled]] = False
+                broken[cand[fooled].cpu()] = BANK
                 res.n_reused += int(fooled.sum())
                 if x_adv is not None:
                     x_adv[cand[fooled]] = bx[cand[fooled]]
                 todo = todo[robust[todo]]
         t2 = time.perf_counter()
         if todo.numel():
-            adv = run_attack(net, x[todo], y[todo], attack, sample_ids=ids[todo],
-                             batch_size=batch_size, progress=progress, assume_correct=True)
+            out = attack_outcome(net, x[todo], y[todo], attack, sample_ids=ids[todo],
+                                 batch_size=batch_size, progress=progress, assume_correct=True)
+            adv = out.x_adv
             if checks:
                 check_ball(x[todo], adv, attack)
             fooled = predict(model, adv, batch_size) != y[todo]
             robust[todo[fooled]] = False
+            # The proof is decided on ``model``: a stage's claim it does not confirm is no break,
+            # and a last iterate that fools it (pgd keeps one) was found by the last stage run.
+            t_cpu, f_cpu = todo.cpu(), fooled.cpu()
+            last = torch.full_like(out.broken, len(out.stages) - 1)
+            broken[t_cpu] = torch.where(f_cpu, torch.where(out.broken >= 0, out.broken, last), ROBUST)
+            res.fwd_bwd[t_cpu], res.fwd[t_cpu] = out.fwd_bwd, out.fwd
             if bank is not None:
                 bank.update(attack.eps, todo[fooled], adv[fooled])
             if x_adv is not None:
