@@ -15,10 +15,8 @@ from explorer.merging import (
     METHODS,
     MergeInputs,
     apply_coefficients,
-    describe_method,
     get_method,
     merge_coefficients,
-    merge_weights,
 )
 from explorer.merging.sparsify import bernoulli_mask, kept_count, topk_mask, trim_mask
 from explorer.merging.ties import disjoint_mean, elect_sign
@@ -61,7 +59,8 @@ def test_endpoints_on_a_real_module(method):
     inputs = MergeInputs([nat - pre, rob - pre], segments, names)
     x = torch.randn(4, 5)
     for alpha, target in [(0.0, models[1]), (1.0, models[2])]:
-        theta = merge_weights(pre, [nat, rob], inputs, MergeSpec.from_alpha(alpha, method=method))
+        spec = MergeSpec.from_alpha(alpha, method=method)
+        theta = apply_coefficients(pre, [nat, rob], merge_coefficients(inputs, spec))
         vector_to_parameters(theta, models[0].parameters())
         with torch.no_grad():
             assert torch.equal(models[0](x), target(x))
@@ -187,7 +186,7 @@ def test_ties_with_one_nonzero_lambda_is_magnitude():
 
 def test_negation():
     pre, fts, inputs = _weights(7, n_ft=1)
-    theta = merge_weights(pre, fts, inputs, MergeSpec(lambdas=(-1.0,)))
+    theta = apply_coefficients(pre, fts, merge_coefficients(inputs, MergeSpec(lambdas=(-1.0,))))
     torch.testing.assert_close(theta, pre - inputs.taus[0], rtol=0, atol=1e-5)
     (c,) = merge_coefficients(inputs, MergeSpec(method="ties", lambdas=(-1.0,)))
     assert torch.equal(c, torch.where(inputs.taus[0] != 0, -1.0, 0.0))
@@ -214,7 +213,7 @@ def test_apply_writes_in_place_and_refuses_aliases():
 def test_registry_errors_and_validation():
     _, _, inputs = _weights()
     assert get_method("ties") is METHODS["ties"] and METHODS["ties"].fn.__name__ == "ties"
-    assert "arxiv.org" in describe_method("dare")
+    assert "arxiv.org" in METHODS["dare"].paper
     with pytest.raises(KeyError, match="task_arithmetic"):
         merge_coefficients(inputs, MergeSpec(method="nope", lambdas=(1.0, 0.0)))
     with pytest.raises(ValueError, match="lambdas"):

@@ -18,8 +18,6 @@ import torch
 from explorer.calibrate import PREPARERS
 from explorer.config import MergeSpec
 from explorer.merging import (
-    METHOD_FIELDS,
-    METHOD_VERSIONS,
     METHODS,
     MergedDelta,
     MergeInputs,
@@ -197,14 +195,23 @@ def test_record_is_complete_and_the_views_agree(method):
     assert record.name == method and record.paper and record.fn.__doc__
     assert all(opt.help for opt in record.options.values())
     assert record.preparer is None or record.preparer in PREPARERS
-    assert METHOD_FIELDS[method] == record.fields and METHOD_VERSIONS[method] == record.version
 
 
-def test_the_views_follow_the_registry(monkeypatch):
-    monkeypatch.setitem(METHODS, "ties", dataclasses.replace(METHODS["ties"], version=7))
-    assert METHOD_VERSIONS["ties"] == 7 and list(METHOD_VERSIONS) == list(METHODS)
-    with pytest.raises(TypeError):
-        METHOD_VERSIONS["ties"] = 1  # read-only: the record is where a version changes
+def test_lambdas_only_is_true_of_the_method(case):
+    """A record saying its coefficients are the lambdas (the engine then reads no tau) must mean
+    it: the method's own coefficients equal the lambdas exactly wherever ``is_lambdas`` holds
+    (saying "never" is always safe: the engine then builds the inputs and runs the method)."""
+    method, c = case
+    record = METHODS[method]
+    specs = [MergeSpec(method=method, lambdas=(0.7, -0.4), keep=keep, scope="per_tensor", seed=1)
+             for keep in (1.0, 0.3)]
+    if not any(map(record.is_lambdas, specs)):
+        pytest.skip(f"{method}: lambdas_only={record.lambdas_only!r}")
+    for spec in filter(record.is_lambdas, specs):
+        coeffs = c.coeffs(spec)
+        assert len(coeffs) == 2 and all(_same(a, b) for a, b in zip(coeffs, spec.lambdas)), spec
+    assert [s.keep for s in specs if record.is_lambdas(s)] == ([1.0, 0.3] if record.lambdas_only == "always"
+                                                               else [1.0])
 
 
 def test_unknown_method_lists_the_valid_ones():

@@ -8,7 +8,7 @@ import torch
 from explorer.calibrate import batch as calib_batch
 from explorer.calibrate import stability as scores
 from explorer.config import MergeSpec
-from explorer.merging import MergeInputs, merge_coefficients, merge_weights
+from explorer.merging import MergeInputs, apply_coefficients, merge_coefficients
 from explorer.merging import stability as st
 from explorer.merging.sparsify import kept_count
 
@@ -70,7 +70,8 @@ def test_coefficients_are_lambda_times_mask_and_endpoints_exact():
     for ci, lam, m in zip(c, spec.lambdas, masks):
         assert ci.dtype == torch.float32 and torch.equal(ci, m.float() * lam)
     for alpha in (0.0, 1.0):  # keep=1: c = (1.0, 0.0) / (0.0, 1.0), the fine-tuned weights bit for bit
-        theta = merge_weights(pre, fts, inputs, MergeSpec.from_alpha(alpha, method="stability", keep=1.0))
+        spec = MergeSpec.from_alpha(alpha, method="stability", keep=1.0)
+        theta = apply_coefficients(pre, fts, merge_coefficients(inputs, spec))
         assert torch.equal(theta, fts[int(alpha)])
 
 

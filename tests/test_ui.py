@@ -337,3 +337,8 @@ def test_choices_come_from_the_registries(demo) -> None:
     values = lambda comp: [c[1] if isinstance(c, (tuple, list)) else c for c in comp.choices]  # noqa: E731
     assert values(form["method"]) == list(METHODS) == values(form["methods"])
     assert set(ATTACK_NAMES) <= set(values(form["attack"]))
+    from explorer.attacks import ATTACKS
+    from explorer.ui.inspect_handlers import attack_name
+    kinds = values(form["kind"])   # Inspect's attack: every record (autoattack was missing), pgd by kind
+    assert kinds == ["none", "fgsm", "pgd", "apgd-ce", "apgd-t", "autoattack-fast", "autoattack"]
+    assert [attack_name(k, 7) for k in kinds] == [n.replace("-K", "-7") for n in ATTACKS]

@@ -60,9 +60,6 @@ class Cost:
     backward: int = 0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {"forward": self.forward, "backward": self.backward, "seconds": round(self.seconds, 3)}
-
 
 def region_mask(numel: int, segments: Sequence[tuple[int, int]], device: torch.device | str) -> Tensor:
     """Bool ``(numel,)``: True on the coordinates of ``segments``."""

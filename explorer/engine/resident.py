@@ -25,15 +25,12 @@ from torch import nn
 from explorer.config import MergeSpec
 from explorer.core.heap import release_freed_heap
 from explorer.core.taskvec import FlatLayout, bind_flat
+from explorer.merging import get_method
 from explorer.merging.untouched import Untouched, find_untouched
 from explorer.zoo import ModelEntry, fit_weights
 from explorer.zoo.flatload import LoadReport, check_fits, load_flat
 
 log = logging.getLogger(__name__)
-
-# Methods whose coefficients are the lambdas themselves (no tau read): task arithmetic, and
-# DARE / magnitude at keep = 1 (their docstrings: "keep=1 is task arithmetic exactly").
-_CONSTANT_AT_FULL_KEEP = ("dare", "magnitude")
 
 
 def flat_digest(flat: torch.Tensor, chunk: int = 1 << 24) -> str:
@@ -141,7 +138,8 @@ def text_segments(layout: FlatLayout) -> list[tuple[int, int]]:
 
 
 def constant_coefficients(spec: MergeSpec) -> list[float] | None:
-    """The coefficients when the method is task arithmetic in effect (no tau read), else None."""
-    if spec.method == "task_arithmetic" or (spec.method in _CONSTANT_AT_FULL_KEEP and spec.keep >= 1.0):
+    """The coefficients when the method is task arithmetic in effect (no tau read; its record's
+    ``lambdas_only``), else None."""
+    if get_method(spec.method).is_lambdas(spec):
         return [float(lam) for lam in spec.lambdas]
     return None

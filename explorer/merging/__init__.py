@@ -12,18 +12,14 @@ from __future__ import annotations
 from .base import Coefficient, MergedDelta, MergeInputs, MergeResult, apply_coefficients
 from .record import MergeFn, MethodRecord, Option
 from .registry import (
-    METHOD_FIELDS,
-    METHOD_VERSIONS,
     METHODS,
     canonical_spec,
-    describe_method,
     get_method,
     merge_coefficients,
-    merge_weights,
     method_version,
     validate_spec,
 )
 
-__all__ = ["METHODS", "METHOD_FIELDS", "METHOD_VERSIONS", "Coefficient", "MergeFn", "MergeInputs",
-           "MergedDelta", "MergeResult", "MethodRecord", "Option", "apply_coefficients", "canonical_spec", "describe_method", "get_method",
-           "merge_coefficients", "merge_weights", "method_version", "validate_spec"]
+__all__ = ["METHODS", "Coefficient", "MergeFn", "MergeInputs", "MergedDelta", "MergeResult", "MethodRecord", "Option",
+           "apply_coefficients", "canonical_spec", "get_method", "merge_coefficients", "method_version",
+           "validate_spec"]

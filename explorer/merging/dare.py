@@ -53,4 +53,4 @@ def dare(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
 
 
 RECORD = MethodRecord("dare", dare, "https://arxiv.org/abs/2311.03099", fields=("keep", "seed"),
-                      dense_at_full_keep=True, keep_count="expected", version=2)  # 2: exact P(kept) below 2^-10
+                      dense_at_full_keep=True, lambdas_only="at_full_keep", keep_count="expected", version=2)  # 2: exact P(kept) below 2^-10

@@ -31,4 +31,5 @@ def magnitude(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
 
 
 RECORD = MethodRecord("magnitude", magnitude, "https://arxiv.org/abs/2306.01708", fields=("keep", "scope"),
-                      dense_at_full_keep=True, keep_count="exact")
+                      dense_at_full_keep=True, lambdas_only="at_full_keep",
+                      keep_count="exact")

@@ -49,6 +49,9 @@ class MethodRecord:
     dense_at_full_keep: bool = False  # keep = 1 turns its mask off, so scope and seed act no more
     keep_count: KeepCount = "at_most"  # coordinates kept per vector at keep < 1: exactly
     # kept_count(n, keep), at most that many, or that many in expectation (random masks)
+    lambdas_only: Literal["never", "always", "at_full_keep"] = "never"  # when its coefficients are the
+    # lambdas themselves, no tau read (task arithmetic always; DARE / magnitude at keep = 1: their
+    # docstrings' "keep=1 is task arithmetic exactly"): the engine then skips building the inputs
     exact_endpoints: bool = True  # alpha = 0 / 1 at keep = 1 give the fine-tunes bit for bit (False:
     # the method reshapes even a single vector, e.g. soft masks or a spectrum; stated in its docstring)
 
@@ -58,22 +61,13 @@ class MethodRecord:
             raise ValueError(f"method {self.name!r}: unknown spec fields {bad}; valid: {SPEC_FIELDS}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
-    def option(self, spec: "MergeSpec", key: str) -> Any:
-        """``spec``'s value of option ``key``, or the record's default.
-
-        Raises:
-            KeyError: ``key`` is not one of this method's options (a bug in the caller).
-        """
-        return spec.option(key, self.options[key].default)
+    def is_lambdas(self, spec: "MergeSpec") -> bool:
+        """Whether ``spec``'s coefficients are its lambdas exactly (``lambdas_only``)."""
+        return self.lambdas_only == "always" or (self.lambdas_only == "at_full_keep" and spec.keep >= 1.0)
 
     def options_at_default(self) -> dict[str, Any]:
         """Every option with a declared default (``None`` ones are resolved elsewhere), by name."""
         return {k: o.default for k, o in self.options.items() if o.default is not None}
-
-    def describe(self) -> str:
-        """First line of the function's docstring (formula and paper link), for UIs and logs."""
-        doc = self.fn.__doc__ or self.name
-        return doc.strip().splitlines()[0]
 
 
 def read_option(spec: "MergeSpec", options: Mapping[str, Option], key: str) -> Any:

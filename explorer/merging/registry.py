@@ -9,8 +9,6 @@ so that ``base`` (the contract every method imports) imports no method back.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +16,7 @@ from torch import Tensor
 from explorer.config import MergeSpec
 
 from . import dare, iso_c, magnitude, pistole, stability, task_arithmetic, ties, tsv_m, variational
-from .base import MergedDelta, MergeInputs, MergeResult, apply_coefficients
+from .base import MergedDelta, MergeInputs, MergeResult
 from .record import SPEC_FIELDS, MethodRecord
 
 _RECORDS: tuple[MethodRecord, ...] = (
@@ -36,24 +34,6 @@ METHODS: dict[str, MethodRecord] = {r.name: r for r in _RECORDS}
 
 
 
-class _RecordView(Mapping):
-    """Read-only, live ``name -> getattr(record, attr)`` over ``METHODS`` (the records are the source)."""
-
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
-
-    def __getitem__(self, name: str) -> Any:
-        return getattr(METHODS[name], self.attr)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(METHODS)
-
-    def __len__(self) -> int:
-        return len(METHODS)
-
-
-METHOD_FIELDS: Mapping[str, tuple[str, ...]] = _RecordView("fields")
-METHOD_VERSIONS: Mapping[str, int] = _RecordView("version")
 _SPEC_DEFAULTS = {"keep": 1.0, "scope": "global", "seed": 0}
 
 
@@ -72,11 +52,6 @@ def get_method(name: str) -> MethodRecord:
 def method_version(name: str) -> int:
     """The method's version (part of its points' store key when > 1)."""
     return get_method(name).version
-
-
-def describe_method(name: str) -> str:
-    """First line of the method's docstring (its formula and paper link), for UIs and logs."""
-    return get_method(name).describe()
 
 
 def validate_spec(spec: MergeSpec) -> MethodRecord:
@@ -143,14 +118,3 @@ def merge_coefficients(inputs: MergeInputs, spec: MergeSpec) -> MergeResult:
             raise RuntimeError(f"method {spec.method!r}: coefficient {i} is {tuple(c.shape)} {c.dtype}, "
                                f"expected {tuple(inputs.taus[i].shape)} float32")
     return coeffs
-
-
-@torch.no_grad()
-def merge_weights(pre: Tensor, fts: Sequence[Tensor], inputs: MergeInputs, spec: MergeSpec,
-                  out: Tensor | None = None) -> Tensor:
-    """Convenience: :func:`merge_coefficients` then :func:`apply_coefficients`.
-
-    Shape:
-        pre, every ft, out: ``(N,)`` float32 on the taus' device.
-    """
-    return apply_coefficients(pre, fts, merge_coefficients(inputs, spec), out=out)

@@ -22,4 +22,4 @@ def task_arithmetic(inputs: MergeInputs, spec: MergeSpec) -> list[Coefficient]:
     return [float(lam) for lam in spec.lambdas]
 
 
-RECORD = MethodRecord("task_arithmetic", task_arithmetic, "https://arxiv.org/abs/2212.04089")
+RECORD = MethodRecord("task_arithmetic", task_arithmetic, "https://arxiv.org/abs/2212.04089", lambdas_only="always")

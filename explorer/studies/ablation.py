@@ -5,9 +5,9 @@
 1. the paper's ablation rows, all as the ``pistole`` method with parts switched off:
    plain weighted addition (``kappa = 0``: vision-tower task arithmetic), + stability masks
    (single-point gradients, no PCI), + masks and PCI, + masks and trajectory, full PISTOLE;
-2. the methods panel: ``pistole``, our ``stability``, ``iso_c``, ``tsv_m`` and the baselines
-   (task arithmetic, which with equal lambdas *is* the mean of the vectors up to the scale, TIES,
-   DARE, magnitude masks).
+2. the methods panel: every registered method (``explorer.merging.METHODS``, task arithmetic first,
+   which with equal lambdas *is* the mean of the vectors up to the scale): the baselines, ours
+   (``stability``, ``variational``) and the seeds' (``pistole``, ``iso_c``, ``tsv_m``).
 
 Each frontier's hypervolume carries a 95% paired-bootstrap interval over the evaluated images
 (:mod:`explorer.stats.bootstrap`), and so does its difference to the first row of its panel (plain
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
+from explorer.merging import METHODS as REGISTRY
 from explorer.merging import get_method
 from explorer.stats.bootstrap import hypervolume_intervals
 
@@ -35,7 +36,7 @@ ABLATION_ROWS: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (
     ("+ masks and trajectory", (("pci_samples", 0),)),
     ("full PISTOLE", ()),
 )
-METHODS = ("task_arithmetic", "ties", "dare", "magnitude", "stability", "iso_c", "tsv_m", "pistole")
+METHODS = tuple(REGISTRY)   # the methods panel: every registered method, in the registry's order
 
 
 def frontier(engine: Any, natural: str, robust: str, method: str, alphas: Sequence[float],

@@ -153,6 +153,23 @@ def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha
     return spec
 
 
+# The row fields that name a plotted setting: points with equal values are drawn on one plot.
+SETTING_FIELDS = ("base", "natural", "robust", "attack", "n", "task", "eval_seed")
+
+
+def setting_ref(base: str, natural: Sequence[str], robust: Sequence[str], attack: AttackSpec,
+                ev: EvalSpec) -> dict[str, Any]:
+    """The ``SETTING_FIELDS`` of a setting, as a row carries them (``setting_of`` compares them)."""
+    return {"base": base, "natural": list(natural), "robust": list(robust), "attack": attack.label,
+            "n": ev.n, "task": ev.task, "eval_seed": ev.seed}
+
+
+def setting_of(row: Mapping[str, Any]) -> tuple:
+    """Rows are comparable (one plot) when their ``SETTING_FIELDS`` agree (a missing seed is 0)."""
+    return tuple(tuple(row.get(k) or ()) if k in ("natural", "robust") else row.get(k, 0 if k == "eval_seed" else None)
+                 for k in SETTING_FIELDS)
+
+
 @dataclass(frozen=True)
 class Selection:
     """What the frontier controls select: the vectors, their merge, the attack and the evaluation."""
@@ -169,10 +186,8 @@ class Selection:
         return [*self.natural, *self.robust]
 
     def ref(self) -> dict[str, Any]:
-        """The row fields that name this setting (``setting_of`` compares them)."""
-        return {"base": self.base, "natural": list(self.natural), "robust": list(self.robust),
-                "attack": self.attack.label, "n": self.eval.n, "task": self.eval.task,
-                "eval_seed": self.eval.seed}
+        """The row fields that name this setting (``setting_ref``)."""
+        return setting_ref(self.base, self.natural, self.robust, self.attack, self.eval)
 
 
 def selection(values: Mapping[str, Any], default_base: str) -> Selection:

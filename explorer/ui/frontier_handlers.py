@@ -20,7 +20,7 @@ from explorer.merging import canonical_spec
 from explorer.viz import plots
 
 from . import common
-from .common import Selection, readable_errors
+from .common import Selection, readable_errors, setting_of
 from .form import Form
 from .guard import session_of, start_job, stop
 from .outputs import Outputs
@@ -32,12 +32,6 @@ SWEEP = Outputs("plot", "table", "rows", "status")
 SHOW_STORED = Outputs("plot", "table", "status")
 FIRST_VIEW = Outputs("plot", "table", "status", "summary", "current")
 LAMBDA_SLIDERS = Outputs("alpha", *(f"lambda_{i}" for i in range(common.MAX_VECTORS)))
-
-
-def setting_of(row: dict) -> tuple:
-    """Rows are comparable (one plot) when base, vectors, attack, n, task and subset agree."""
-    return (row.get("base"), tuple(row.get("natural", ())), tuple(row.get("robust", ())),
-            row.get("attack"), row.get("n"), row.get("task"), row.get("eval_seed", 0))
 
 
 class FrontierHandlers:
@@ -282,5 +276,4 @@ class FrontierHandlers:
 
 def _sweep_ref(spec: SweepSpec) -> dict[str, Any]:
     """The ``Selection.ref`` of a sweep's setting."""
-    return {"base": spec.base, "natural": list(spec.natural), "robust": list(spec.robust),
-            "attack": spec.attack.label, "n": spec.eval.n, "task": spec.eval.task, "eval_seed": spec.eval.seed}
+    return common.setting_ref(spec.base, spec.natural, spec.robust, spec.attack, spec.eval)

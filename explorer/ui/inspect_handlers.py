@@ -14,7 +14,7 @@ import numpy as np
 
 from explorer.app.images import encode_png
 from explorer.app.service import Service
-from explorer.attacks import parse_attack
+from explorer.attacks import ATTACKS, parse_attack
 from explorer.config import MergeSpec
 from explorer.core.cancel import Cancelled, cancel_scope
 from explorer.data import get_task
@@ -32,6 +32,9 @@ MAX_CLASSES = 200    # class names one Inspect may encode
 DISPLAY_SIDE = 192   # on-screen side (px) small images are enlarged to
 FILM_SIDE = 96       # side small images are enlarged to in the filmstrip and transfer panels
 FRAMES = 6           # filmstrip alphas by default (0, 0.2, ..., 1)
+STEPS_SUFFIX = "-K"  # an attack record named ``pgd-K`` takes its step count from the steps box
+# The attack dropdown: every attack record, a stepped one by its kind (``pgd``), in registry order.
+ATTACK_KINDS = [n.removesuffix(STEPS_SUFFIX) for n in ATTACKS]
 MODELS = ("current merge", "natural endpoint", "robust endpoint")   # the three bar plots, in order
 
 # Each event's outputs by name: inspect_tab wires these components, the handlers return these values.
@@ -62,11 +65,11 @@ def display_image(image: np.ndarray, min_side: int = DISPLAY_SIDE) -> tuple[np.n
 
 
 def attack_name(kind: str, steps: float | int | None) -> str:
-    """``pgd`` + steps -> ``pgd-K``; other names as they are."""
-    if kind == "pgd":
+    """A stepped attack's kind + steps -> its name (``pgd`` + 10 -> ``pgd-10``); others as they are."""
+    if f"{kind}{STEPS_SUFFIX}" in ATTACKS:
         if steps is None or int(steps) < 1:
-            raise gr.Error("PGD needs a whole number of steps >= 1")
-        return f"pgd-{int(steps)}"
+            raise gr.Error(f"{kind.upper()} needs a whole number of steps >= 1")
+        return f"{kind}-{int(steps)}"
     return kind
 
 

@@ -11,10 +11,9 @@ from explorer.data import task_names
 from .form import Form
 from .frontier_tab import MERGE
 from .guard import uploaded_image
-from .inspect_handlers import FILMSTRIP, INSPECT, MODELS, TRANSFER, InspectHandlers
+from .inspect_handlers import ATTACK_KINDS, FILMSTRIP, INSPECT, MODELS, TRANSFER, InspectHandlers
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
-ATTACK_KINDS = ["pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack-fast", "none"]
 
 
 def example_images() -> list[str]:
