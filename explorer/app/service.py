@@ -21,9 +21,10 @@ from safetensors.torch import save_file
 from explorer.attacks import find_attack
 from explorer.attacks.stages import STAGES
 from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
-from explorer.core.cancel import Cancelled, check_cancelled
+from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, check_cancelled, current_token
 from explorer.core.device import check_device
 from explorer.core.taskvec import flat_stats
+from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
 from explorer.engine.frontier import Engine
 from explorer.engine.points import sweep_grid
 from explorer.executors import (
@@ -32,6 +33,7 @@ from explorer.executors import (
     PointJob,
     check_executor_options,
     make_executor,
+    run_anytime,
     sweep_jobs,
 )
 from explorer.store import Store
@@ -169,11 +171,15 @@ class Service:
     def sweep(self, spec: SweepSpec) -> Iterator[dict]:
         """Stream the points of a sweep, starting with the pretrained model (all lambdas 0).
 
-        The engine lock is held per point only, so other sessions interleave between points. On
-        Ray, points are history-free and come back as they finish (any order). A set cancel
+        Under a reported-tier attack (AutoAttack, APGD) this is ``anytime_sweep``: rows after every
+        chunk, partial ones ``final=False``. The engine lock is held per point only (per chunk when
+        anytime), so other sessions interleave. On Ray, points are history-free and come back as they finish (any order). A set cancel
         token ends the stream (iterate with ``cancel.scoped(token, ...)`` from a handler whose
         steps run in different threads); finished points are in the store.
         """
+        if find_attack(spec.attack.name).tier == "reported":   # AutoAttack / APGD: coarse first
+            yield from self.anytime_sweep(spec)
+            return
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
         if self.executor_kind == "ray":
@@ -192,6 +198,34 @@ class Service:
             if row is None:
                 return
             yield row
+
+    def anytime_sweep(self, spec: SweepSpec, *, rule: StopRule = NO_RULE, first: int = FIRST_CHUNK,
+                      token: CancelToken | None = None) -> Iterator[dict]:
+        """The sweep's points (the pretrained model first) grown coarse first: a contract row after
+        every chunk (``n_done`` of ``n``, ``final``, accuracies and Wilson intervals over the images
+        done; the same ``key`` each time a point grows: replace by key).
+
+        The engine lock is held per chunk only, so sliders and other sessions interleave; ``token``
+        (or the caller's cancel scope) stops it between or inside chunks, every finished image
+        kept. On Ray, whole points come back as they finish (every row final; see
+        ``executors.run_anytime``).
+        """
+        n_vec = len(spec.natural) + len(spec.robust)
+        pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
+        jobs = [PointJob(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval), *sweep_jobs(spec)]
+        token = token if token is not None else current_token()
+        gen = run_anytime(self.executor(spec.base), jobs, rule=rule, first=first)
+        try:
+            while True:
+                with self.lock(spec.base), cancel_scope(token):
+                    item = next(gen, None)
+                if item is None:
+                    return
+                yield item[1]
+        except Cancelled:
+            log.info("anytime sweep stopped; every finished image is in the store")
+        finally:
+            gen.close()
 
     def background_sweep(self, spec: SweepSpec) -> BackgroundSweep:
         """The sweep ``spec`` computed in a background thread, started on the first call and

@@ -93,8 +93,14 @@ def point_line(p: dict) -> str:
         lam = ", ".join(f"{v:g}" for v in p["lambdas"])
         return f"{p['method']}{alpha} keep={p['keep']:g} lambdas=({lam}): FAILED, no accuracy: {p['error']}"
     return (f"{p['method']}{alpha} keep={p['keep']:g}: clean={p['clean_acc']:.3f} {fmt_ci(p.get('clean_ci'))} "
-            f"robust={p['robust_acc']:.3f} {fmt_ci(p.get('robust_ci'))} [{p['attack']}, n={p['n']}]"
+            f"robust={p['robust_acc']:.3f} {fmt_ci(p.get('robust_ci'))} [{p['attack']}, n={_n(p)}]"
             f"{' (cached)' if p['cached'] else ''}{_scores_cost(p.get('prep_cost'))}")
+
+
+def _n(p: dict) -> str:
+    """``256``, or ``48/256 partial`` for a point cut short (its numbers are over 48 images)."""
+    done = p.get("n_done", p["n"])
+    return str(p["n"]) if done == p["n"] else f"{done}/{p['n']} partial"
 
 
 def _scores_cost(cost: dict | None) -> str:

@@ -1,12 +1,20 @@
-"""``python -m explorer sweep``: the clean vs robust frontier of merged models, as JSON points."""
+"""``python -m explorer sweep``: the clean vs robust frontier of merged models, as JSON points.
+
+Under an AutoAttack-tier attack (or with ``--stream``, ``--until-ci``, ``--budget-s``) the sweep is
+anytime (``explorer.engine.anytime``): every point gets its first images before any is refined,
+each point is printed (``--stream``: one JSON line on stdout) every time it grows, and a point cut
+short by a stop rule stays ``final: false``, its numbers over its ``n_done`` images.
+"""
 from __future__ import annotations
 
 import argparse
 
+from explorer.attacks import find_attack
 from explorer.config import SweepSpec, parse_alphas, parse_options
 from explorer.executors import sweep_jobs
 from explorer.merging import METHODS
 
+from .anytime import add_anytime_flags, run_anytime_sweep, wants_anytime
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"
@@ -28,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also try adversarial examples found at earlier points (faster; the numbers then "
                         "depend on what ran before: labelled '+reuse' and stored apart; local executor only)")
     add_executor_flags(p)
+    add_anytime_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.reuse and args.executor != "local":
         raise ValueError("--reuse needs the local executor: Ray actors run every point history-free")
     jobs, done = sweep_jobs(spec), {}
+    if wants_anytime(args, find_attack(attack.name).tier):
+        if args.reuse:
+            raise ValueError("--reuse does not combine with an anytime sweep (its points are history-free)")
+        return run_anytime_sweep(service, base, jobs, args)
     try:
         for i, row in service.executor(base).run(jobs, use_bank=args.reuse, progress=True):
             done[i] = row

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Executor, ExecutorError, Outbox, PointJob, run_in_order, run_sweep, sweep_jobs
+from .base import Executor, ExecutorError, Outbox, PointJob, run_anytime, run_in_order, run_sweep, sweep_jobs
 from .local import LocalExecutor
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 EXECUTORS = ("local", "ray")
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "PointJob", "check_executor_options",
-           "make_executor", "run_in_order", "run_sweep", "sweep_jobs"]
+           "make_executor", "run_anytime", "run_in_order", "run_sweep", "sweep_jobs"]
 
 
 def check_executor_options(kind: str, address: str | None = None, workers: int | None = None) -> None:

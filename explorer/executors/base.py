@@ -8,11 +8,14 @@ worker ran it or what that worker ran before.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.core.cancel import Cancelled, CancelToken, current_token, scoped
+from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
 from explorer.engine.points import sweep_grid
 from explorer.zoo import Manifest
 
@@ -83,6 +86,33 @@ def run_sweep(executor: Executor, spec: SweepSpec, *, use_bank: bool = False,
         if on_point is not None:
             on_point(row)
         yield row
+
+
+def run_anytime(executor: Executor, jobs: Sequence[PointJob], *, rule: StopRule = NO_RULE,
+                first: int = FIRST_CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, row)`` of the jobs' points as they grow (anytime sweep, coarse first).
+
+    An executor with an ``anytime`` method (the local one) grows every point round-robin, chunk by
+    chunk (``explorer.engine.anytime``). Others (Ray) run whole points as they always did: every
+    row is final, ``rule.until_ci`` cannot cut a point short, ``rule.budget_s`` and the cancel
+    token stop the run between and inside points (the points in flight are abandoned).
+    """
+    anytime = getattr(executor, "anytime", None)
+    if anytime is not None:
+        yield from anytime(jobs, rule=rule, first=first)
+        return
+    t0, outer = time.perf_counter(), current_token()
+
+    def stop() -> bool:
+        over = rule.budget_s is not None and time.perf_counter() - t0 > rule.budget_s
+        return over or (outer is not None and outer.cancelled)
+    try:
+        for i, row in scoped(CancelToken(also=stop), executor.run(jobs)):
+            yield i, {**row, "elapsed": round(time.perf_counter() - t0, 3)}
+    except Cancelled:
+        if outer is not None and outer.cancelled:
+            raise
+        log.info("budget of %.1f s spent; the points in flight are abandoned", rule.budget_s)
 
 
 def run_in_order(executor: Executor, jobs: Sequence[PointJob], **kwargs: Any) -> list[dict[str, Any]]:

@@ -9,8 +9,10 @@ from tqdm.auto import tqdm
 
 from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.finite import InvalidPointError
+from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule, anytime_sweep
 from explorer.engine.frontier import Engine
 from explorer.engine.points import failed_row
+from explorer.engine.runner import point_specs
 from explorer.merging import canonical_spec
 from explorer.zoo import Manifest
 
@@ -56,6 +58,13 @@ class LocalExecutor:
                 row = failed_row(exc, canonical_spec(job.spec), job.attack, job.eval, job.natural, job.robust,
                                  self.engine.base)
             yield i, row
+
+    def anytime(self, jobs: Sequence[PointJob], *, rule: StopRule = NO_RULE,
+                first: int = FIRST_CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Round-robin growth of the jobs' points (``engine.anytime.anytime_sweep``): ``(index, row)``
+        after every chunk, partial rows ``final=False``; runs under the caller's cancel scope."""
+        yield from anytime_sweep(self.engine.runner, point_specs(jobs), rule=rule, first=first,
+                                 sweep=jobs[0].sweep if jobs else None)
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller."""
