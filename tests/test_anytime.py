@@ -157,3 +157,18 @@ def test_service_anytime_sweep_yields_contract_rows_and_frees_the_lock_between_c
     other = SweepSpec(**{**spec.__dict__, "alphas": (0.5,)})
     stopped = list(service.anytime_sweep(other, token=token))   # Stop before the first chunk: only what
     assert [(r["lambdas"], r["cached"]) for r in stopped] == [([0.0, 0.0], True)]   # the store has (pretrained)
+
+
+def test_bench_under_a_reported_attack_prints_a_to_d_and_the_ratios_last(tiny_zoo, capsys):
+    assert main(["bench", "--manifest", str(tiny_zoo), "--attack", "apgd-ce", "--n", "48", "--points", "2",
+                 "--first", "16", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    a = float(next(line for line in lines if line.startswith("(a) every point has >= 16 images")).split()[-2])
+    b = float(next(line for line in lines if line.startswith("(b) the full n=48 frontier")).split()[-2])
+    c_line = next(line for line in lines if line.startswith("(c) fwd+bwd floor"))
+    d = float(next(line for line in lines if line.startswith("(d) the same 2 points")).split()[-2])
+    assert 0 < a <= b and d > 0 and int(c_line.split(":")[1].split()[0]) > 0
+    assert len([line for line in lines if line.startswith("    alpha=")]) == 2   # both points complete
+    da, bc = lines[-1].split("; ")
+    assert da.startswith("(d)/(a) = ") and da.endswith("(target >= 8)") and float(da.split()[2]) > 0
+    assert bc.startswith("(b)/(c) = ") and float(bc.split()[2]) > 0

@@ -7,7 +7,7 @@ from explorer.config import parse_alphas
 
 from .common import add_eval_flags, add_executor_flags, resolve_specs
 
-HELP = "engine vs plain per-model path on the same sweep"
+HELP = "engine vs plain per-model path on the same sweep (AutoAttack: the anytime frontier's timings)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixture", default=None,
                    help="--scale: folder of the fixture (built there if absent; default: a temp folder)")
     p.add_argument("--no-plain", action="store_true", help="--scale: skip the plain path")
+    p.add_argument("--first", type=int, default=16, metavar="K",
+                   help="reported-tier attacks (autoattack-fast, apgd-*): images per point in the anytime "
+                        "sweep's first round, and the n of the one-by-one plain path (d)")
     p.add_argument("--repeat", type=int, default=1,
                    help="with --executor ray: run local and Ray this many times each, in turns (medians)")
     add_executor_flags(p)    # --executor ray: local engine (1 thread) vs Ray actors, `ray speedup: X`
@@ -38,6 +41,15 @@ def run(args: argparse.Namespace) -> int:
     alphas = parse_alphas(f"0:1:{args.points}")
     if args.executor != "local" or args.ray_address or args.workers:
         return run_ray(args, manifest, nat, rob, attack, ev, alphas)
+    from explorer.attacks import find_attack
+    if find_attack(attack.name).tier == "reported":
+        from explorer.studies.anytime_bench import report_lines, run_anytime_bench
+        if args.first < 1:
+            raise ValueError(f"--first must be >= 1 image, got {args.first}")
+        r = run_anytime_bench(manifest, nat, rob, attack, ev, alphas, args.device, first=args.first,
+                              plain=find_attack(attack.name).plain is not None)
+        print("\n".join(report_lines(r)))
+        return 0
     r = run_bench(manifest, nat, rob, attack, ev, alphas, args.device)
     print(f"device: {r['device']}  model: {r['params'] / 1e6:.2f}M params  sweep: {nat} -> {rob}, "
           f"{r['points']} points, {r['attack']}, n={r['n']}, task={ev.task}")
