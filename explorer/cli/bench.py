@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         from explorer.studies.anytime_bench import report_lines, run_anytime_bench
         if args.first < 1:
             raise ValueError(f"--first must be >= 1 image, got {args.first}")
-        r = run_anytime_bench(manifest, nat, rob, attack, ev, alphas, args.device, first=args.first,
-                              plain=find_attack(attack.name).plain is not None)
+        r = run_anytime_bench(manifest, nat, rob, attack, ev, alphas, args.device, first=args.first)
         print("\n".join(report_lines(r)))
         return 0
     r = run_bench(manifest, nat, rob, attack, ev, alphas, args.device)

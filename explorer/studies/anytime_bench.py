@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
+from explorer.attacks import find_attack
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
 from explorer.engine.anytime import FIRST_CHUNK, anytime_sweep
 from explorer.engine.frontier import Engine
 from explorer.engine.runner import PointSpec
 from explorer.zoo import Manifest
 
-from .bench import plain_point, step_seconds
+from .bench import plain_point, step_seconds, torchattacks_attack
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def run_anytime_bench(manifest: Manifest, natural: str, robust: str, attack: Att
     Raises:
         ValueError: the attack has no plain path (``autoattack``) while ``plain`` is True.
     """
+    if plain and find_attack(attack.name).plain is None:   # refused before any work (autoattack)
+        torchattacks_attack(None, attack, 0)   # raises the one-line ValueError naming what bench supports
     engine = Engine(manifest, device=device, store=None)
     points = [PointSpec((natural,), (robust,), MergeSpec.from_alpha(a), attack, ev) for a in alphas]
     net = engine.attack_model(ev.task) or engine.classifier(ev.task)
