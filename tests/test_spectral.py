@@ -117,3 +117,67 @@ def test_negative_lambda_negates():
     pos = sp.spectral_delta(taus, [0.5, 0.5], segs, SHAPES, NAMES, "tsv_m")
     neg = sp.spectral_delta(taus, [-0.5, -0.5], segs, SHAPES, NAMES, "tsv_m")
     assert torch.allclose(pos, -neg, atol=1e-6)
+
+
+def _scaled_tsv(taus, lambdas, segs):
+    """TSV-M as it was before the cache (SVDs of the scaled matrices): the reference formula."""
+    live = [(lam, t) for lam, t in zip(lambdas, taus) if lam != 0]
+    t_eff = sp.effective_count([lam for lam, _ in live])
+    out = torch.zeros_like(taus[0])
+    for (a, b), shape, name in zip(segs, SHAPES, NAMES):
+        mn = sp.matrix_shape(name, shape)
+        if mn is None or min(mn) < len(live):
+            for lam, t in live:
+                out[a:b].add_(t[a:b], alpha=lam)
+            continue
+        us, ss, vs = [], [], []
+        for lam, t in live:
+            u, s, vh = torch.linalg.svd((t[a:b].view(mn) * (t_eff * lam)).double(), full_matrices=False)
+            k = min(mn) // len(live)
+            us.append(u[:, :k]), ss.append(s[:k]), vs.append(vh[:k].t())
+        u, s, v = sp.polar(torch.cat(us, 1)), torch.cat(ss), sp.polar(torch.cat(vs, 1))
+        out[a:b] = ((u * s) @ v.t()).float().reshape(-1)
+    return out
+
+
+@pytest.mark.parametrize("op", ["iso_c", "tsv_m"])
+def test_cached_decompositions_give_the_uncached_merge_bit_for_bit(op):
+    segs, _ = _layout()
+    taus = _taus(2, seed=5)
+    cache = sp.FactorCache(1 << 26)
+    grid = [(1.0, 0.0), (0.8, 0.2), (0.5, 0.5), (0.2, 0.8), (0.0, 1.0), (0.7, -0.3), (0.5, 0.5)]
+    for lambdas in grid:
+        plain = sp.spectral_delta(taus, lambdas, segs, SHAPES, NAMES, op, cache=None)
+        cached = sp.spectral_delta(taus, lambdas, segs, SHAPES, NAMES, op, cache=cache)
+        assert torch.equal(plain, cached), lambdas
+    matrices = sum(sp.matrix_shape(n, s) is not None for n, s in zip(NAMES, SHAPES))
+    assert matrices == 3 and cache.hits + cache.misses == len(grid) * matrices
+    if op == "tsv_m":   # factors once per set of live vectors: alpha = 0, alpha = 1, and both
+        assert cache.misses == 3 * matrices
+    else:               # Iso-C: one SVD per distinct merge; the repeated (0.5, 0.5) is all hits
+        assert cache.misses == (len(grid) - 1) * matrices
+    # Another set of vectors (different contents) is another key, never a stale hit.
+    other = _taus(2, seed=6)
+    assert torch.equal(sp.spectral_delta(other, (0.5, 0.5), segs, SHAPES, NAMES, op, cache=cache),
+                       sp.spectral_delta(other, (0.5, 0.5), segs, SHAPES, NAMES, op, cache=None))
+
+
+def test_tsv_m_from_unscaled_factors_is_the_scaled_formula():
+    """svd(c tau) = U (|c| S) (sign(c) V)^T and polar(V D) = polar(V) D: the same merge, to rounding."""
+    segs, _ = _layout()
+    taus = _taus(3, seed=2)
+    for lambdas in [(0.2, 0.3, 0.5), (0.6, -0.3, 0.1), (0.0, 0.4, 0.6)]:
+        ours = sp.spectral_delta(taus, lambdas, segs, SHAPES, NAMES, "tsv_m", cache=None)
+        assert torch.allclose(ours, _scaled_tsv(taus, lambdas, segs), rtol=1e-5, atol=1e-6)
+
+
+def test_factor_cache_is_bounded_and_drops_the_least_recently_used():
+    cache = sp.FactorCache(max_bytes=3 * 400)   # three 100-float32 entries
+    make = lambda v: (lambda: (torch.full((100,), float(v)),))  # noqa: E731
+    for key in "abc":
+        cache.get((key,), make(key == "a"))
+    cache.get(("a",), make(9))                   # a is now the most recent
+    cache.get(("d",), make(4))                   # evicts b
+    assert cache.nbytes == 1200 and cache.get(("a",), make(9))[0][0] == 1.0
+    assert cache.get(("b",), make(7))[0][0] == 7.0 and cache.misses == 5 and cache.hits == 2
+    assert cache.get(("big",), lambda: (torch.zeros(1000),))[0].numel() == 1000 and cache.nbytes <= 1200

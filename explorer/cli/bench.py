@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  forward+backward alone: {r['step_seconds'] * 1e3:.3f} ms per image (batch {r['step_batch']}, "
               f"measured after the sweep) -> floor {floor_s:.2f} s; plain path / floor = "
               f"{r['plain_seconds'] / floor_s:.2f}x")
+    for method, secs in r["spectral_merge_seconds"].items():   # the decomposition cache at work
+        if secs:
+            later = f"{sum(secs[1:]) / len(secs[1:]):.3f} s" if len(secs) > 1 else "n/a"
+            print(f"{method} merge: first point {secs[0]:.3f} s, later points {later} (mean of {len(secs) - 1}; "
+                  "decompositions cached per set of vectors)")
     print(f"speedup ratio: {r['speedup']:.2f}")
     return 0
 

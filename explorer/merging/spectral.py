@@ -36,10 +36,23 @@ Our choices where the sources are silent (they merge T equally weighted ViT task
   (floor(r/T) = 0 would keep nothing). ``conv = "average"`` averages conv kernels too.
 - Both operate on all tensors of the vectors (text tower included where a vector has one).
 - Deterministic (``seed`` unused): SVD signs do not matter, the products are sign-invariant.
+
+Decompositions are cached (``CACHE``, bounded bytes, least recently used dropped first), keyed by
+the vectors' content digests. TSV-M decomposes each *unscaled* ``tau_i`` and scales after:
+``svd(c tau) = U (|c| S) (sign(c) V)^T`` and ``polar(V D) = polar(V) D`` for a diagonal sign
+matrix D, so ``TSV(c_1 tau_1 .. c_T tau_T) = polar(U) diag(c_i S_i) polar(V)^T`` with the polar
+factors computed once per (vectors, matrix, k): a sweep over alpha pays them once per T (at the
+endpoints and once inside). Iso-C's SVD is of the alpha-dependent sum ``sum_i c_i tau_i``, which
+no factorisation of the parts gives: its cache holds merged matrices per (vectors, lambdas), so
+the same merge again (the live preview then its refinement, Inspect's three tabs) costs nothing,
+and a sweep over alpha pays every point.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -48,6 +61,7 @@ ISO_C_PAPER = "https://arxiv.org/abs/2502.04959"
 TSV_M_PAPER = "https://arxiv.org/abs/2412.00081"
 EMBEDDINGS = ("positional_embedding", "token_embedding", "class_embedding")
 CONV_MODES = ("matrix", "average")
+SPECTRAL_METHODS = ("iso_c", "tsv_m")   # the registered methods built on this module (bench times them)
 
 
 def matrix_shape(name: str, shape: Sequence[int], conv: str = "matrix") -> tuple[int, int] | None:
@@ -86,12 +100,66 @@ def polar(a: Tensor) -> Tensor:
     return p @ qh
 
 
-@torch.no_grad()
-def tsv_matrix(mats: Sequence[Tensor]) -> Tensor:
-    """TSV-M of one matrix of T task vectors: top ``floor(r/T)`` components each, re-orthogonalised.
+class FactorCache:
+    """Tensors by key, at most ``max_bytes`` in all; the least recently used dropped first.
 
-    Shape:
-        each ``(a, b)``; returns ``(a, b)`` float32 of rank <= ``T * floor(min(a, b) / T)``.
+    Thread-safe (one lock); a value larger than the budget is computed and not kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[Tensor, ...]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, compute: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        value = compute()
+        size = sum(t.numel() * t.element_size() for t in value)
+        with self._lock:
+            if size <= self.max_bytes and key not in self._items:
+                self._items[key] = value
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= sum(t.numel() * t.element_size() for t in old)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+CACHE = FactorCache(1 << 30)   # 1 GiB of decompositions (ViT-B/32's TSV-M factors of 2 vectors: ~0.7 GiB)
+
+
+def content_digest(t: Tensor) -> str:
+    """sha256 (16 hex) of a tensor's bytes, with its dtype, shape and device: the cache's key."""
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|{t.device}".encode())
+    flat = t.detach().reshape(-1)
+    for i in range(0, flat.numel(), 1 << 24):
+        h.update(memoryview(flat[i:i + (1 << 24)].cpu().contiguous().numpy()))
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def tsv_factors(mats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(polar(U), S, polar(V))`` of TSV-M for the unscaled matrices (float64): ``U``/``V`` the
+    top ``k = floor(r / T)`` singular vectors of each, side by side; ``S`` their singular values.
+
+    Shape: each ``(a, b)``; returns ``(a, T k)``, ``(T k,)``, ``(b, T k)``.
 
     Raises:
         ValueError: ``floor(min(a, b) / T) == 0`` (the caller averages such tensors instead).
@@ -106,8 +174,28 @@ def tsv_matrix(mats: Sequence[Tensor]) -> Tensor:
         us.append(u[:, :k])
         ss.append(s[:k])
         vs.append(vh[:k].t())
-    u, s, v = polar(torch.cat(us, 1)), torch.cat(ss), polar(torch.cat(vs, 1))
-    return ((u * s) @ v.t()).to(torch.float32)
+    return polar(torch.cat(us, 1)), torch.cat(ss), polar(torch.cat(vs, 1))
+
+
+def tsv_from_factors(factors: tuple[Tensor, Tensor, Tensor], scales: Sequence[float]) -> Tensor:
+    """TSV-M of ``scales[i] * mats[i]`` from :func:`tsv_factors` of the ``mats``: ``(a, b)`` float32."""
+    u, s, v = factors
+    k = s.numel() // len(scales)
+    c = torch.tensor([float(x) for x in scales], dtype=s.dtype, device=s.device).repeat_interleave(k)
+    return ((u * (s * c)) @ v.t()).to(torch.float32)
+
+
+@torch.no_grad()
+def tsv_matrix(mats: Sequence[Tensor]) -> Tensor:
+    """TSV-M of one matrix of T task vectors: top ``floor(r/T)`` components each, re-orthogonalised.
+
+    Shape:
+        each ``(a, b)``; returns ``(a, b)`` float32 of rank <= ``T * floor(min(a, b) / T)``.
+
+    Raises:
+        ValueError: ``floor(min(a, b) / T) == 0`` (the caller averages such tensors instead).
+    """
+    return tsv_from_factors(tsv_factors(mats), [1.0] * len(mats))
 
 
 def effective_count(lambdas: Sequence[float]) -> float:
@@ -119,13 +207,15 @@ def effective_count(lambdas: Sequence[float]) -> float:
 @torch.no_grad()
 def spectral_delta(taus: Sequence[Tensor], lambdas: Sequence[float], segments: Sequence[tuple[int, int]],
                    shapes: Sequence[Sequence[int]], names: Sequence[str], operator: str,
-                   conv: str = "matrix") -> Tensor:
+                   conv: str = "matrix", cache: FactorCache | None = CACHE) -> Tensor:
     """``tau_merged`` of Iso-C (``operator="iso_c"``) or TSV-M (``"tsv_m"``) under our lambdas.
 
     Args:
         taus: flat task vectors, each ``(N,)`` float32.
         lambdas: one coefficient per vector (module docstring: how they weigh and scale).
         segments, shapes, names: the layout of the flat vectors, one entry per tensor.
+        cache: where decompositions are kept (module docstring); None computes every one.
+            Results are the same bit for bit either way.
 
     Returns:
         ``(N,)`` float32 delta; ``theta = theta_0 + delta``. Exactly zero when all lambdas are 0.
@@ -139,6 +229,7 @@ def spectral_delta(taus: Sequence[Tensor], lambdas: Sequence[float], segments: S
     if not live:
         return out
     t_eff = effective_count([lam for lam, _ in live])
+    digests = tuple(content_digest(t) for _, t in live) if cache is not None else ()
     for (a, b), shape, name in zip(segments, shapes, names):
         mn = matrix_shape(name, shape, conv)
         if mn is not None and operator == "tsv_m" and min(mn) < len(live):
@@ -147,7 +238,16 @@ def spectral_delta(taus: Sequence[Tensor], lambdas: Sequence[float], segments: S
             for lam, t in live:
                 out[a:b].add_(t[a:b], alpha=lam)
             continue
-        mats = [t[a:b].view(mn) * (t_eff * lam) for lam, t in live]
-        merged = iso_c_matrix(sum(mats)) if operator == "iso_c" else tsv_matrix(mats)
+        scales = [t_eff * lam for lam, _ in live]
+        if operator == "iso_c":
+            def iso(a=a, b=b, mn=mn, scales=scales) -> tuple[Tensor, ...]:
+                return (iso_c_matrix(sum(t[a:b].view(mn) * c for c, (_, t) in zip(scales, live))),)
+            key = ("iso_c", digests, tuple(scales), a, b, mn)
+            (merged,) = iso() if cache is None else cache.get(key, iso)
+        else:
+            def factors(a=a, b=b, mn=mn) -> tuple[Tensor, ...]:
+                return tsv_factors([t[a:b].view(mn) for _, t in live])
+            key = ("tsv_m", digests, a, b, mn)
+            merged = tsv_from_factors(factors() if cache is None else cache.get(key, factors), scales)
         out[a:b] = merged.reshape(-1)
     return out

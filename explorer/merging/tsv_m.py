@@ -33,4 +33,5 @@ def tsv_m(inputs: MergeInputs, spec: MergeSpec) -> MergedDelta:
                                       inputs.names, "tsv_m", conv=str(read_option(spec, OPTIONS, "conv"))))
 
 
-RECORD = MethodRecord("tsv_m", tsv_m, TSV_M_PAPER, fields=(), options=OPTIONS, exact_endpoints=False)
+RECORD = MethodRecord("tsv_m", tsv_m, TSV_M_PAPER, fields=(), options=OPTIONS, exact_endpoints=False,
+                      version=2)  # 2: SVDs of the unscaled tau_i, scaled after (cacheable; rounding differs)

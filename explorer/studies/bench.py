@@ -104,6 +104,24 @@ def step_seconds(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: 
     return (time.perf_counter() - t) / (reps * batch)
 
 
+def spectral_merge_seconds(engine: Engine, natural: str, robust: str,
+                           alphas: Sequence[float]) -> dict[str, list[float]]:
+    """Seconds of each merge of the spectral methods over the interior ``alphas`` (0 < alpha < 1:
+    one set of live vectors), the decomposition cache (``merging.spectral.CACHE``) emptied
+    first: the first merge pays the SVDs, the later ones what the cache leaves."""
+    from explorer.merging.spectral import CACHE, SPECTRAL_METHODS
+
+    out: dict[str, list[float]] = {}
+    for method in SPECTRAL_METHODS:
+        CACHE.clear()
+        out[method] = []
+        for a in (a for a in alphas if 0.0 < a < 1.0):
+            t0 = time.perf_counter()
+            engine.merge([natural, robust], MergeSpec.from_alpha(a, method=method))
+            out[method].append(time.perf_counter() - t0)
+    return out
+
+
 def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec, ev: EvalSpec,
               alphas: Sequence[float], device: str | None = None) -> dict:
     """Time the plain path and the engine on the same sweep; returns both and the ratio.
@@ -140,10 +158,11 @@ def run_bench(manifest: Manifest, natural: str, robust: str, attack: AttackSpec,
     k = pgd_steps(attack.name)
     batch = max(1, round(rows[0] / max(calls[0], 1)))
     step_s = step_seconds(net, *engine.eval_data(ev), batch)
+    spectral = spectral_merge_seconds(engine, natural, robust, alphas)
     return {"device": str(engine.device), "params": engine.layout.numel, "points": len(alphas),
             "attack": attack.label, "n": ev.n, "plain_seconds": plain_s, "engine_seconds": engine_s,
             "plain_robust": mean(plain_rows), "engine_robust": mean(engine_rows),
             "plain_rows": plain_rows, "engine_rows": engine_rows, "speedup": plain_s / engine_s,
             "image_steps": rows[0], "attack_seconds": sum(r["attack_seconds"] for r in engine_rows),
-            "step_seconds": step_s, "step_batch": batch,
+            "step_seconds": step_s, "step_batch": batch, "spectral_merge_seconds": spectral,
             "floor_steps": None if k is None else sum(round(r["robust_acc"] * r["n"]) * k for r in engine_rows)}
