@@ -6,6 +6,7 @@ import re
 import plotly.graph_objects as go
 import pytest
 
+from explorer.stats.hypervolume import pareto_indices
 from explorer.viz import plots
 
 ATTACK = "pgd-10 Linf eps=4/255"
@@ -61,8 +62,8 @@ def test_frontier_one_trace_per_method_and_endpoints(rows: list[dict]) -> None:
 def test_pareto_front_hand_case() -> None:
     pts = [(0.9, 0.1), (0.8, 0.3), (0.7, 0.2), (0.5, 0.6), (0.5, 0.5), (0.2, 0.6), (0.9, 0.05)]
     # (0.7,0.2) is beaten by (0.8,0.3); (0.5,0.5) by (0.5,0.6); (0.2,0.6) by (0.5,0.6); (0.9,0.05) by (0.9,0.1)
-    assert plots.pareto_front(pts) == [3, 1, 0]
-    assert plots.pareto_front([]) == []
+    assert pareto_indices(pts) == [3, 1, 0]
+    assert pareto_indices([]) == [] and pareto_indices([(0.5, 0.5), (0.5, 0.5)]) == [0]   # the first of equals
 
 
 def test_pareto_trace_in_figure(rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ import sys
 from types import ModuleType
 
 from explorer.core.device import check_device
+from explorer.core.errors import message_of
 from explorer.executors.base import ExecutorError
 
 from . import ablation, bench, compare, convert, evaluate, serve, sweep, zoo
@@ -49,8 +50,7 @@ def first_paragraph(doc: str) -> str:
 
 def error_line(exc: BaseException) -> str:
     """``exc`` as one line (a KeyError's message without the quotes ``str`` adds)."""
-    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    text = " ".join(str(msg).split()) or type(exc).__name__
+    text = " ".join(message_of(exc).split()) or type(exc).__name__
     return f"error: {text}"
 
 

@@ -7,20 +7,29 @@ their staircase, and a frontier that bends outward adds area.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+
+def pareto_indices(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points (maximising both coordinates), by the first ascending.
+
+    Of equal points the first given is kept; a point equal to another in one coordinate and lower
+    in the other is dominated. The one Pareto implementation (plots draw by index, this module
+    measures by value).
+    """
+    order = sorted(range(len(points)), key=lambda i: (-float(points[i][0]), -float(points[i][1])))
+    front: list[int] = []
+    for i in order:
+        if not front or float(points[i][1]) > float(points[front[-1]][1]):
+            front.append(i)
+    return front[::-1]
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated points (maximising both coordinates), sorted by the first ascending.
-
-    Duplicates collapse to one point; a point equal to another in one coordinate and lower in the
-    other is dominated.
-    """
-    front: list[tuple[float, float]] = []
-    for x, y in sorted({(float(x), float(y)) for x, y in points}, key=lambda p: (-p[0], -p[1])):
-        if not front or y > front[-1][1]:
-            front.append((x, y))
-    return front[::-1]
+    """Non-dominated points (maximising both coordinates), sorted by the first ascending; duplicates
+    collapse to one point (``pareto_indices``)."""
+    pts = [(float(x), float(y)) for x, y in points]
+    return [pts[i] for i in pareto_indices(pts)]
 
 
 def hypervolume(points: Iterable[tuple[float, float]], ref: tuple[float, float] = (0.0, 0.0)) -> float:

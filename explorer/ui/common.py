@@ -17,6 +17,7 @@ import pandas as pd
 
 from explorer.attacks import ATTACK_NAMES, parse_attack
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
+from explorer.core.errors import message_of
 from explorer.merging import validate_spec
 from explorer.stats.intervals import fmt_ci
 from explorer.viz import partial, plots
@@ -90,8 +91,7 @@ def readable_errors(fn: Callable) -> Callable:
         if isinstance(exc, gr.Error):
             return user_error(exc.message, fn.__name__)
         if isinstance(exc, (ValueError, KeyError)):
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            return user_error(msg, fn.__name__)
+            return user_error(message_of(exc), fn.__name__)
         log.exception("handler %s failed", fn.__name__)
         return gr.Error(INTERNAL_ERROR, print_exception=False)   # its traceback is logged just above
 

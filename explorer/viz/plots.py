@@ -14,6 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from explorer.stats.hypervolume import pareto_indices
 from explorer.stats.intervals import fmt_ci
 
 from . import partial
@@ -136,17 +137,6 @@ def hover_text(row: Row) -> str:
     ])
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (higher is better), by x."""
-    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
-    front, best_y = [], float("-inf")
-    for i in order:
-        if points[i][1] > best_y:
-            front.append(i)
-            best_y = points[i][1]
-    return sorted(front, key=lambda i: points[i][0])
-
-
 def curve_name(row: Row) -> str:
     """Legend name of the curve a row belongs to: the method, plus keep when sparsified."""
     keep = float(row.get("keep", 1.0))
@@ -204,7 +194,7 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
     if manual:
         fig.add_trace(_scatter(manual, name="advanced (λ per vector)", mode="markers", symbol="x",
                                marker=dict(size=9, color="#7f7f7f")))
-    front = [rows[i] for i in pareto_front([(r["clean_acc"], r["robust_acc"]) for r in rows])]
+    front = [rows[i] for i in pareto_indices([(r["clean_acc"], r["robust_acc"]) for r in rows])]
     if len(front) > 1:
         name = "Pareto front (partial)" if partial.any_partial(rows) else "Pareto front"
         fig.add_trace(_scatter(front, errors=False, name=name, mode="lines", hoverinfo="skip",
