@@ -180,3 +180,60 @@ def image_to_tensor(image: np.ndarray, max_side: int = 224) -> torch.Tensor:
 def tensor_to_image(x: torch.Tensor) -> np.ndarray:
     """``[1, 3, H, W]`` in [0, 1] -> HxWx3 uint8."""
     return x[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+
+
+# ------------------------------------------------------------------ input forms
+# A zoo trained on one kind of picture declares, in its manifest's [defaults] ``input``, how an
+# upload is brought to that kind before the model sees it. "as-is" keeps the image.
+
+FASHION_SIDE = 28
+
+
+def fashion_mnist_form(image: np.ndarray) -> np.ndarray:
+    """An RGB photo as a Fashion-MNIST image: HxWx3 uint8 -> 28x28x3 uint8 (grey in all three).
+
+    Follows the dataset's own conversion (Xiao et al. 2017, README "Fashion-MNIST"): grey levels,
+    the product as a light silhouette on black, trimmed to its extent, longest side resized to
+    28 px, centred on a 28x28 canvas. Here: grey = ITU-R 601 luma; the background level is the
+    median of the border pixels, and a light one (> 127) means a product photo on white, so the
+    grey levels are negated; the background level is then mapped to 0 (``(g - bg) * 255 /
+    (255 - bg)``); the trim box holds the pixels above 10% of the brightest. A 28x28 image with a
+    black border (a Fashion-MNIST image itself) is returned unchanged.
+    """
+    rgb = np.asarray(image[..., :3], dtype=np.float32)
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    bg = float(np.median(border))
+    if grey.shape == (FASHION_SIDE, FASHION_SIDE) and bg < 8:
+        g8 = grey.round().clip(0, 255).astype(np.uint8)
+        return np.repeat(g8[..., None], 3, axis=2)
+    if bg > 127:
+        grey, bg = 255 - grey, 255 - bg
+    grey = ((grey - bg) * (255 / max(255 - bg, 1.0))).clip(0, 255)
+    mask = grey > 0.1 * max(float(grey.max()), 1.0)
+    if mask.any():
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        grey = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = grey.shape
+    scale = FASHION_SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(grey.round().astype(np.uint8)).resize(size, Image.Resampling.LANCZOS))
+    canvas = np.zeros((FASHION_SIDE, FASHION_SIDE), np.uint8)
+    top, left = (FASHION_SIDE - small.shape[0]) // 2, (FASHION_SIDE - small.shape[1]) // 2
+    canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
+    return np.repeat(canvas[..., None], 3, axis=2)
+
+
+INPUT_FORMS = {"as-is": lambda image: image, "fashion-mnist": fashion_mnist_form}
+
+
+def check_input_form(form: str) -> str:
+    """The form's name, or a ValueError naming the valid ones (one line)."""
+    if form not in INPUT_FORMS:
+        raise ValueError(f"manifest [defaults] input {form!r} is not an input form; valid: {sorted(INPUT_FORMS)}")
+    return form
+
+
+def to_input_form(image: np.ndarray, form: str = "as-is") -> np.ndarray:
+    """``image`` (HxWx3 uint8) brought to a zoo's input form (``INPUT_FORMS``): HxWx3 uint8."""
+    return INPUT_FORMS[check_input_form(form)](image)

@@ -40,7 +40,7 @@ from explorer.store import Store
 from explorer.zoo import Manifest, entry_from_path, load_manifest
 
 from .background import BackgroundSweep
-from .images import DEFAULT_MAX_PIXELS, image_to_tensor, read_image, tensor_to_image
+from .images import DEFAULT_MAX_PIXELS, check_input_form, image_to_tensor, read_image, tensor_to_image, to_input_form
 from .jobs import Limits
 from .policy import Serving
 
@@ -101,6 +101,8 @@ class Service:
         self._ray_guard = threading.Lock()
         self.manifest: Manifest = load_manifest(manifest_path)
         self.manifest_path = str(self.manifest.path)
+        # how uploads are brought to the zoo's data (images.INPUT_FORMS); "as-is" by default
+        self.input_form = check_input_form(str(self.manifest.defaults.get("input", "as-is")))
         self.device = check_device(device)
         self.store: Store | None = Store(store_path) if store_path != "none" else None
         self.defaults: Defaults = resolve_defaults(self.manifest.defaults, self.manifest.names("base"))
@@ -128,12 +130,14 @@ class Service:
         return self.engines.lock(base or self.default_base)
 
     def decode_image(self, source: Any) -> np.ndarray:
-        """An uploaded image (path, bytes, PIL image or array) as a viewer shows it: HxWx3 uint8.
+        """An uploaded image (path, bytes, PIL image or array) as a viewer shows it, then brought to
+        the zoo's input form (manifest ``[defaults] input``, e.g. ``fashion-mnist``: 28x28 grey
+        silhouette on black): HxWx3 uint8, the picture the model sees.
 
         Raises:
             ImageError: unreadable, or more than ``max_pixels`` pixels (checked before decoding).
         """
-        return read_image(source, self.max_pixels)
+        return to_input_form(read_image(source, self.max_pixels), self.input_form)
 
     def executor(self, base: str | None = None) -> Executor:
         """Where the sweeps of ``base`` run: its resident engine, or this service's Ray actors

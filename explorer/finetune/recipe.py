@@ -3,24 +3,24 @@
 ``build_zoo(out_dir, preset)`` trains, in order, and writes next to a ``manifest.toml``:
 
 1. ``pretrained``: a miniature open_clip CLIP (config JSON written next to it, registered with
-   ``open_clip.add_model_config``) trained contrastively on the procedural caption corpus
-   (``explorer.data.synthetic``, clean rendering);
-2. ``natural``: its vision tower fine-tuned with cross-entropy for the shifted rendering, the
-   downstream domain of the story where the pretrained model is near chance (``shapes-mixed``:
-   half ``shapes-shifted`` images, half clean replay so the clean domain is not forgotten);
+   ``open_clip.add_model_config``) trained contrastively on the preset's caption corpus;
+2. ``natural``: its vision tower fine-tuned with cross-entropy on the labelled task;
 3. ``tecoa``, ``fare``, ``caw``: robust vision towers from ``pretrained``, adversarially fine-tuned
-   on the clean-style ``shapes`` images (the analogue of robust fine-tuning on ImageNet), saved like
-   the public FARE/TeCoA releases (``model.visual`` keys only).
+   (the analogue of robust fine-tuning on ImageNet), saved like the public FARE/TeCoA releases
+   (``model.visual`` keys only).
 
-The demo's default evaluation task is ``shapes``: natural and robust fine-tunes both start from the
-pretrained model and trade clean for robust accuracy there.
+Presets (``explorer.finetune.presets``):
 
-The vision tower of the demo is open_clip's ModifiedResNet: on 32 px shapes a tiny ViT trained for
-minutes on a CPU learned colour but not shape (zero-shot shape accuracy at chance), while a
-ResNet of 1.3M parameters reaches > 0.9 in the same time.
-
-Presets: ``demo`` (the shipped zoo; minutes on a CPU) and ``micro`` (a tiny model and a few
-steps of everything, same structure; seconds, for the tests).
+- ``fashion`` (``assets/zoo-fashion``, not shipped yet): a ViT on Fashion-MNIST photographs. The corpus
+  is half the train split with noisy, coarse captions (``explorer.data.fashion_corpus``); the
+  fine-tunes use the other, labelled half (``fashion-train``); the default task ``fashion`` is a
+  held-out subset of the test split, written to ``assets/data/`` by the build. Needs Debian's
+  ``dataset-fashion-mnist``.
+- ``shapes`` (``assets/zoo``, the shipped default): a ModifiedResNet on
+  procedural shapes. The natural fine-tune learns the shifted rendering (``shapes-mixed``), the
+  robust ones the clean ``shapes``; on 32 px shapes a tiny ViT trained for minutes on a CPU learned
+  colour but not shape, hence the ResNet there.
+- ``micro``: a tiny model and a few steps of everything, same structure (seconds, for the tests).
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -40,70 +41,38 @@ from explorer.data.synthetic import caption_batches
 from explorer.zoo import Manifest, ModelEntry
 
 from . import METHODS, ROBUST_METHODS
-from .common import FinetuneConfig, save_checkpoint, visual_state
+from .common import save_checkpoint, visual_state
+from .natural import tuned_towers
+from .presets import PRESETS, ZooPreset
 from .pretrain import pretrain
 
 log = logging.getLogger(__name__)
 
 CORPUS = "synthetic captions (explorer.data.synthetic, clean style)"
+FASHION_CORPUS = ("Fashion-MNIST train photographs (30,000, disjoint from the fine-tunes' 30,000) with "
+                  "noisy, coarse captions (explorer.data.fashion_corpus: 25% class synonym, tops' words "
+                  "interchangeable, 20% wrong class, else coarse group)")
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
-@dataclass(frozen=True)
-class ZooPreset:
-    """Everything that defines a zoo; ``seed`` is added by ``build_zoo``."""
-
-    arch: str                                   # open_clip model name (= config file stem)
-    model_cfg: dict                             # open_clip model config (written as JSON)
-    pretrain: FinetuneConfig                    # contrastive pretraining
-    natural: FinetuneConfig                     # natural fine-tune of the vision tower
-    robust: dict[str, FinetuneConfig] = field(default_factory=dict)  # method -> settings
-    task: str = "shapes"                        # the demo's default evaluation task
-    natural_task: str = "shapes-mixed"          # data of the natural fine-tune (shifted + replay)
-    robust_task: str = "shapes"                 # data of the robust fine-tunes
-    eval_n: int = 256                           # manifest default evaluation size
-    eval_eps: float = 4 / 255                   # manifest default attack radius
+def _corpus(p: ZooPreset, batch_size: int, seed: int) -> tuple[Iterator, str]:
+    if p.corpus == "fashion":
+        from explorer.data.fashion_corpus import fashion_caption_batches
+        return fashion_caption_batches(batch_size, seed), FASHION_CORPUS
+    return caption_batches(batch_size, seed), CORPUS
 
 
-def _resnet(embed: int, width: int, t_width: int, t_layers: int, t_heads: int, context: int = 16) -> dict:
-    return {"embed_dim": embed,
-            "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": width, "head_width": 16},
-            "text_cfg": {"context_length": context, "vocab_size": 49408, "width": t_width,
-                         "heads": t_heads, "layers": t_layers}}
+def default_folder(preset: str) -> Path:
+    """Where ``zoo build --preset PRESET`` writes by default (``assets/<folder>``)."""
+    return ASSETS / PRESETS[preset]().folder
 
 
-def _demo() -> ZooPreset:
-    # Trained at 8/255, evaluated at 4/255 (``eval_eps``): trained at 4/255 FARE kept the
-    # pretrained model's clean accuracy (above the natural fine-tune's): no trade-off to show.
-    eps = 8 / 255
-    robust = FinetuneConfig(steps=200, batch_size=128, lr=5e-4, warmup=20, eps=eps, pgd_steps=3)
-    return ZooPreset(
-        arch="demo-clip", model_cfg=_resnet(64, 16, 64, 2, 2),
-        pretrain=FinetuneConfig(steps=1000, batch_size=128, lr=2e-3, warmup=30, weight_decay=0.05),
-        natural=FinetuneConfig(steps=400, batch_size=128, lr=1e-3, warmup=20),
-        robust={"tecoa": robust, "fare": robust,
-                "caw": replace(robust, pgd_steps=2, options={"a": 1.0, "b": 1.0})})
-
-
-def _micro() -> ZooPreset:
-    eps = 4 / 255
-    robust = FinetuneConfig(steps=4, batch_size=16, lr=1e-3, warmup=1, eps=eps, pgd_steps=2, pool=64)
-    return ZooPreset(
-        arch="micro-clip", model_cfg=_resnet(16, 8, 8, 1, 1),
-        pretrain=FinetuneConfig(steps=6, batch_size=16, lr=2e-3, warmup=1),
-        natural=FinetuneConfig(steps=4, batch_size=16, lr=1e-3, warmup=1, pool=64),
-        robust={"tecoa": robust, "fare": robust, "caw": replace(robust, options={"a": 1.0, "b": 1.0})},
-        eval_n=64)
-
-
-PRESETS = {"demo": _demo, "micro": _micro}
-
-
-def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: str = "cpu") -> Path:
+def build_zoo(out_dir: str | Path, preset: str = "shapes", seed: int = 0, device: str = "cpu") -> Path:
     """Train the whole zoo from seeds and write checkpoints, config and manifest.
 
     Args:
         out_dir: folder of the zoo (created); existing files of the same names are replaced.
-        preset: ``"demo"`` or ``"micro"``.
+        preset: a name of ``explorer.finetune.presets.PRESETS`` (``fashion``, ``shapes``, ``micro``).
         seed: seed of every run (model init, data, PGD starts).
         device: torch device to train on.
 
@@ -115,6 +84,9 @@ def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if p.task == "fashion":  # the shipped evaluation subset and examples: test split, never trained on
+        from explorer.data.fashion import write_eval_subset, write_examples
+        log.info("wrote %s and %d examples", write_eval_subset(), len(write_examples(out / "examples")))
     cfg_path = out / f"{p.arch}.json"
     cfg_path.write_text(json.dumps(p.model_cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)
@@ -124,12 +96,15 @@ def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: 
 
     entries: dict[str, ModelEntry] = {}
     pre_cfg = replace(p.pretrain, seed=seed, device=device)
-    pretrain(base, tokenizer, caption_batches(pre_cfg.batch_size, seed), pre_cfg)
-    meta = pre_cfg.metadata("contrastive", arch=p.arch, data=CORPUS)
+    batches, corpus = _corpus(p, pre_cfg.batch_size, seed)
+    t0 = time.perf_counter()
+    pretrain(base, tokenizer, batches, pre_cfg)
+    log.info("pretrained in %.1f s", time.perf_counter() - t0)
+    meta = pre_cfg.metadata("contrastive", arch=p.arch, data=corpus)
     save_checkpoint(base.state_dict(), out / "pretrained.safetensors", meta)
     entries["pretrained"] = _entry(out, "pretrained", p.arch, "base", ["visual", "text"],
-                                   {"method": "contrastive", "data": CORPUS, "seed": seed,
-                                    "steps": pre_cfg.steps})
+                                   {"method": "contrastive", "data": corpus, "seed": seed,
+                                    "steps": pre_cfg.steps, "seconds": round(time.perf_counter() - t0)})
 
     runs = [("natural", p.natural)] + [(m, p.robust[m]) for m in ROBUST_METHODS if m in p.robust]
     for method, cfg in runs:
@@ -137,17 +112,22 @@ def build_zoo(out_dir: str | Path, preset: str = "demo", seed: int = 0, device: 
         data = p.robust_task if robust else p.natural_task
         cfg = replace(cfg, seed=seed, device=device, data=data)
         model = copy.deepcopy(base)
+        t0 = time.perf_counter()
         METHODS[method](model, tokenizer, get_task(data), cfg)
+        log.info("%s in %.1f s", method, time.perf_counter() - t0)
         meta = cfg.metadata(method, arch=p.arch, base="pretrained.safetensors")
-        # Every fine-tune here tunes only the vision tower: ship only what changed.
-        save_checkpoint(visual_state(model), out / f"{method}.safetensors", meta)
-        prov = {"method": method, "data": f"{data} (train)", "seed": seed, "steps": cfg.steps}
+        # Ship only what changed: the vision tower, plus the text tower of a natural run that tunes it.
+        towers = ["visual"] if robust else tuned_towers(cfg)
+        state = model.state_dict() if "text" in towers else visual_state(model)
+        save_checkpoint(state, out / f"{method}.safetensors", meta)
+        prov = {"method": method, "data": f"{data} (train)", "seed": seed, "steps": cfg.steps,
+                "seconds": round(time.perf_counter() - t0)}
         if robust:
             prov.update(eps=eps_label(cfg.eps), norm="Linf", pgd_steps=cfg.pgd_steps)
-        entries[method] = _entry(out, method, p.arch, "robust" if robust else "natural", ["visual"], prov)
+        entries[method] = _entry(out, method, p.arch, "robust" if robust else "natural", towers, prov)
 
     defaults = {"base": "pretrained", "task": p.task, "eps": eps_label(p.eval_eps), "attack": "pgd-10",
-                "n": p.eval_n}
+                "n": p.eval_n, **({"input": p.input} if p.input != "as-is" else {})}
     manifest = out / "manifest.toml"
     Manifest(manifest, defaults, entries).save(manifest, header=_header(preset, seed))
     log.info("zoo %r built in %.1f s -> %s", preset, time.perf_counter() - start, manifest)
@@ -160,5 +140,10 @@ def _entry(out: Path, name: str, arch: str, role: str, towers: list[str], proven
 
 
 def _header(preset: str, seed: int) -> str:
-    return (f"# Demo zoo (preset {preset!r}, seed {seed}), written by explorer.finetune.recipe.build_zoo.\n"
-            "# Paths are relative to this file. Rebuild: python -m explorer zoo build\n")
+    head = (f"# Demo zoo (preset {preset!r}, seed {seed}), written by explorer.finetune.recipe.build_zoo.\n"
+            f"# Paths are relative to this file. Rebuild: python -m explorer zoo build --preset {preset}\n")
+    if preset == "fashion":
+        head += ("# Data: Fashion-MNIST (Zalando Research, MIT licence, https://github.com/zalandoresearch/"
+                 "fashion-mnist),\n# read from Debian's dataset-fashion-mnist at build time only; the "
+                 "evaluation subset ships in assets/data/.\n")
+    return head

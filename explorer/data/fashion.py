@@ -1,0 +1,193 @@
+"""Fashion-MNIST: the real photographs of the demo zoo (Zalando Research, MIT licence).
+
+Xiao, Rasul & Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+Algorithms", 2017, https://arxiv.org/abs/1708.07747, https://github.com/zalandoresearch/fashion-mnist.
+70,000 greyscale 28x28 product photographs of Zalando articles (60,000 train, 10,000 test), each
+a white-on-black silhouette, centred, in 10 classes.
+
+Two tasks:
+
+- ``fashion`` (the Fashion-MNIST zoo's default task): a fixed evaluation subset of the *test*
+  split shipped in ``assets/data/fashion-mnist-eval.safetensors`` (uint8 images, labels and the
+  test-split ids; written by ``write_eval_subset``, 1.6 MB), so the app and the tests never need
+  the dataset.
+  ``load("test", n, seed)`` = the first ``n`` of one seeded order of those images (nested:
+  ``n=k`` is a prefix of ``n=k+1``).
+- ``fashion-train``: the train split, read from the IDX files of Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``, or the folder in
+  ``$FASHION_MNIST_DIR``); used only by ``python -m explorer zoo build``. Its images are the half
+  of the train split the pretraining corpus does not use (``corpus_indices`` is the other half).
+
+Images come out as float [n, 3, 28, 28] in [0, 1] (grey repeated over three channels: CLIP towers
+take RGB).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .task import Task, register_task
+
+CLASSNAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
+              "sandal", "shirt", "sneaker", "bag", "ankle boot")
+# CLIP-style prompt ensemble (phrasings from OpenAI CLIP's templates that suit product photos)
+TEMPLATES = ("a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}.",
+             "a photo of the {}.", "a close-up photo of a {}.", "a photo of a small {}.")
+SIZE = 28
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+EVAL_FILE = Path(__file__).resolve().parents[2] / "assets" / "data" / "fashion-mnist-eval.safetensors"
+EVAL_N = 2000          # images in the shipped evaluation subset
+_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_SPLIT_SEED = 20170825  # fixed: which half of the train split is the pretraining corpus
+
+
+def dataset_dir() -> Path:
+    """Folder of the IDX files: ``$FASHION_MNIST_DIR`` or Debian's package folder."""
+    return Path(os.environ.get("FASHION_MNIST_DIR") or DEBIAN_DIR)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array (uint8 images [N,28,28] or labels [N]).
+
+    Format: big-endian magic ``0x0000 TT DD`` (type 0x08 = uint8, DD dimensions), DD big-endian
+    int32 sizes, then the data (http://yann.lecun.com/exdb/mnist/).
+    """
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not a uint8 IDX file")
+    dims = int(raw[3])
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=dims, offset=4))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: {data.size} bytes for shape {shape}")
+    return data.reshape(shape)
+
+
+@lru_cache(maxsize=2)
+def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N,28,28], labels uint8 [N]) of the original ``train`` or ``test`` split.
+
+    Raises FileNotFoundError (one line naming the Debian package) when the files are absent.
+    """
+    root = dataset_dir()
+    out = []
+    for stem in _FILES[split]:
+        found = [root / f"{stem}{s}" for s in (".gz", "") if (root / f"{stem}{s}").exists()]
+        if not found:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found in {root} (building the zoo needs it): install Debian's "
+                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set FASHION_MNIST_DIR")
+        out.append(read_idx(found[0]))
+    return out[0], out[1]
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n,28,28] -> float [n,3,28,28] in [0,1] (grey repeated over RGB)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+    return x[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def _halves() -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(_SPLIT_SEED).permutation(60000)
+    return order[:30000], order[30000:]
+
+
+def corpus_indices() -> np.ndarray:
+    """Train-split ids of the pretraining corpus (30,000; disjoint from ``fashion-train``'s)."""
+    return _halves()[0]
+
+
+def _order(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([7, int(seed)])).permutation(count)
+
+
+def _check_n(n: int, have: int, name: str) -> None:
+    if n > have:
+        raise ValueError(f"task {name!r} has {have} images; n={n} is larger")
+
+
+def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = read_split("train")
+    ids = _halves()[1]
+    _check_n(n, len(ids), "fashion-train")
+    pick = ids[_order(len(ids), seed)[:n]]
+    return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
+
+
+@lru_cache(maxsize=1)
+def read_eval_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shipped subset: (images uint8 [2000,28,28], labels uint8 [2000], test-split ids int64)."""
+    from safetensors.numpy import load_file
+    if not path.exists():
+        raise FileNotFoundError(f"the Fashion-MNIST evaluation subset {path} is missing "
+                                "(python -m explorer zoo build writes it)")
+    t = load_file(str(path))
+    return t["images"], t["labels"], t["ids"].astype(np.int64)
+
+
+def _eval_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels, _ = read_eval_subset()
+    _check_n(n, len(labels), "fashion")
+    pick = _order(len(labels), seed)[:n]
+    return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
+
+
+def eval_test_ids(n: int = EVAL_N, seed: int = 0) -> np.ndarray:
+    """Test-split ids of the evaluation subset: ``n`` of a seeded order of the 10,000, sorted."""
+    return np.sort(np.random.default_rng(np.random.SeedSequence([23, int(seed)])).permutation(10000)[:n])
+
+
+def write_eval_subset(path: Path = EVAL_FILE, n: int = EVAL_N, seed: int = 0) -> Path:
+    """Write the shipped evaluation subset from the test split (needs the dataset)."""
+    from safetensors.numpy import save_file
+    images, labels = read_split("test")
+    ids = eval_test_ids(n, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
+               "ids": ids.astype(np.int32)}, str(path),
+              metadata={"source": "Fashion-MNIST t10k (Zalando Research, MIT licence)",
+                        "selection": f"{n} test ids, numpy SeedSequence([23, {seed}]) permutation, sorted"})
+    read_eval_subset.cache_clear()
+    return path
+
+
+def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """Write 12 test photographs (one per class, then a second shirt and coat: the classes the base
+    confuses most) as 28x28 grey PNGs named ``<class>-<test id>.png``; none is in the evaluation
+    subset and none in any training data (needs the dataset)."""
+    from PIL import Image
+
+    images, labels = read_split("test")
+    rng = np.random.default_rng(np.random.SeedSequence([31, int(seed)]))
+    free = np.setdiff1d(np.arange(len(labels)), eval_test_ids())
+    free = free[rng.permutation(len(free))]
+    wanted = [*range(10), CLASSNAMES.index("shirt"), CLASSNAMES.index("coat")]
+    out, paths, used = Path(out_dir), [], set()
+    out.mkdir(parents=True, exist_ok=True)
+    for c in wanted:
+        i = int(next(j for j in free if labels[j] == c and j not in used))
+        used.add(i)
+        path = out / f"{CLASSNAMES[c].replace('/', '-').replace(' ', '-')}-{i:04d}.png"
+        Image.fromarray(images[i]).save(path)
+        paths.append(path)
+    return paths
+
+
+def _fashion() -> Task:
+    return Task("fashion", CLASSNAMES, TEMPLATES, _eval_loader, splits=("test",),
+                description=f"Fashion-MNIST: {EVAL_N} held-out test photographs, 10 classes (shipped)")
+
+
+def _fashion_train() -> Task:
+    return Task("fashion-train", CLASSNAMES, TEMPLATES, _train_loader, splits=("train",),
+                description="Fashion-MNIST train split (30,000 images; needs dataset-fashion-mnist)")
+
+
+register_task("fashion", _fashion)
+register_task("fashion-train", _fashion_train)
