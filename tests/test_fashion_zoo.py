@@ -1,0 +1,56 @@
+"""The Fashion-MNIST ViT zoo (``assets/zoo-fashion``): a ViT tower, a usable but improvable base,
+the trade-off, and uploads brought to its input form. Small held-out subsets; the README's table
+(``python -m explorer zoo measure``) gives the numbers at n=1000."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explorer.app.service import Service
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
+from explorer.engine.frontier import Engine
+
+MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "zoo-fashion" / "manifest.toml"
+CLEAN = AttackSpec("none", eps=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(MANIFEST, device="cpu", store=None)
+
+
+def _point(engine, name, attack, n):
+    return engine.model_point(name, attack, EvalSpec("fashion", n))
+
+
+def test_vit_tower_and_manifest_defaults(engine):
+    from open_clip.transformer import VisionTransformer
+    assert isinstance(engine.model.visual, VisionTransformer)
+    d = engine.manifest.defaults
+    assert (d["task"], d["eps"], d["input"]) == ("fashion", "8/255", "fashion-mnist")
+    assert engine.manifest.get("natural").towers == ("visual", "text")
+
+
+def test_base_is_usable_and_the_fine_tune_clearly_better(engine):
+    base = _point(engine, "pretrained", CLEAN, 300)["clean_acc"]
+    nat = _point(engine, "natural", CLEAN, 300)["clean_acc"]
+    assert base >= 0.45 and nat >= base + 0.15 and nat >= 0.80
+
+
+def test_tecoa_trades_clean_for_robust(engine):
+    attack = AttackSpec("pgd-10", eps=parse_eps("8/255"))
+    nat, rob = _point(engine, "natural", attack, 64), _point(engine, "tecoa", attack, 64)
+    assert nat["clean_acc"] > rob["clean_acc"] and rob["robust_acc"] >= nat["robust_acc"] + 0.2
+    half = engine.point(["natural"], ["tecoa"], MergeSpec.from_alpha(0.5, 1, 1), attack, EvalSpec("fashion", 64))
+    assert nat["robust_acc"] < half["robust_acc"]
+
+
+def test_uploads_are_brought_to_the_zoo_input_form():
+    photo = np.full((90, 60, 3), 250, np.uint8)
+    photo[10:80, 20:40] = (20, 40, 160)
+    fashion, shapes = Service(str(MANIFEST), device="cpu", store_path="none"), Service(device="cpu", store_path="none")
+    seen = fashion.decode_image(photo)
+    assert seen.shape == (28, 28, 3) and seen[0, 0, 0] == 0 and seen[14, 14, 0] > 200
+    assert shapes.input_form == "as-is" and shapes.decode_image(photo).shape == (90, 60, 3)
