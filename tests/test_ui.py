@@ -109,17 +109,26 @@ def test_stop_keeps_computed_points(ctx) -> None:
     assert "fgsm Linf eps=4/255, n = 16" in stored[2]
 
 
-def test_a_new_preview_abandons_the_running_refine(ctx) -> None:
+def test_a_new_preview_abandons_the_running_refine(ctx, monkeypatch) -> None:
     import threading
     import time
 
     h = FrontierHandlers(ctx)
     slow = controls(alpha=0.7, attack="pgd-3000", n=16, eps="0.0001")  # nothing is fooled: all 3000 steps run
     out = {}
+    started = threading.Event()
+    point = ctx.point
+
+    def noted_point(*args, **kwargs):   # the refine has read its generation once it gets here
+        started.set()
+        return point(*args, **kwargs)
+
+    monkeypatch.setattr(ctx, "point", noted_point)
     worker = threading.Thread(target=lambda: out.setdefault("refine", h.refine(slow)))
     t0 = time.perf_counter()
     worker.start()
-    time.sleep(1.0)
+    assert started.wait(60)             # under load the thread may take a while to get there
+    time.sleep(0.5)                     # inside its attack
     *_, row, _ = h.preview(controls(alpha=0.2))  # waits for the engine, which the refine frees
     worker.join(timeout=60)
     assert not worker.is_alive() and row["alpha"] == 0.2
