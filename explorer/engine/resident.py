@@ -25,6 +25,7 @@ from torch import nn
 from explorer.config import MergeSpec
 from explorer.core.heap import release_freed_heap
 from explorer.core.taskvec import FlatLayout, bind_flat
+from explorer.core.towers import is_vision
 from explorer.merging import get_method
 from explorer.merging.untouched import Untouched, find_untouched
 from explorer.zoo import ModelEntry, fit_weights
@@ -134,7 +135,7 @@ def _vector(entry: ModelEntry, ft: torch.Tensor, pre: torch.Tensor, layout: Flat
 
 def text_segments(layout: FlatLayout) -> list[tuple[int, int]]:
     """Flat (start, end) of every tensor outside the visual tower."""
-    return [s for k, s in zip(layout.keys, layout.segments) if not k.startswith("visual.")]
+    return [s for k, s in zip(layout.keys, layout.segments) if not is_vision(k)]
 
 
 def constant_coefficients(spec: MergeSpec) -> list[float] | None:

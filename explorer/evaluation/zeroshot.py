@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from explorer.core.heap import release_freed_heap
+from explorer.core.towers import is_vision
 from explorer.evaluation.activation import budget_for
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def text_digest(model: nn.Module) -> str:
     """Content digest of every weight outside the visual tower (what the text head depends on)."""
     h = hashlib.sha1()
     for name, t in model.state_dict().items():
-        if not name.startswith("visual."):
+        if not is_vision(name):
             h.update(name.encode())
             h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
+from explorer.core.towers import VISION_PREFIX
+
 from .record import CALIBRATION_OPTIONS, MethodRecord, Option, read_option
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
     from .base import MergeInputs
 
 PAPER = "PISTOLE, 'Tug-of-War No More' (ICLR 2026; no official code): shared/seeds/000 + issue 16"
-VISION_PREFIX = "visual."
 Q_SCOPES = ("per_layer", "global")
 
 OPTIONS: dict[str, Option] = {

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from explorer.core.towers import is_vision
+
 from .layouts import keys_of
 from .manifest import LOCAL_SUFFIXES, ModelEntry
 
@@ -246,7 +248,7 @@ def validate_state_dict(sd: dict[str, torch.Tensor], reference: dict[str, torch.
 
 
 def _tower(key: str) -> str:
-    return "visual" if key.startswith("visual.") else "text"
+    return "visual" if is_vision(key) else "text"
 
 
 def load_weights(entry: ModelEntry, reference: dict[str, torch.Tensor] | None = None,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from explorer.core.taskvec import FlatLayout
+from explorer.core.towers import is_vision
 
 from .checkpoints import CheckpointError, normalize_keys, validate_state_dict
 from .lazy import LazyCheckpoint, explorer_home, resolve_safetensors
@@ -94,7 +95,7 @@ def load_flat(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout: 
     sd = normalize_keys(raw_meta, reference)
     raw_of = dict(zip(sd, raw_meta))              # normalised key -> key in the file
     towers = tuple(entry.towers)
-    if "text" in towers and not any(not k.startswith("visual.") for k in sd):
+    if "text" in towers and not any(not is_vision(k) for k in sd):
         towers = tuple(t for t in towers if t != "text")   # a visual-only file behind a full entry
     validate_state_dict(sd, reference, entry.name, towers)
     if fill is None:
@@ -110,7 +111,7 @@ def load_flat(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout: 
         seg = ck.read(raw_of[key], out[a:b])
         if not bool(torch.isfinite(seg).all()):
             raise CheckpointError(f"{entry.name}: non-finite weights (NaN/Inf) in {key}")
-        if not key.startswith("visual.") and sd[key].dtype in _LOW_PRECISION:
+        if not is_vision(key) and sd[key].dtype in _LOW_PRECISION:
             text_low.append((a, b, sd[key].dtype))
     rounding = fill is not None and bool(text_low) and all(
         torch.equal(out[a:b], fill[a:b].to(dt).float()) for a, b, dt in text_low)

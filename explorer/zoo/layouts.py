@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from explorer.core.towers import VISION_PREFIX
+
 LayoutKind = Literal["wrapper", "strip", "tower"]
 
 
@@ -35,7 +37,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("wrapper", "module", "DeepSpeed checkpoints"),
     Layout("strip", "module.", "nn.DataParallel / DistributedDataParallel"),
     Layout("strip", "model.", "a CLIP held as .model of a wrapper module"),
-    Layout("tower", "visual.", "vision-tower-only releases (FARE, TeCoA, PMG-AFT on the hub)"),
+    Layout("tower", VISION_PREFIX, "vision-tower-only releases (FARE, TeCoA, PMG-AFT on the hub)"),
 )
 
 

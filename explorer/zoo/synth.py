@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from explorer.core.towers import VISION_PREFIX, is_vision, strip_vision
+
 from .checkpoints import add_arch_config
 
 log = logging.getLogger(__name__)
@@ -109,11 +111,11 @@ def synth_zoo(arch: str, into: str | Path, seed: int = 0, arch_config: str | Pat
     save_file(natural, str(root / "natural.safetensors"), metadata=meta)
     torch.save(natural, root / "natural.bin")
     del natural
-    visual = {k[len("visual."):]: v for k, v in _perturbed(base, 2 * scale, seed + 2, "visual.").items()}
+    visual = {strip_vision(k): v for k, v in _perturbed(base, 2 * scale, seed + 2, VISION_PREFIX).items()}
     torch.save({"vision_encoder_state_dict": visual}, root / "robust.pt")
     torch.save(visual, root / "robust-visual.pt")
-    half = {k: v.half() if v.is_floating_point() else v for k, v in base.items() if not k.startswith("visual.")}
-    half.update({f"visual.{k}": v.half() if v.is_floating_point() else v for k, v in visual.items()})
+    half = {k: v.half() if v.is_floating_point() else v for k, v in base.items() if not is_vision(k)}
+    half.update({f"{VISION_PREFIX}{k}": v.half() if v.is_floating_point() else v for k, v in visual.items()})
     save_file(half, str(root / "robust-fp16.safetensors"), metadata=meta)
     del half, visual, base
     hub = _write_hub(root / "hub", f"synth/{arch}-natural", root / "natural.safetensors", arch)
