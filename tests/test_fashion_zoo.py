@@ -54,3 +54,10 @@ def test_uploads_are_brought_to_the_zoo_input_form():
     seen = fashion.decode_image(photo)
     assert seen.shape == (28, 28, 3) and seen[0, 0, 0] == 0 and seen[14, 14, 0] > 200
     assert shapes.input_form == "as-is" and shapes.decode_image(photo).shape == (90, 60, 3)
+
+
+def test_inspect_offers_the_zoo_own_examples():
+    from explorer.ui.inspect_tab import EXAMPLES_DIR, example_images, examples_dir
+    own = example_images(MANIFEST)
+    assert len(own) == 12 and all(Path(p).parent == MANIFEST.parent / "examples" for p in own)
+    assert examples_dir(None) == EXAMPLES_DIR and examples_dir(EXAMPLES_DIR.parent / "zoo" / "manifest.toml") == EXAMPLES_DIR

@@ -23,7 +23,7 @@ from .common import THEMES, default_curve
 from .form import Form
 from .frontier_tab import build_frontier_tab
 from .guard import quiet_input_checks
-from .inspect_tab import EXAMPLES_DIR, build_inspect_tab
+from .inspect_tab import build_inspect_tab, examples_dir
 from .models_tab import build_models_tab
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,13 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def launch_kwargs(args: argparse.Namespace) -> dict:
     """``demo.launch`` keyword arguments from the serve flags (local only unless asked)."""
     cap_mb = limits_from_args(args).max_checkpoint_mb
+    examples = examples_dir(getattr(args, "manifest", None))
     # show_error=False: an exception that is not a gr.Error (Gradio's own input checks included)
     # shows no text in the page; our handlers raise gr.Error with one readable line.
     return dict(server_name=args.host, server_port=args.port, auth=parse_auth(args.auth),
                 share=bool(args.share), max_file_size=args.max_file_size or f"{cap_mb:g}mb", show_error=False,
                 theme=gr.themes.Soft(), css_paths=[CSS_PATH] if CSS_PATH.exists() else None,
-                allowed_paths=[str(EXAMPLES_DIR)] if EXAMPLES_DIR.exists() else None,
+                allowed_paths=[str(examples)] if examples.exists() else None,
                 footer_links=["api", "settings"])
 
 

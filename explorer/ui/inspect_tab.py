@@ -16,8 +16,15 @@ from .inspect_handlers import ATTACK_KINDS, FILMSTRIP, INSPECT, MODELS, TRANSFER
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
 
-def example_images() -> list[str]:
-    return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))][:12]
+def examples_dir(manifest_path: str | Path | None) -> Path:
+    """A zoo's own ``examples/`` beside its manifest when it has one (images of its data), else
+    ``assets/examples``."""
+    own = Path(manifest_path).parent / "examples" if manifest_path else None
+    return own if own is not None and own.is_dir() else EXAMPLES_DIR
+
+
+def example_images(manifest_path: str | Path | None = None) -> list[str]:
+    return [str(p) for p in sorted(examples_dir(manifest_path).glob("*.png"))][:12]
 
 
 # Offered when the manifest's task is not a known one: ten classes (CIFAR-10's), so the targeted
@@ -35,7 +42,7 @@ def build_inspect_tab(service: Service, form: Form) -> None:
         with gr.Column(scale=1, min_width=280):
             image = uploaded_image(label="Image", sources=["upload", "clipboard"], height=240,
                                    elem_id="inspect-image")
-            examples = example_images()
+            examples = example_images(service.manifest_path)
             if examples:
                 gr.Examples(examples, inputs=image, label="Examples (demo tasks)", examples_per_page=12)
             source = gr.Dropdown(["custom", *task_names()], value=d.task, allow_custom_value=True,
