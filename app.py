@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         launch(args)
     # A bad manifest or flag value, Ray missing or unreachable: one line, no traceback.
     except (ExecutorError, ValueError, KeyError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+        from explorer.cli import error_line
+        print(error_line(exc), file=sys.stderr)
         return 2
     return 0
 

@@ -22,6 +22,7 @@ from explorer.app.service import Service
 from .common import THEMES, default_curve
 from .form import Form
 from .frontier_tab import build_frontier_tab
+from .gradio_adapter import check_version
 from .guard import quiet_input_checks
 from .inspect_tab import build_inspect_tab, examples_dir
 from .models_tab import build_models_tab
@@ -147,7 +148,12 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def launch(args: argparse.Namespace, **overrides) -> gr.Blocks:
-    """Build and serve the demo with the flags of ``explorer.app.flags.add_serve_args``."""
+    """Build and serve the demo with the flags of ``explorer.app.flags.add_serve_args``.
+
+    Raises:
+        SystemExit: a Gradio version the app's private uses were not checked in (one line).
+    """
+    check_version()
     demo = build_demo(args.manifest, args.device, args.store, args, **_executor_options(args))
     if demo.explorer_service.executor_kind == "ray":
         demo.explorer_service.executor()     # join Ray now: a bad address fails before serving

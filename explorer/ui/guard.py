@@ -5,8 +5,8 @@ still there, and an image input that decodes nothing itself.
 is a cancel token (its work runs in ``cancel_scope(job)``) that is set when the session pressed Stop after the job was queued, when the
 job runs past its time cap, or when Gradio's queue has marked the job dead (its client went
 away: the queue calls ``clean_events`` on a dropped connection, which sets ``alive = False``).
-Gradio has no public call for "is my client still connected" inside a handler, so the queue's
-event list is read here, in one place, and a test guards it (``tests/test_serving_app.py``).
+Gradio has no public call for "is my client still connected" inside a handler: the queue's event
+list is read through ``gradio_adapter`` (the one module using Gradio's private behaviour).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from explorer.app.service import Service
 from explorer.config import AttackSpec
 
 from .common import user_error
+from .gradio_adapter import queue_events, replace_preprocess
 
 log = logging.getLogger(__name__)
 IMAGE_REFUSED = "Could not read the image: upload a PNG, JPEG, WebP, GIF, BMP or TIFF file."
@@ -33,13 +34,7 @@ def session_of(request: gr.Request | None) -> str:
 
 def _queue_events(request: gr.Request | None) -> list[Any]:
     """Gradio's running events of the caller's session (empty when not served)."""
-    try:
-        app = request.request.app   # the FastAPI app of the join request
-        queue = app.get_blocks()._queue
-        session = session_of(request)
-        return [e for job in queue.active_jobs if job for e in job if e.session_hash == session]
-    except Exception:   # not served through the queue (direct calls, tests of handlers)
-        return []
+    return queue_events(request, session_of(request))
 
 
 def client_alive(request: gr.Request | None) -> Callable[[], bool] | None:
@@ -76,7 +71,7 @@ def quiet_input_checks(demo: gr.Blocks) -> None:
     for block in demo.blocks.values():
         pre = getattr(block, "preprocess", None)
         if pre is not None and not getattr(pre, "quiet", False):
-            block.preprocess = _named_checks(block, pre)
+            replace_preprocess(block, _named_checks(block, pre))
 
 
 def _named_checks(block: Any, pre: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -113,6 +108,6 @@ def uploaded_image(**kwargs: Any) -> gr.Image:
     defines a component class.)
     """
     image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    image.preprocess = _path_only   # its refusals are user_error already (quiet_input_checks skips it)
+    replace_preprocess(image, _path_only)   # its refusals are user_error already (quiet_input_checks skips it)
     _path_only.quiet = True
     return image
