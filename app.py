@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         launch(args)
     # A bad manifest or flag value, Ray missing or unreachable: one line, no traceback.
     except (ExecutorError, ValueError, KeyError, OSError) as exc:
-        from explorer.cli import error_line
-        print(error_line(exc), file=sys.stderr)
+        from explorer.core.errors import message_of
+        print(f"error: {message_of(exc)}", file=sys.stderr)
         return 2
     return 0
 
