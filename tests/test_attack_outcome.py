@@ -158,3 +158,28 @@ def test_evaluate_reports_stage_and_cost_per_image(mlp, monkeypatch):
     assert res.stages == res.broken_stage and res.costs.tolist() == res.fwd_bwd.tolist()   # the store's columns
     clean = evaluate(model, x, y, AttackSpec("none", eps=0))
     assert clean.broken_stage == ["clean"] * 5 + [None] * 35 and int(clean.fwd_bwd.sum()) == 0
+
+
+@pytest.mark.parametrize("name", ["autoattack-fast", "autoattack"])
+def test_agrees_with_the_torchattacks_reference_on_the_demo_zoo(demo, monkeypatch, name):
+    """Per-image draws change which random starts are tried, not what the protocol is: on the
+    same 32 demo-zoo images, robust accuracy within 0.01 of torchattacks' MultiAttack over the
+    same stages and settings, and never higher by more than 0.005 (10 steps, 3 targets, 30 Square
+    queries on both sides, to fit the suite; at the published 100 steps on 128 ``tecoa`` images
+    both protocols gave 86 robust on both sides, seeds 0 and 1)."""
+    from explorer.attacks import ATTACKS
+
+    assert stages.PROTOCOLS[name] == ATTACKS[name].stages
+    clf, x, y = demo
+    monkeypatch.setattr(stages, "STEPS", 10)
+    monkeypatch.setattr(stages, "MAX_TARGETS", 3)
+    monkeypatch.setattr(stages, "SQUARE_QUERIES", 30)
+    spec = AttackSpec(name, eps=4 / 255, seed=0)
+    ours = attack_outcome(clf, x, y, spec)
+    ref = stages.reference_autoattack(clf, x, y, spec.eps, seed=0, protocol=stages.PROTOCOLS[name])
+    with torch.no_grad():
+        ref_acc = float((clf(ref).argmax(1) == y).float().mean())
+        ours_acc = float((clf(ours.x_adv).argmax(1) == y).float().mean())
+    assert ours_acc == float(ours.robust.float().mean())
+    assert abs(ours_acc - ref_acc) <= 0.01 and ours_acc <= ref_acc + 0.005, (ours_acc, ref_acc)
+    assert ours_acc < float((clf(x).argmax(1) == y).float().mean())   # the attack broke something

@@ -94,6 +94,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 # The RobustVLM protocol (our ``autoattack-fast``): APGD-CE with 5 restarts, then APGD-T.
 ROBUSTVLM = ("apgd-ce-x5", "apgd-t")
+# Each reported attack's stage list, by name (what ``reference_autoattack`` takes as ``protocol``).
+PROTOCOLS = {"apgd-ce": ("apgd-ce",), "apgd-t": ("apgd-t",), "autoattack-fast": ROBUSTVLM, "autoattack": STANDARD}
 
 
 def build_stage(name: str, model: nn.Module, eps: float, norm: str, seed: int, n_classes: int,
