@@ -1,6 +1,6 @@
 """``python -m explorer zoo build | list | report | measure | synth``: build the demo zoo, list or measure a
 manifest, or write a synthetic scale fixture (random-init checkpoints of a real architecture);
-``measure`` prints issue 23's criteria table (autoattack-fast at n=1000 by default)."""
+``measure`` prints the demo zoo's criteria table (autoattack-fast at n=1000 by default)."""
 from __future__ import annotations
 
 import argparse
