@@ -64,6 +64,16 @@ def make_tiny_zoo(root: Path, seed: int = 0) -> Path:
     return manifest
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for the module: tiny models run faster so, and are robust to a shared,
+    oversubscribed CPU (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory) -> Path:
     """Path of the tiny zoo's manifest (session-wide, read-only by convention)."""

@@ -13,13 +13,7 @@ from explorer.attacks.safety import AttackModel, attack_context
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
 from explorer.evaluation.evaluate import evaluate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 @pytest.fixture(scope="module")

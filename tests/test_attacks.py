@@ -36,13 +36,7 @@ from explorer.evaluation.zeroshot import ZeroShotClassifier
 FAST = [r.example or r.name for r in ATTACKS.values() if r.run is not None and "square" not in r.stages]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one thread is faster and robust to a shared, oversubscribed CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 @pytest.fixture
@@ -401,7 +395,7 @@ def test_stop_acts_inside_an_autoattack_stage(mlp_setup):
         calls.append(1)
         return len(calls) > 5
 
-    with cancel_scope(CancelToken(also=stop_after_five)), pytest.raises(Cancelled):
+    with cancel_scope(CancelToken(also=stop_after_five)), pytest.raises(Cancelled, match="cancelled by the caller"):
         run_attack(model, x, y, AttackSpec("apgd-ce", eps=8 / 255))
     assert len(calls) == 6
     # The cancelled attack still restored the model's mode and parameter flags.

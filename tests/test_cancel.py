@@ -31,7 +31,7 @@ def test_a_condition_is_polled_at_every_check() -> None:
     with cancel_scope(token):
         check_cancelled()
         check_cancelled()
-        with pytest.raises(Cancelled):
+        with pytest.raises(Cancelled, match="^cancelled by the caller$"):
             check_cancelled()
     assert len(polls) == 3 and token.cancelled
 
@@ -63,7 +63,7 @@ def test_scoped_steps_a_generator_from_different_threads() -> None:
         for _ in range(4):
             got.append(pool.submit(next, it).result())
         token.cancel()
-        with pytest.raises(Cancelled):
+        with pytest.raises(Cancelled, match="^cancelled by the caller$"):
             pool.submit(next, it).result()
     assert got == [(0, True), (1, True), (2, True), (3, True)]
     assert current_token() is None                 # nothing left behind in the caller's context
