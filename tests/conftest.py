@@ -15,6 +15,11 @@ import torch
 from safetensors.torch import save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's default manifest is the small shapes ResNet zoo (assets/zoo: fast, and the golden numbers
+# are pinned on it); the app's default, the Fashion-MNIST ViT zoo, is tested by name in
+# test_fashion_zoo.py and test_default_zoo.py. Set in the environment so CLI subprocesses see it too.
+SHAPES_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "zoo" / "manifest.toml"
+os.environ["EXPLORER_MANIFEST"] = str(SHAPES_MANIFEST)
 torch.set_num_threads(1)  # tiny models: threads cost more than they give
 
 TINY_ARCH = {

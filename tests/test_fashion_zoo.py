@@ -56,8 +56,16 @@ def test_uploads_are_brought_to_the_zoo_input_form():
     assert shapes.input_form == "as-is" and shapes.decode_image(photo).shape == (90, 60, 3)
 
 
-def test_inspect_offers_the_zoo_own_examples():
+def test_inspect_offers_the_zoo_own_examples(monkeypatch):
     from explorer.ui.inspect_tab import EXAMPLES_DIR, example_images, examples_dir
-    own = example_images(MANIFEST)
-    assert len(own) == 12 and all(Path(p).parent == MANIFEST.parent / "examples" for p in own)
-    assert examples_dir(None) == EXAMPLES_DIR and examples_dir(EXAMPLES_DIR.parent / "zoo" / "manifest.toml") == EXAMPLES_DIR
+    shapes = EXAMPLES_DIR.parent / "zoo" / "manifest.toml"
+    # The Fashion zoo has no examples/ of its own: assets/examples holds its 12 held-out photographs.
+    fashion = example_images(MANIFEST)
+    assert [Path(p).name for p in fashion][:3] == ["ankle-boot-1522.png", "bag-2324.png", "coat-9062.png"]
+    assert len(fashion) == 12 and all(Path(p).parent == EXAMPLES_DIR for p in fashion)
+    assert examples_dir(shapes) == shapes.parent / "examples"
+    assert sorted(p.name for p in examples_dir(shapes).glob("*.png"))[0] == "circle_green.png"
+    # No manifest named: the default manifest's (the suite's is the shapes zoo; the app's the Fashion zoo).
+    assert examples_dir(None) == shapes.parent / "examples"
+    monkeypatch.delenv("EXPLORER_MANIFEST")
+    assert examples_dir(None) == EXAMPLES_DIR

@@ -35,7 +35,7 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     """
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = attack_table()
-    p.add_argument("--manifest", default=None, help="TOML manifest (default: the demo zoo)")
+    p.add_argument("--manifest", default=None, help="TOML manifest (default: $EXPLORER_MANIFEST, else the demo zoo, assets/zoo-fashion)")
     p.add_argument("--task", default=None, help="evaluation task (default: the manifest's)")
     p.add_argument("--attack", default=None, help=f"{attack_help()} (default: the manifest's; "
                    "each is described below)")

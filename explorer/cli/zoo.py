@@ -15,9 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["build", "list", "report", "measure", "synth"])
     p.add_argument("--arch", default="ViT-B-32", help="synth: open_clip architecture (default ViT-B-32)")
     p.add_argument("--arch-config", default=None, help="synth: a custom open_clip JSON model config")
-    p.add_argument("--preset", default="shapes", choices=["shapes", "fashion", "micro"],
-                   help="build: shapes (the shipped ResNet zoo, assets/zoo), fashion (the Fashion-MNIST "
-                   "ViT zoo, assets/zoo-fashion; needs dataset-fashion-mnist) or micro (seconds)")
+    p.add_argument("--preset", default="fashion", choices=["shapes", "fashion", "micro"],
+                   help="build: fashion (default: the Fashion-MNIST ViT zoo the app opens on, assets/zoo-fashion; "
+                   "needs dataset-fashion-mnist), shapes (the tests' ResNet zoo, assets/zoo) or micro (seconds)")
     p.add_argument("--into", default=None, help="build: output folder (default: the preset's folder in assets/)")
     p.add_argument("--also", action="append", default=None, help="report: clean accuracy on this task too")
     p.add_argument("--sweep", action="append", default=None, help="report: robust vector(s) to sweep to")

@@ -1,12 +1,12 @@
 """The zoo presets: every setting that defines a demo zoo (architecture, data, schedules).
 
-- ``fashion`` (``assets/zoo-fashion/``, not shipped: built here it missed issue 23's criteria, see
-  the README's "A Fashion-MNIST ViT zoo (in progress)"): an open_clip ViT (28 px, patch 7 -> 16
+- ``fashion`` (``assets/zoo-fashion/``, the app's default; the README's "The demo zoo" gives its
+  measured criteria): an open_clip ViT (28 px, patch 7 -> 16
   tokens + class token, width 128, 4 layers, 4 heads, MLP ratio 2; text: 2 layers of width 64,
   context 16) pretrained contrastively on Fashion-MNIST photographs with noisy, coarse captions
   (``explorer.data.fashion_corpus``), fine-tuned on the labelled half of the train split.
   Patch 7 keeps a pgd-10 point about as cheap as the former ResNet's (16 tokens per image).
-- ``shapes`` (``assets/zoo/``, the shipped default): open_clip's
+- ``shapes`` (``assets/zoo/``, the test suite's fixture zoo): open_clip's
   ModifiedResNet (width 16, 32 px) on the procedural shapes (``explorer.data.synthetic``).
 - ``micro``: a tiny ResNet and a few steps of everything on the shapes (seconds; the tests).
 """

@@ -11,12 +11,12 @@
 
 Presets (``explorer.finetune.presets``):
 
-- ``fashion`` (``assets/zoo-fashion``, not shipped yet): a ViT on Fashion-MNIST photographs. The corpus
+- ``fashion`` (``assets/zoo-fashion``, the shipped default): a ViT on Fashion-MNIST photographs. The corpus
   is half the train split with noisy, coarse captions (``explorer.data.fashion_corpus``); the
   fine-tunes use the other, labelled half (``fashion-train``); the default task ``fashion`` is a
-  held-out subset of the test split, written to ``assets/data/`` by the build. Needs Debian's
-  ``dataset-fashion-mnist``.
-- ``shapes`` (``assets/zoo``, the shipped default): a ModifiedResNet on
+  held-out subset of the test split, written to ``assets/data/`` by the build, with the held-out
+  example photographs in ``assets/examples/``. Needs Debian's ``dataset-fashion-mnist``.
+- ``shapes`` (``assets/zoo``, the test suite's fixture zoo): a ModifiedResNet on
   procedural shapes. The natural fine-tune learns the shifted rendering (``shapes-mixed``), the
   robust ones the clean ``shapes``; on 32 px shapes a tiny ViT trained for minutes on a CPU learned
   colour but not shape, hence the ResNet there.
@@ -86,7 +86,10 @@ def build_zoo(out_dir: str | Path, preset: str = "shapes", seed: int = 0, device
     start = time.perf_counter()
     if p.task == "fashion":  # the shipped evaluation subset and examples: test split, never trained on
         from explorer.data.fashion import write_eval_subset, write_examples
-        log.info("wrote %s and %d examples", write_eval_subset(), len(write_examples(out / "examples")))
+        # The shipped default zoo's examples are the app's assets/examples; any other build keeps its own.
+        shipped = out.resolve() == (ASSETS / "zoo-fashion").resolve()
+        examples = write_examples(ASSETS / "examples" if shipped else out / "examples")
+        log.info("wrote %s and %d examples", write_eval_subset(), len(examples))
     cfg_path = out / f"{p.arch}.json"
     cfg_path.write_text(json.dumps(p.model_cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)

@@ -7,6 +7,7 @@ import gradio as gr
 
 from explorer.app.service import Service
 from explorer.data import task_names
+from explorer.zoo import default_manifest_path
 
 from .form import Form
 from .frontier_tab import MERGE
@@ -17,10 +18,11 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
 
 def examples_dir(manifest_path: str | Path | None) -> Path:
-    """A zoo's own ``examples/`` beside its manifest when it has one (images of its data), else
-    ``assets/examples``."""
-    own = Path(manifest_path).parent / "examples" if manifest_path else None
-    return own if own is not None and own.is_dir() else EXAMPLES_DIR
+    """A zoo's own ``examples/`` beside its manifest (``None``: the default manifest) when it has one
+    (images of its data: ``assets/zoo/examples`` for the shapes zoo), else ``assets/examples`` (the
+    default Fashion-MNIST zoo's held-out test photographs)."""
+    own = Path(manifest_path or default_manifest_path()).parent / "examples"
+    return own if own.is_dir() else EXAMPLES_DIR
 
 
 def example_images(manifest_path: str | Path | None = None) -> list[str]:

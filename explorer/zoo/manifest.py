@@ -7,6 +7,7 @@ relative, so a zoo folder can be moved whole.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,11 @@ import tomllib
 Role = Literal["base", "natural", "robust"]
 ROLES = ("base", "natural", "robust")
 LOCAL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "assets" / "zoo" / "manifest.toml"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# The embedded default: the Fashion-MNIST ViT zoo (real photographs, a ViT image tower). The ResNet
+# zoo on procedural shapes (assets/zoo) stays as the test suite's fast fixture.
+_DEFAULT_MANIFEST = ASSETS / "zoo-fashion" / "manifest.toml"
+MANIFEST_ENV = "EXPLORER_MANIFEST"   # an operator's (or the test suite's) default manifest
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,10 @@ def _rel(p: str, root: Path | None) -> str:
 
 
 def default_manifest_path() -> Path:
-    """The shipped demo zoo's manifest."""
-    return _DEFAULT_MANIFEST
+    """The manifest every command falls back to: ``$EXPLORER_MANIFEST`` when set (an operator's own
+    zoo; the test suite points it at the shapes zoo), else the shipped Fashion-MNIST ViT zoo."""
+    env = os.environ.get(MANIFEST_ENV, "").strip()
+    return Path(env) if env else _DEFAULT_MANIFEST
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:
