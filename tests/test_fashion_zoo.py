@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from explorer.app.service import Service
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, parse_eps
@@ -69,3 +70,18 @@ def test_inspect_offers_the_zoo_own_examples(monkeypatch):
     assert examples_dir(None) == shapes.parent / "examples"
     monkeypatch.delenv("EXPLORER_MANIFEST")
     assert examples_dir(None) == EXAMPLES_DIR
+
+
+def test_calibration_split_is_shipped_from_the_fine_tunes_half_never_test():
+    from explorer.data import get_task
+    from explorer.data.fashion import CALIB_FILE, EVAL_FILE, corpus_indices, read_eval_subset
+    _, labels, ids = read_eval_subset(CALIB_FILE)
+    assert len(ids) == 512 and len(np.unique(ids)) == 512 and set(np.bincount(labels, minlength=10) > 20) == {True}
+    assert not set(ids.tolist()) & set(corpus_indices().tolist())   # not the pretraining corpus either
+    x, y = get_task("fashion").load("train", 64, 0)
+    assert x.shape == (64, 3, 28, 28) and y.dtype == torch.int64 and 0 <= float(x.min()) <= float(x.max()) <= 1
+    test_x, _ = get_task("fashion").load("test", 2000, 0)
+    assert read_eval_subset(EVAL_FILE)[2].max() < 10000   # test ids; calibration rows are other images
+    assert not any(torch.equal(x[i], test_x[j]) for i in range(8) for j in range(2000))
+    with pytest.raises(ValueError, match=r"has 512 images; n=600 is larger"):
+        get_task("fashion").load("train", 600, 0)

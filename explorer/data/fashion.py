@@ -12,7 +12,10 @@ Two tasks:
   test-split ids; written by ``write_eval_subset``, 1.6 MB), so the app and the tests never need
   the dataset.
   ``load("test", n, seed)`` = the first ``n`` of one seeded order of those images (nested:
-  ``n=k`` is a prefix of ``n=k+1``).
+  ``n=k`` is a prefix of ``n=k+1``). Its ``train`` split is the calibration set of the
+  data-aware methods (PISTOLE, stability, variational): 512 images of the fine-tunes' labelled
+  half of the train split, shipped in ``assets/data/fashion-mnist-calib.safetensors`` (400 KB,
+  ``write_calibration_subset``); the ``test`` images are never among them.
 - ``fashion-train``: the train split, read from the IDX files of Debian's
   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``, or the folder in
   ``$FASHION_MNIST_DIR``); used only by ``python -m explorer zoo build``. Its images are the half
@@ -42,6 +45,8 @@ SIZE = 28
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 EVAL_FILE = Path(__file__).resolve().parents[2] / "assets" / "data" / "fashion-mnist-eval.safetensors"
 EVAL_N = 2000          # images in the shipped evaluation subset
+CALIB_FILE = EVAL_FILE.with_name("fashion-mnist-calib.safetensors")
+CALIB_N = 512          # images in the shipped calibration subset (train split, the fine-tunes' half)
 _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _SPLIT_SEED = 20170825  # fixed: which half of the train split is the pretraining corpus
@@ -120,20 +125,21 @@ def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
 def read_eval_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shipped subset: (images uint8 [2000,28,28], labels uint8 [2000], test-split ids int64)."""
+    """A shipped subset: (images uint8 [N,28,28], labels uint8 [N], split ids int64); the evaluation
+    subset (N = 2000 test images) by default, or the calibration subset (``CALIB_FILE``, 512 train)."""
     from safetensors.numpy import load_file
     if not path.exists():
-        raise FileNotFoundError(f"the Fashion-MNIST evaluation subset {path} is missing "
-                                "(python -m explorer zoo build writes it)")
+        raise FileNotFoundError(f"the Fashion-MNIST subset {path} is missing "
+                                "(python -m explorer zoo build --preset fashion writes it)")
     t = load_file(str(path))
     return t["images"], t["labels"], t["ids"].astype(np.int64)
 
 
 def _eval_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels, _ = read_eval_subset()
-    _check_n(n, len(labels), "fashion")
+    images, labels, _ = read_eval_subset(CALIB_FILE if split == "train" else EVAL_FILE)
+    _check_n(n, len(labels), "fashion" if split == "test" else "fashion (train: calibration)")
     pick = _order(len(labels), seed)[:n]
     return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
@@ -153,6 +159,21 @@ def write_eval_subset(path: Path = EVAL_FILE, n: int = EVAL_N, seed: int = 0) ->
                "ids": ids.astype(np.int32)}, str(path),
               metadata={"source": "Fashion-MNIST t10k (Zalando Research, MIT licence)",
                         "selection": f"{n} test ids, numpy SeedSequence([23, {seed}]) permutation, sorted"})
+    read_eval_subset.cache_clear()
+    return path
+
+
+def write_calibration_subset(path: Path = CALIB_FILE, n: int = CALIB_N, seed: int = 0) -> Path:
+    """Write the shipped calibration subset: ``n`` images of the fine-tunes' labelled half of the train
+    split (``fashion-train``'s ids; never test images), a seeded choice, sorted (needs the dataset)."""
+    from safetensors.numpy import save_file
+    images, labels = read_split("train")
+    ids = np.sort(_halves()[1][np.random.default_rng(np.random.SeedSequence([29, int(seed)])).permutation(30000)[:n]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
+               "ids": ids.astype(np.int32)}, str(path),
+              metadata={"source": "Fashion-MNIST train (Zalando Research, MIT licence)",
+                        "selection": f"{n} ids of the fine-tunes' half, SeedSequence([29, {seed}]), sorted"})
     read_eval_subset.cache_clear()
     return path
 
@@ -180,8 +201,9 @@ def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:
 
 
 def _fashion() -> Task:
-    return Task("fashion", CLASSNAMES, TEMPLATES, _eval_loader, splits=("test",),
-                description=f"Fashion-MNIST: {EVAL_N} held-out test photographs, 10 classes (shipped)")
+    return Task("fashion", CLASSNAMES, TEMPLATES, _eval_loader, splits=("test", "train"),
+                description=f"Fashion-MNIST: {EVAL_N} held-out test photographs, 10 classes, and {CALIB_N} "
+                "train photographs for calibration (shipped)")
 
 
 def _fashion_train() -> Task:

@@ -85,11 +85,11 @@ def build_zoo(out_dir: str | Path, preset: str = "shapes", seed: int = 0, device
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if p.task == "fashion":  # the shipped evaluation subset and examples: test split, never trained on
-        from explorer.data.fashion import write_eval_subset, write_examples
+        from explorer.data.fashion import write_calibration_subset, write_eval_subset, write_examples
         # The shipped default zoo's examples are the app's assets/examples; any other build keeps its own.
         shipped = out.resolve() == (ASSETS / "zoo-fashion").resolve()
         examples = write_examples(ASSETS / "examples" if shipped else out / "examples")
-        log.info("wrote %s and %d examples", write_eval_subset(), len(examples))
+        log.info("wrote %s, %s and %d examples", write_eval_subset(), write_calibration_subset(), len(examples))
     cfg_path = out / f"{p.arch}.json"
     cfg_path.write_text(json.dumps(p.model_cfg, indent=2) + "\n")
     open_clip.add_model_config(cfg_path)
