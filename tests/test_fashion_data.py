@@ -51,7 +51,7 @@ def test_missing_dataset_is_one_line_naming_the_package(tmp_path, monkeypatch, c
 
 def test_shipped_task_is_nested_seeded_and_well_formed():
     task = get_task("fashion")
-    assert task.classnames == fashion.CLASSNAMES and task.splits == ("test",)
+    assert task.classnames == fashion.CLASSNAMES and task.splits == ("test", "train")
     x20, y20 = task.load("test", 20, 0)
     x7, y7 = task.load("test", 7, 0)
     assert x20.shape == (20, 3, 28, 28) and str(x20.dtype) == "torch.float32"
