@@ -85,6 +85,19 @@ def tiny_zoo(tmp_path_factory) -> Path:
     return make_tiny_zoo(tmp_path_factory.mktemp("tiny_zoo"))
 
 
+@pytest.fixture(scope="session")
+def example_png(tmp_path_factory) -> str:
+    """Path of a PNG of the shapes task's first test image (what a page user uploads)."""
+    import numpy as np
+    from PIL import Image
+
+    from explorer.data import get_task
+    x, _ = get_task("shapes").load("test", 1, 0)
+    path = tmp_path_factory.mktemp("img") / "example.png"
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def explorer_home(tmp_path_factory) -> Path:
     """Score caches and stores of the tests live in a temporary EXPLORER_HOME, not ~/.cache."""

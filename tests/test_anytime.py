@@ -63,7 +63,7 @@ def test_budget_and_stop_keep_every_finished_image_and_a_rerun_resumes(tiny_zoo,
     assert list(anytime_sweep(Engine(tiny_zoo, device="cpu", store=store).runner, _points(),
                               rule=StopRule(budget_s=1e-9))) == []       # spent before the first chunk
     token, seen = CancelToken(), []
-    with cancel_scope(token), pytest.raises(Cancelled):
+    with cancel_scope(token), pytest.raises(Cancelled, match="cancelled by the caller"):
         for _, row in anytime_sweep(Engine(tiny_zoo, device="cpu", store=store).runner, _points(), first=16):
             seen.append(row)
             if len(seen) == 2:

@@ -11,7 +11,7 @@ from explorer.ui.common import readable_errors
 
 
 def test_a_key_error_is_its_message_and_others_their_str() -> None:
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(KeyError, match="unknown task 'no-such-task'") as err:
         get_task("no-such-task")
     msg = message_of(err.value)
     assert msg.startswith("unknown task 'no-such-task'") and not msg.startswith('"')
@@ -26,6 +26,6 @@ def test_cli_and_page_show_the_same_line() -> None:
     @readable_errors
     def handler():
         raise exc
-    with pytest.raises(gr.Error) as err:
+    with pytest.raises(gr.Error, match="unknown merge method 'x'; valid: a, b") as err:
         handler()
-    assert err.value.message == "unknown merge method 'x'; valid: a, b"
+    assert err.value.message == "unknown merge method 'x'; valid: a, b"   # the message, not its repr

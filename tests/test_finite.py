@@ -61,7 +61,7 @@ def engine(bad_zoo, tmp_path_factory) -> Engine:
 
 def test_negative_running_var_fails_the_point_naming_the_buffers_and_stores_nothing(engine):
     spec = MergeSpec(lambdas=(0.0, 1.5))
-    with pytest.raises(InvalidMergeError) as err:
+    with pytest.raises(InvalidMergeError, match="BatchNorm variance below zero") as err:
         engine.point(["natural"], ["tecoa_bn"], spec, PGD, EV)
     msg = str(err.value)
     assert "visual.bn1.running_var (min -" in msg and "BatchNorm variance below zero" in msg

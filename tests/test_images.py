@@ -161,10 +161,9 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("side", [12000, 20000])
 def test_pixel_bombs_are_refused_before_decoding_with_one_line(side: int) -> None:
-    with pytest.raises(ImageError) as err:
+    with pytest.raises(ImageError, match="pixels.*limit") as err:
         read_image(_png_header_only(side, side))
-    msg = str(err.value)
-    assert "\n" not in msg and "pixels" in msg and "limit" in msg
+    assert "\n" not in str(err.value)
 
 
 def test_pixel_cap_is_a_setting_and_real_bombs_stay_cheap(tmp_path: Path) -> None:
@@ -182,7 +181,8 @@ def test_pixel_cap_is_a_setting_and_real_bombs_stay_cheap(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("payload", [b"", b"not an image", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", b"GIF89a" + b"\0" * 5])
 def test_unreadable_images_are_one_readable_line(payload: bytes, tmp_path: Path) -> None:
-    with pytest.raises(ImageError) as err:
+    expected = "Upload an image" if payload == b"" else "Could not read the image: is it a PNG, JPEG"
+    with pytest.raises(ImageError, match="^" + expected) as err:
         read_image(payload)
     msg = str(err.value)
     assert "\n" not in msg and str(tmp_path) not in msg and "Traceback" not in msg

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
 from explorer.app.flags import add_serve_args
@@ -96,8 +98,10 @@ def text_of(outputs) -> str:
     return json.dumps(outputs, default=str)
 
 
-def error_of(fn) -> str:
-    with pytest.raises(Exception) as info:
+def error_of(fn, match: str) -> str:
+    """The one line the page's client gets for ``fn`` (Gradio's ``AppError``: a ``gr.Error``'s
+    message), checked against ``match`` (a regex, as ``pytest.raises`` takes it)."""
+    with pytest.raises(AppError, match=match) as info:
         fn()
     return str(info.value)
 
@@ -108,7 +112,8 @@ def test_add_by_name_refuses_everything_outside_in_one_line(app, folder: Path) -
     t0 = time.perf_counter()
     names = ["missing.pt", "../secret.pt", "link.pt", "fifo.pt", "big.pt", "secret.pt", "secret",
              "/etc/passwd", "../../../../etc/hostname.pt", str(folder / "secret.pt")]
-    msgs = {error_of(lambda n=n: c.predict("base", None, n, "", "robust", api_name="/add_checkpoint"))
+    refused = re.escape(refused_message(CAP_MB * 2**20))
+    msgs = {error_of(lambda n=n: c.predict("base", None, n, "", "robust", api_name="/add_checkpoint"), refused)
             for n in names}
     assert msgs == {refused_message(CAP_MB * 2**20)}   # same line, every cause, said once
     assert time.perf_counter() - t0 < 30        # the FIFO did not hang the queue
@@ -124,12 +129,14 @@ def test_upload_is_scoped_to_its_session(app, tiny_zoo: Path) -> None:
     assert "Added **mine**" in msg
     out = a.predict(*api_args(app, "preview_point", robust=["mine"]), api_name="/preview_point")
     assert "Preview" in text_of(out)
-    err = error_of(lambda: b.predict(*api_args(app, "preview_point", robust=["mine"]), api_name="/preview_point"))
+    err = error_of(lambda: b.predict(*api_args(app, "preview_point", robust=["mine"]), api_name="/preview_point"),
+                   "mine")
     assert "Preview" not in err                # another session cannot use it
     # A non-checkpoint upload: the same generic line, no temp path, no content.
     bad = tiny_zoo.parent / "notes.pt"
     bad.write_bytes(b"cache_dir=/x\napi_token=SECRET\n")
-    err = error_of(lambda: a.predict("base", handle_file(str(bad)), "", "", "robust", api_name="/add_checkpoint"))
+    err = error_of(lambda: a.predict("base", handle_file(str(bad)), "", "", "robust", api_name="/add_checkpoint"),
+                   re.escape(refused_message(CAP_MB * 2**20)))
     assert err == refused_message(CAP_MB * 2**20)
 
 
@@ -149,14 +156,14 @@ def test_images_are_checked_before_decoding_and_errors_are_one_line(app, tiny_zo
     text = tmp_path / "notes.png"
     text.write_text("not an image at all\n")
     err = error_of(lambda: c.predict(*api_args(app, "inspect", image=handle_file(str(text))),
-                                     api_name="/inspect"))
+                                     api_name="/inspect"), "^Could not read the image")
     assert err.startswith("Could not read the image") and "\n" not in err
     assert "preprocess" not in err and "/tmp" not in err and "index 0" not in err
     bomb = tmp_path / "bomb.png"
     Image.new("1", (12000, 12000)).save(bomb, optimize=True)           # 144 MP in a few kB
     before, t0 = rss_mb(), time.perf_counter()
     err = error_of(lambda: c.predict(*api_args(app, "inspect", image=handle_file(str(bomb))),
-                                     api_name="/inspect"))
+                                     api_name="/inspect"), "pixels")
     assert "pixels" in err and "4,000,000" in err and "\n" not in err
     assert time.perf_counter() - t0 < 10 and rss_mb() - before < 150   # nothing was decoded
     ok = tmp_path / "ok.png"
@@ -176,16 +183,18 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
     c = client(app)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    calls = [("inspect", dict(image=handle_file(str(corrupt)))), ("inspect", dict(classes="cat")),
-             ("preview_point", dict(eps="four")), ("sweep", dict(alphas="0:1:50000")),
-             ("preview_point", dict(alpha=5.0)), ("inspect", dict(steps=0))]   # Gradio's own range checks
-    errs = []
-    for api, change in calls:
-        errs.append(error_of(lambda api=api, change=change: c.predict(*api_args(app, api, **change), api_name="/" + api)))
-        assert "\n" not in errs[-1] and errs[-1] != INTERNAL_ERROR
-    assert errs[-2].startswith("α: trade-off") and "greater than maximum value 1" in errs[-2]   # names the control
-    assert errs[-1] == "PGD steps: Value 0 is less than minimum value 1."
-    with pytest.raises(gr.Error) as info:    # a payload that is not an uploaded file, refused in preprocess
+    calls = [("inspect", dict(image=handle_file(str(corrupt))), "^Could not read the image"),
+             ("inspect", dict(classes="cat"), re.escape("Only one class ('cat'): zero-shot classification needs at least two.")),
+             ("preview_point", dict(eps="four"), re.escape("eps 'four' is not a number")),
+             ("sweep", dict(alphas="0:1:50000"), "^Sweep: 50001 points is more than this server allows"),
+             # Gradio's own range checks, naming the control
+             ("preview_point", dict(alpha=5.0), "^α: trade-off.*greater than maximum value 1"),
+             ("inspect", dict(steps=0), "^" + re.escape("PGD steps: Value 0 is less than minimum value 1.") + "$")]
+    for api, change, match in calls:
+        err = error_of(lambda api=api, change=change: c.predict(*api_args(app, api, **change), api_name="/" + api),
+                       match)
+        assert "\n" not in err and err != INTERNAL_ERROR
+    with pytest.raises(gr.Error, match=re.escape(IMAGE_REFUSED)) as info:   # not an uploaded file: refused in preprocess
         uploaded_image().preprocess({"url": "data:image/png;base64,AAAA"})
     assert info.value.message == IMAGE_REFUSED and info.value.print_exception is False
     printed = capfd.readouterr()
@@ -200,7 +209,8 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
     monkeypatch.setattr(app.explorer_service, "decode_image", broken)
     ok = tmp_path / "ok.png"
     Image.new("RGB", (8, 8)).save(ok)
-    err = error_of(lambda: c.predict(*api_args(app, "inspect", image=handle_file(str(ok))), api_name="/inspect"))
+    err = error_of(lambda: c.predict(*api_args(app, "inspect", image=handle_file(str(ok))), api_name="/inspect"),
+                   re.escape(INTERNAL_ERROR))
     assert err == INTERNAL_ERROR
     faults = [r for r in caplog.records if r.exc_info]
     assert len(faults) == 1 and isinstance(faults[0].exc_info[1], RuntimeError)
@@ -211,14 +221,14 @@ def test_bad_input_logs_one_line_and_real_faults_keep_their_traceback(app, tmp_p
 def test_runaway_jobs_are_refused_before_they_start(app) -> None:
     c = client(app)
     err = error_of(lambda: c.predict(*api_args(app, "sweep", alphas="0:1:50000"),
-                                     api_name="/sweep"))
+                                     api_name="/sweep"), re.escape("50001 points is more than this server allows (201)"))
     assert "50001 points is more than this server allows (201)" in err and "\n" not in err
     for alphas in ("0:1:1000000", "0:1:5000000000"):   # refused before a list of that length is built
         err = error_of(lambda alphas=alphas: c.predict(*api_args(app, "sweep", alphas=alphas),
-                                                       api_name="/sweep"))
+                                                       api_name="/sweep"), "count must be between 1 and 100000")
         assert "count must be between 1 and 100000" in err
     err = error_of(lambda: c.predict(*api_args(app, "refine_point", attack="pgd-10000", n=100000),
-                                     api_name="/refine_point"))
+                                     api_name="/refine_point"), "image-passes")
     assert "image-passes" in err and "allows 1e+07" in err
 
 

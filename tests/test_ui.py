@@ -196,15 +196,6 @@ def test_partial_points_in_table_caption_and_exports(ctx) -> None:
     assert common.marked([row])[0]["final"] is True and common.marked([row])[0]["n_done"] == 16
 
 
-@pytest.fixture(scope="module")
-def example_png(tmp_path_factory) -> str:
-    from explorer.data import get_task
-    x, _ = get_task("shapes").load("test", 1, 0)
-    path = tmp_path_factory.mktemp("img") / "example.png"
-    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
-    return str(path)
-
-
 def inspect_values(image: str, classes: str, kind: str = "pgd", eps: str = "4/255", steps: int = 2) -> dict:
     """The inspect tab's values by name, with the frontier's current merge."""
     return {**controls(), "image": image, "classes": classes, "kind": kind, "inspect_eps": eps, "steps": steps}

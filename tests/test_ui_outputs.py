@@ -10,9 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
-import numpy as np
 import pytest
-from PIL import Image
 
 from explorer.core.cancel import Cancelled
 from explorer.ui import build_demo
@@ -26,15 +24,6 @@ DRIVEN: set[str] = set()   # the handlers this module drove (the last test check
 def demo(tiny_zoo: Path, tmp_path_factory):
     store = tmp_path_factory.mktemp("outputs_store") / "results.sqlite"
     return build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> str:
-    from explorer.data import get_task
-    x, _ = get_task("shapes").load("test", 1, 0)
-    path = tmp_path_factory.mktemp("img") / "example.png"
-    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(path)
-    return str(path)
 
 
 def wired(demo, name: str):
@@ -146,8 +135,8 @@ def test_page_state_paths(demo, monkeypatch) -> None:
         assert [u["visible"] for u in ups] == [False] + [True] * (k + 1) + [False] * (5 - k)
 
 
-def test_inspect_paths(demo, image, monkeypatch) -> None:
-    v = {**values(), "image": image, "classes": "circle, square, triangle, star", "kind": "pgd",
+def test_inspect_paths(demo, example_png, monkeypatch) -> None:
+    v = {**values(), "image": example_png, "classes": "circle, square, triangle, star", "kind": "pgd",
          "inspect_eps": "4/255", "steps": 1, "frames": 5}
     (res,) = call(demo, "InspectHandlers.inspect", v)
     assert res[0].shape == res[1].shape and Path(res[-1]).suffix == ".png"

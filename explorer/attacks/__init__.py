@@ -16,15 +16,15 @@ from __future__ import annotations
 from explorer.core.cancel import Cancelled
 
 from .records import (
-                      ATTACK_NAMES,
-                      ATTACKS,
-                      AttackRecord,
-                      attack_cost,
-                      attack_help,
-                      attack_table,
-                      find_attack,
-                      parse_attack,
-                      validate_attack,
+    ATTACK_NAMES,
+    ATTACKS,
+    AttackRecord,
+    attack_cost,
+    attack_help,
+    attack_table,
+    find_attack,
+    parse_attack,
+    validate_attack,
 )
 from .run import AttackOutcome, attack_outcome, run_attack
 from .safety import check_gradients, check_logits

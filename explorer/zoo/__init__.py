@@ -7,27 +7,27 @@ layouts real releases use (wrappers, prefixes to strip, a tower prefix to add).
 from __future__ import annotations
 
 from .checkpoints import (
-                          CheckpointError,
-                          convert,
-                          create_model,
-                          fit_weights,
-                          load_weights,
-                          normalize_keys,
-                          read_checkpoint,
-                          register_arch,
-                          unwrap_state_dict,
-                          validate_state_dict,
+    CheckpointError,
+    convert,
+    create_model,
+    fit_weights,
+    load_weights,
+    normalize_keys,
+    read_checkpoint,
+    register_arch,
+    unwrap_state_dict,
+    validate_state_dict,
 )
 from .files import CheckpointRefused, read_checkpoint_file, refused_message, resolve_in_folder
 from .manifest import (
-                          LOCAL_SUFFIXES,
-                          ROLES,
-                          Manifest,
-                          ModelEntry,
-                          Role,
-                          default_manifest_path,
-                          entry_from_path,
-                          load_manifest,
+    LOCAL_SUFFIXES,
+    ROLES,
+    Manifest,
+    ModelEntry,
+    Role,
+    default_manifest_path,
+    entry_from_path,
+    load_manifest,
 )
 
 __all__ = [
