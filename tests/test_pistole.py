@@ -251,11 +251,12 @@ def _inputs(context):
     return MergeInputs(taus=taus, segments=SEGMENTS, names=names, context=context)
 
 
-def test_coefficients_are_lambda_times_mask_on_the_vision_tower_only():
+def test_coefficients_are_lambda_times_mask_on_the_vision_tower_and_base_outside():
     from explorer.merging.base import apply_coefficients
     grads = _grads(seed=6)
     inp = _inputs({"pistole_grads": grads, "pistole_robust": [False, True]})
-    coeffs = ps.pistole_coefficients(inp, [0.2, 0.8], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer")
+    coeffs = ps.pistole_coefficients(inp, [0.2, 0.8], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer",
+                                     outside="base")
     masks = ps.pistole_masks(grads, [False, True], SEGMENTS[:3], kappa=2.0, q=0.01)
     assert torch.equal(coeffs[0], masks[0] * 0.2) and torch.equal(coeffs[1], masks[1] * 0.8)
     assert all(bool((c[113:] == 0).all()) for c in coeffs)            # the text tower keeps theta_0
@@ -264,7 +265,22 @@ def test_coefficients_are_lambda_times_mask_on_the_vision_tower_only():
     zero = ps.pistole_coefficients(inp, [0.0, 0.0], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer")
     assert zero == [0.0, 0.0] and torch.equal(apply_coefficients(pre, fts, zero), pre)
     # kappa = 0: plain weighted addition on the vision tower, no scores needed
-    plain = ps.pistole_coefficients(_inputs({}), [0.2, 0.8], kappa=0.0, q=0.01, gamma=1.0, q_scope="global")
+    plain = ps.pistole_coefficients(_inputs({}), [0.2, 0.8], kappa=0.0, q=0.01, gamma=1.0, q_scope="global",
+                                    outside="base")
     assert bool((plain[0][:113] == torch.tensor(0.2)).all()) and bool((plain[0][113:] == 0).all())
     with pytest.raises(ValueError, match="pistole_grads"):
         ps.pistole_coefficients(_inputs({}), [0.2, 0.8], kappa=1.0, q=0.01, gamma=1.0, q_scope="global")
+
+
+def test_outside_the_vision_tower_each_vector_keeps_its_plain_coefficient_by_default():
+    grads = _grads(seed=6)
+    inp = _inputs({"pistole_grads": grads, "pistole_robust": [False, True]})
+    coeffs = ps.pistole_coefficients(inp, [0.3, 0.7], kappa=2.0, q=0.01, gamma=1.0, q_scope="per_layer")
+    masks = ps.pistole_masks(grads, [False, True], SEGMENTS[:3], kappa=2.0, q=0.01)
+    assert torch.equal(coeffs[0][:113], masks[0][:113] * 0.3) and torch.equal(coeffs[1][:113], masks[1][:113] * 0.7)
+    assert bool((coeffs[0][113:] == torch.tensor(0.3)).all()) and bool((coeffs[1][113:] == torch.tensor(0.7)).all())
+    # kappa = 0 is then task arithmetic on every coordinate (the ablation's first row)
+    plain = ps.pistole_coefficients(_inputs({}), [0.3, 0.7], kappa=0.0, q=0.01, gamma=1.0, q_scope="global")
+    assert bool((plain[0] == torch.tensor(0.3)).all()) and bool((plain[1] == torch.tensor(0.7)).all())
+    with pytest.raises(ValueError, match="outside must be one of weighted, base, got 'text'"):
+        ps.pistole_coefficients(inp, [0.3, 0.7], kappa=2.0, q=0.01, gamma=1.0, q_scope="global", outside="text")

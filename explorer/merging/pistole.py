@@ -10,7 +10,7 @@ masks at a keep fraction); this module is the published one:
     s_i   = (|g_i| / max_layer |g_i|) ** gamma                       in [0, 1], per layer
     s_i  <- min(s_i, t_q)    t_q the value above which the top-q most sensitive coordinates lie
     M_nat = (1 - s_rob) ** kappa,   M_rob = (1 - s_nat) ** kappa      in [0, 1]
-    theta = theta_0 + lambda (M_nat ⊙ tau_nat) + (1 - lambda) (M_rob ⊙ tau_rob)   vision tower only
+    theta = theta_0 + lambda (M_nat ⊙ tau_nat) + (1 - lambda) (M_rob ⊙ tau_rob)   vision tower
 
 Our choices where the description is silent (each an option of the ``pistole`` method):
 
@@ -28,8 +28,14 @@ Our choices where the description is silent (each an option of the ``pistole`` m
   the paper asks kappa >= 1. ``gamma`` (default 1) must be > 0.
 - With several vectors of one role, a vector's mask uses the elementwise *max* of the
   counterpart role's scores (the most sensitive counterpart); with no counterpart it is 1.
-- Vision tower only: coordinates of tensors whose key does not start with ``visual.`` keep
-  theta_0 (coefficient 0), whatever the vectors hold there.
+- Scores and masks cover the vision tower (the paper's vectors are vision-only). Outside it
+  (option ``outside``): ``weighted`` (default, method version 3) merges a vector's other
+  coordinates (a text tower fine-tuned with the vision one, as the demo zoo's natural fine-tune
+  is) with its plain coefficient ``lambda_i``: no counterpart touches them and no score exists
+  there, which is the "mask 1 without a counterpart" rule; ``base`` keeps theta_0 there (the
+  literal vision-only merge of version 2, which drops a natural text tower: on the Fashion zoo
+  that costs the natural side its clean accuracy). The two agree wherever the vectors are
+  vision-only.
 - Masks are soft, so unlike task arithmetic neither alpha = 0 nor alpha = 1 reproduces a
   fine-tuned model unless kappa = 0; all lambdas 0 gives theta_0 exactly.
 """
@@ -51,6 +57,7 @@ if TYPE_CHECKING:
 
 PAPER = "PISTOLE, 'Tug-of-War No More' (ICLR 2026; no official code): shared/seeds/000 + issue 16"
 Q_SCOPES = ("per_layer", "global")
+OUTSIDE = ("weighted", "base")
 
 OPTIONS: dict[str, Option] = {
     **{k: v for k, v in CALIBRATION_OPTIONS.items() if k != "anchor"},  # scores at each fine-tune
@@ -58,6 +65,8 @@ OPTIONS: dict[str, Option] = {
     "q": Option(0.01, "fraction of most sensitive coordinates capped at the (1-q) quantile (merge time)"),
     "q_scope": Option("per_layer", "where the cap's quantile is taken: per_layer | global (merge time)"),
     "gamma": Option(1.0, "power on the per-layer normalised |gradient|, > 0 (merge time)"),
+    "outside": Option("weighted", "coordinates outside the vision tower: weighted (lambda_i, mask 1) | base "
+                      "(theta_0) (merge time)"),
     "traj_steps": Option(2, "K, projected ascent steps of the parameter trajectory; 0 = single point"),
     "eta": Option(0.01, "trajectory ball radius, as a fraction of ||theta||_F of the vision tower"),
     "beta": Option(0.5, "trajectory step length, as a fraction of the ball radius"),
@@ -185,9 +194,18 @@ def pistole_masks(grads: Sequence[Tensor], robust: Sequence[bool], segments: Seq
     return masks
 
 
+def _one_outside(mask: Tensor, segments: Sequence[tuple[int, int]]) -> Tensor:
+    """``mask`` with every coordinate outside ``segments`` set to 1 (in place; returned)."""
+    inside = mask[torch.cat([torch.arange(a, b, device=mask.device) for a, b in segments])].clone()
+    mask.fill_(1.0)
+    mask[torch.cat([torch.arange(a, b, device=mask.device) for a, b in segments])] = inside
+    return mask
+
+
 def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kappa: float, q: float,
-                         gamma: float, q_scope: str) -> list[Tensor | float]:
-    """``c_i = lambda_i * M_i`` on the vision tower, 0 elsewhere (module docstring).
+                         gamma: float, q_scope: str, outside: str = "weighted") -> list[Tensor | float]:
+    """``c_i = lambda_i * M_i`` on the vision tower; outside it ``lambda_i`` (``outside="weighted"``)
+    or 0 (``"base"``) (module docstring).
 
     Reads ``inputs.context``: ``pistole_grads`` (one ``(N,)`` per vector; may be None when
     ``kappa = 0``) and ``pistole_robust`` (one bool per vector), as the preparer sets them, and
@@ -195,13 +213,15 @@ def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kap
     ``(kappa, q, gamma, q_scope)`` are kept, so moving alpha does not rebuild them.
 
     Raises:
-        ValueError: missing scores for ``kappa > 0``, or no ``visual.`` tensor.
+        ValueError: missing scores for ``kappa > 0``, no ``visual.`` tensor, or an unknown ``outside``.
     """
+    if outside not in OUTSIDE:
+        raise ValueError(f"pistole option outside must be one of {', '.join(OUTSIDE)}, got {outside!r}")
     segments = vision_segments(inputs.names, inputs.segments)
     grads = inputs.context.get("pistole_grads")
     robust = inputs.context.get("pistole_robust")
     if kappa == 0.0:
-        region = torch.zeros(inputs.numel, dtype=torch.float32, device=inputs.device)
+        region = torch.full((inputs.numel,), 1.0 if outside == "weighted" else 0.0, device=inputs.device)
         for a, b in segments:
             region[a:b] = 1.0
         masks = [region] * len(inputs.taus)
@@ -211,10 +231,12 @@ def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kap
                              "and the roles in context['pistole_robust']: merge through the engine (which "
                              "runs the 'pistole' preparer) or pass them in MergeInputs.context")
         memo = inputs.context.get("memo")
-        key = ("masks", kappa, q, gamma, q_scope, tuple(segments))
+        key = ("masks", kappa, q, gamma, q_scope, outside, tuple(segments))
         masks = None if memo is None else memo.get(key)
         if masks is None:
             masks = pistole_masks(grads, robust, segments, kappa=kappa, q=q, gamma=gamma, q_scope=q_scope)
+            if outside == "weighted":
+                masks = [_one_outside(m, segments) for m in masks]
             if memo is not None:
                 memo.clear()   # one setting's masks at a time: memory stays that of one merge
                 memo[key] = masks
@@ -231,9 +253,10 @@ def pistole(inputs: "MergeInputs", spec: "MergeSpec") -> list[Tensor | float]:
     """
     opt = lambda key: read_option(spec, OPTIONS, key)  # noqa: E731
     return pistole_coefficients(inputs, spec.lambdas, kappa=float(opt("kappa")), q=float(opt("q")),
-                                gamma=float(opt("gamma")), q_scope=str(opt("q_scope")))
+                                gamma=float(opt("gamma")), q_scope=str(opt("q_scope")), outside=str(opt("outside")))
 
 
-# version 2: scores with PCI normalised over the trajectory and antithetic draws (calibrate/pistole.py)
+# version 2: scores with PCI normalised over the trajectory and antithetic draws (calibrate/pistole.py);
+# version 3: coordinates outside the vision tower merged with lambda_i by default (option outside)
 RECORD = MethodRecord("pistole", pistole, PAPER, fields=(), options=OPTIONS, preparer="pistole",
-                      exact_endpoints=False, version=2)
+                      exact_endpoints=False, version=3)
