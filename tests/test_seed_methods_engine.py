@@ -51,19 +51,23 @@ def test_pistole_scores_cached_deterministic_and_cost_stored_with_the_point(engi
     assert row["prep_cost"]["forward"] == cost["forward"] and row["prep_cost"]["seconds"] >= 0.0
 
 
-def test_pistole_merge_touches_only_the_vision_tower_and_kappa_0_is_no_preparation(engine):
-    spec = MergeSpec.from_alpha(0.3, method="pistole", options=FAST + (("kappa", 2.0),))
+def test_pistole_masks_the_vision_tower_weights_the_rest_and_kappa_0_is_no_preparation(engine):
+    taus = [engine.vector(n).tau for n in NAMES]
+    pre = engine.pre
+    text = [(a, b) for k, (a, b) in zip(engine.layout.keys, engine.layout.segments) if not k.startswith("visual.")]
+    vis = [(a, b) for k, (a, b) in zip(engine.layout.keys, engine.layout.segments) if k.startswith("visual.")]
+    spec = MergeSpec.from_alpha(0.3, method="pistole", options=FAST + (("kappa", 2.0), ("outside", "base")))
     engine.merge(NAMES, spec)
-    theta, pre = engine.theta.clone(), engine.pre
-    for key, (a, b) in zip(engine.layout.keys, engine.layout.segments):
-        if not key.startswith("visual."):
-            assert torch.equal(theta[a:b], pre[a:b])   # natural's text tower is not merged
+    assert all(torch.equal(engine.theta[a:b], pre[a:b]) for a, b in text)   # base: natural's text tower not merged
+    engine.merge(NAMES, MergeSpec.from_alpha(0.3, method="pistole", options=FAST + (("kappa", 2.0),)))
+    for a, b in text:   # weighted (default): the natural text tower at its plain coefficient 0.7
+        assert torch.allclose(engine.theta[a:b], pre[a:b] + 0.7 * taus[0][a:b], atol=1e-6)
+    assert any(not torch.allclose(engine.theta[a:b], pre[a:b] + 0.7 * taus[0][a:b] + 0.3 * taus[1][a:b])
+               for a, b in vis)   # the masks act on the vision tower
     plain = MergeSpec.from_alpha(0.3, method="pistole", options=(("kappa", 0.0),))
     assert engine.context(NAMES, plain)["pistole_grads"] is None
     engine.merge(NAMES, plain)
-    vis = [(a, b) for k, (a, b) in zip(engine.layout.keys, engine.layout.segments) if k.startswith("visual.")]
-    taus = [engine.vector(n).tau for n in NAMES]
-    for a, b in vis:   # kappa = 0: plain weighted addition on the vision tower
+    for a, b in vis + text:   # kappa = 0: plain weighted addition everywhere
         expect = pre[a:b] + 0.7 * taus[0][a:b] + 0.3 * taus[1][a:b]
         assert torch.allclose(engine.theta[a:b], expect, atol=1e-6)
 
