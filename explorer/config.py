@@ -239,6 +239,31 @@ class SweepSpec(_Config):
 _NESTED = {("SweepSpec", "attack"): AttackSpec, ("SweepSpec", "eval"): EvalSpec}
 
 
+@dataclass(frozen=True)
+class PointSpec:
+    """One point of the frontier: what the page selects, what an executor runs, what the engine grows.
+
+    ``sweep`` is where its row is filed, not what it is (two points differing only there are equal).
+    """
+
+    natural: tuple[str, ...]      # manifest names of the natural vectors (first in the lambdas)
+    robust: tuple[str, ...]       # manifest names of the robust vectors
+    spec: MergeSpec               # the merge (the engine drops the settings its method ignores)
+    attack: AttackSpec            # the attack the robust accuracy is measured under
+    eval: EvalSpec                # the eval set (``n`` is the target)
+    base: str | None = None       # manifest name of the pretrained model (None: the engine's)
+    sweep: str | None = field(default=None, compare=False)   # sweep id stored beside the row
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "natural", tuple(self.natural))
+        object.__setattr__(self, "robust", tuple(self.robust))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every vector, natural ones first (the order of ``spec.lambdas``)."""
+        return (*self.natural, *self.robust)
+
+
 MAX_ALPHAS = 100_000   # alpha values one text may expand to
 
 

@@ -150,3 +150,16 @@ def test_resolve_defaults_rejects_bad_tables(table, match):
 
     with pytest.raises(ValueError, match=match):
         resolve_defaults(table)
+
+
+def test_a_point_is_one_record_for_the_page_the_executors_and_the_engine():
+    """``PointSpec`` replaced the page's ``Selection`` and the executors' ``PointJob``: names in
+    lambda order, lists frozen to tuples (hashable: a job's affinity), the sweep id not part of it."""
+    from explorer.config import PointSpec
+
+    ms, attack, ev = MergeSpec.from_alpha(0.5), AttackSpec("pgd-3", eps=4 / 255), EvalSpec("shapes", n=8)
+    a = PointSpec(["nat"], ["rob1", "rob2"], ms, attack, ev, base="base", sweep="s1")
+    b = PointSpec(("nat",), ("rob1", "rob2"), ms, attack, ev, base="base", sweep="s2")
+    assert a.names == ("nat", "rob1", "rob2") and a.natural == ("nat",)
+    assert a == b and hash(a) == hash(b) and a.sweep == "s1"
+    assert a != PointSpec(("nat",), ("rob1", "rob2"), ms, attack, ev, base="other")

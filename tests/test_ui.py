@@ -323,7 +323,7 @@ def test_selection_reads_the_controls_by_name() -> None:
 
     sel = common.selection(controls(norm="L2", eps="2", advanced=True, lambdas=(0.8, -0.2, 0, 0, 0, 0)), "x")
     assert (sel.attack.name, sel.attack.norm, sel.attack.eps) == ("pgd-2", "L2", 2.0)  # L2 radii may exceed 1
-    assert sel.merge.lambdas == (0.8, -0.2) and sel.merge.alpha is None and sel.vectors == ["natural", "robust"]
+    assert sel.spec.lambdas == (0.8, -0.2) and sel.spec.alpha is None and sel.names == ("natural", "robust")
     assert sel.eval == EvalSpec("shapes", 16) and sel.base == "base"
     assert common.selection(controls(base=None), "x").base == "x"
     with pytest.raises(ValueError, match="eps must lie in"):

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from explorer.attacks import find_attack
 from explorer.attacks.stages import STAGES
-from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, SweepSpec, resolve_defaults
+from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, PointSpec, SweepSpec, resolve_defaults
 from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, check_cancelled, current_token
 from explorer.core.device import check_device
 from explorer.core.taskvec import flat_stats
@@ -30,7 +30,6 @@ from explorer.engine.points import sweep_grid
 from explorer.executors import (
     Executor,
     LocalExecutor,
-    PointJob,
     check_executor_options,
     make_executor,
     run_anytime,
@@ -187,7 +186,7 @@ class Service:
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
         if self.executor_kind == "ray":
-            jobs = [PointJob(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval),
+            jobs = [PointSpec(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval),
                     *sweep_jobs(spec)]
             yield from (row for _, row in self.executor(spec.base).run(jobs))
             return
@@ -216,7 +215,7 @@ class Service:
         """
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
-        jobs = [PointJob(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval), *sweep_jobs(spec)]
+        jobs = [PointSpec(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval), *sweep_jobs(spec)]
         token = token if token is not None else current_token()
         gen = run_anytime(self.executor(spec.base), jobs, rule=rule, first=first)
         try:

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from explorer.config import PointSpec
 from explorer.engine.anytime import FIRST_CHUNK, StopRule
-from explorer.executors import PointJob, run_anytime
+from explorer.executors import run_anytime
 
 from .common import write_points
 
@@ -54,7 +55,7 @@ def stream_line(row: dict[str, Any]) -> str:
     return json.dumps(out)
 
 
-def run_anytime_sweep(service: Service, base: str, jobs: Sequence[PointJob], args: argparse.Namespace) -> int:
+def run_anytime_sweep(service: Service, base: str, jobs: Sequence[PointSpec], args: argparse.Namespace) -> int:
     """Grow the jobs' points coarse first; print / stream them; write the latest rows to ``--out``.
 
     Raises:

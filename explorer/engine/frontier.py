@@ -32,6 +32,7 @@ from explorer.config import (
     AttackSpec,
     EvalSpec,
     MergeSpec,
+    PointSpec,
     SweepSpec,
     resolve_defaults,
 )
@@ -67,7 +68,7 @@ from .resident import (
     text_segments,
     vector_from_tensors,
 )
-from .runner import PointRunner, PointSpec
+from .runner import PointRunner
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,13 @@ cancelled chunk is not stored (the chunks before it are).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from explorer.config import CODE_VERSION, AttackSpec, EvalSpec, MergeSpec
+from explorer.config import CODE_VERSION, PointSpec
 from explorer.core.cancel import check_cancelled
 from explorer.core.heap import release_freed_heap
 from explorer.evaluation.evaluate import evaluate
@@ -36,21 +35,6 @@ from explorer.merging import canonical_spec
 from explorer.store import Store
 
 from . import points
-
-
-@dataclass(frozen=True)
-class PointSpec:
-    """What a point is: vectors, merge, attack, eval set (``n`` is the target)."""
-
-    natural: tuple[str, ...]
-    robust: tuple[str, ...]
-    spec: MergeSpec
-    attack: AttackSpec
-    eval: EvalSpec
-
-    @property
-    def names(self) -> list[str]:
-        return [*self.natural, *self.robust]
 
 
 class PointRunner:
@@ -150,7 +134,3 @@ class PointRunner:
                                   np.array(row["robust_flags"], dtype=np.bool_), sweep=sweep)
         return row
 
-
-def point_specs(jobs: Sequence[Any]) -> list[PointSpec]:
-    """``PointSpec`` of each ``PointJob``-like object (``natural, robust, spec, attack, eval``)."""
-    return [PointSpec(tuple(j.natural), tuple(j.robust), j.spec, j.attack, j.eval) for j in jobs]

@@ -1,6 +1,6 @@
 """Where points run: ``local`` (the in-process engine, the default) or ``ray`` (Ray actors).
 
-Both take the same ``PointJob`` list and yield the engine's rows; points are history-free by
+Both take the same ``config.PointSpec`` list and yield the engine's rows; points are history-free by
 default (``use_bank=False``), so a Ray sweep's points equal the local sweep's exactly. The
 driver alone writes the store. ``make_executor`` is the one entry the CLI and the app use.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Executor, ExecutorError, Outbox, PointJob, run_anytime, run_in_order, run_sweep, sweep_jobs
+from .base import Executor, ExecutorError, Outbox, run_anytime, run_in_order, run_sweep, sweep_jobs
 from .local import LocalExecutor
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 EXECUTORS = ("local", "ray")
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "PointJob", "check_executor_options",
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "Outbox", "check_executor_options",
            "make_executor", "run_anytime", "run_in_order", "run_sweep", "sweep_jobs"]
 
 

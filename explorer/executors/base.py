@@ -1,4 +1,4 @@
-"""What every executor shares: the unit of work (``PointJob``), the protocol, the sweep's jobs.
+"""What every executor shares: the protocol, the sweep's jobs (``config.PointSpec``, one per point).
 
 An executor decides *where* points run; what a point is (merge, evaluate, store key) stays
 the engine's. Every executor runs history-free points by default (``use_bank=False``: no
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
+from explorer.config import PointSpec, SweepSpec
 from explorer.core.cancel import Cancelled, CancelToken, current_token, scoped
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
 from explorer.engine.points import sweep_grid
@@ -29,31 +28,10 @@ class ExecutorError(RuntimeError):
     """
 
 
-@dataclass(frozen=True)
-class PointJob:
-    """One point to compute: the vectors, the merge, the attack and the eval set."""
-
-    natural: tuple[str, ...]       # manifest names of the natural vectors (first in the lambdas)
-    robust: tuple[str, ...]        # manifest names of the robust vectors
-    spec: MergeSpec                # the merge (canonicalised by the engine)
-    attack: AttackSpec             # the attack the robust accuracy is measured under
-    eval: EvalSpec                 # the eval set
-    sweep: str | None = None       # sweep id stored beside the row
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (*self.natural, *self.robust)
-
-    def affinity(self) -> Hashable:
-        """What a worker keeps resident between points of this kind: vectors, eval set, and
-        the method's prepared context (e.g. stability scores, cached per method + options)."""
-        return (self.names, self.eval.task, self.eval.split, self.spec.method, self.spec.options)
-
-
-def sweep_jobs(spec: SweepSpec) -> list[PointJob]:
-    """The jobs of a sweep, in the engine's grid order (alpha x keep x method, each once)."""
+def sweep_jobs(spec: SweepSpec) -> list[PointSpec]:
+    """The points of a sweep, in the engine's grid order (alpha x keep x method, each once)."""
     sweep_id = spec.digest()[:16]
-    return [PointJob(tuple(spec.natural), tuple(spec.robust), ms, spec.attack, spec.eval, sweep_id)
+    return [PointSpec(spec.natural, spec.robust, ms, spec.attack, spec.eval, spec.base, sweep_id)
             for ms in sweep_grid(spec)]
 
 
@@ -69,7 +47,7 @@ class Executor(Protocol):
     name: str
     manifest: Manifest
 
-    def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
+    def run(self, jobs: Sequence[PointSpec], *, use_bank: bool = False,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]: ...
 
     def close(self) -> None: ...
@@ -88,7 +66,7 @@ def run_sweep(executor: Executor, spec: SweepSpec, *, use_bank: bool = False,
         yield row
 
 
-def run_anytime(executor: Executor, jobs: Sequence[PointJob], *, rule: StopRule = NO_RULE,
+def run_anytime(executor: Executor, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
                 first: int = FIRST_CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(index, row)`` of the jobs' points as they grow (anytime sweep, coarse first).
 
@@ -115,7 +93,7 @@ def run_anytime(executor: Executor, jobs: Sequence[PointJob], *, rule: StopRule 
         log.info("budget of %.1f s spent; the points in flight are abandoned", rule.budget_s)
 
 
-def run_in_order(executor: Executor, jobs: Sequence[PointJob], **kwargs: Any) -> list[dict[str, Any]]:
+def run_in_order(executor: Executor, jobs: Sequence[PointSpec], **kwargs: Any) -> list[dict[str, Any]]:
     """Run ``jobs`` to the end (or the stop) and return their rows in job order.
 
     A stopped run returns the rows it has, still in job order. ``kwargs`` go to ``run``.

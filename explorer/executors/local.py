@@ -7,16 +7,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from explorer.config import PointSpec
 from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.finite import InvalidPointError
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule, anytime_sweep
 from explorer.engine.frontier import Engine
 from explorer.engine.points import failed_row
-from explorer.engine.runner import point_specs
 from explorer.merging import canonical_spec
 from explorer.zoo import Manifest
-
-from .base import PointJob
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class LocalExecutor:
     def manifest(self) -> Manifest:
         return self.engine.manifest
 
-    def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
+    def run(self, jobs: Sequence[PointSpec], *, use_bank: bool = False,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(index, row)`` per job in order; return early on a set cancel token (the point in
         flight abandoned, nothing stored for it)."""
@@ -59,11 +57,11 @@ class LocalExecutor:
                                  self.engine.base)
             yield i, row
 
-    def anytime(self, jobs: Sequence[PointJob], *, rule: StopRule = NO_RULE,
+    def anytime(self, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
                 first: int = FIRST_CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
         """Round-robin growth of the jobs' points (``engine.anytime.anytime_sweep``): ``(index, row)``
         after every chunk, partial rows ``final=False``; runs under the caller's cancel scope."""
-        yield from anytime_sweep(self.engine.runner, point_specs(jobs), rule=rule, first=first,
+        yield from anytime_sweep(self.engine.runner, jobs, rule=rule, first=first,
                                  sweep=jobs[0].sweep if jobs else None)
 
     def close(self) -> None:

@@ -23,13 +23,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from explorer.config import PointSpec
 from explorer.core.cancel import current_token
 from explorer.store import Store
 from explorer.zoo import Manifest, ModelEntry, load_manifest
 
-from .base import ExecutorError, PointJob
+from .base import ExecutorError
 from .ray_connect import connect, import_ray
-from .schedule import AffinityQueue
+from .schedule import AffinityQueue, affinity
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class RayExecutor:
             self.ray.kill(actor, no_restart=True)
 
     # ------------------------------------------------------------------ runs
-    def _keys(self, jobs: Sequence[PointJob], use_bank: bool) -> list[str]:
+    def _keys(self, jobs: Sequence[PointSpec], use_bank: bool) -> list[str]:
         """Store keys of ``jobs`` (computed by the first actor to be ready: it has the digests)."""
         self._top_up()
         while not [a for a in self._actors if a not in self._warming.values()]:
@@ -173,11 +174,11 @@ class RayExecutor:
         warm = [a for a in self._actors if a not in self._warming.values()]
         return self.ray.get(warm[0].keys.remote(list(jobs), use_bank, self._entries(jobs)))
 
-    def _entries(self, jobs: Sequence[PointJob]) -> list[ModelEntry]:
+    def _entries(self, jobs: Sequence[PointSpec]) -> list[ModelEntry]:
         """The driver's manifest entries of the jobs' models (actors learn ones added since)."""
         return [self.manifest.get(n) for n in sorted({n for j in jobs for n in j.names})]
 
-    def run(self, jobs: Sequence[PointJob], *, use_bank: bool = False,
+    def run(self, jobs: Sequence[PointSpec], *, use_bank: bool = False,
             progress: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(index, row)`` as points finish; known points first, from the store."""
         first: dict[str, int] = {}
@@ -194,7 +195,7 @@ class RayExecutor:
                 todo.append(i)
                 continue
             yield from ((j, {**row, "cached": True}) for j in [i, *twins.get(i, [])])
-        queue = AffinityQueue((i, jobs[i].affinity()) for i in todo)
+        queue = AffinityQueue((i, affinity(jobs[i])) for i in todo)
         bar = tqdm(total=len(todo), desc="sweep (ray)", disable=not progress, delay=1.0)
         pending: dict[Any, tuple[int, int, Any]] = {}    # ref -> (ticket, job index, actor)
         attempts: dict[int, int] = {}
@@ -230,7 +231,7 @@ class RayExecutor:
                 self._cancel(pending, jobs)
 
     @_guarded
-    def _dispatch(self, jobs: Sequence[PointJob], queue: AffinityQueue, pending: dict, use_bank: bool) -> None:
+    def _dispatch(self, jobs: Sequence[PointSpec], queue: AffinityQueue, pending: dict, use_bank: bool) -> None:
         """Give every idle warm actor its next job (one point in flight per actor: best balance);
         an actor still starting gets none, so no point waits behind a cold start."""
         if len(queue):
@@ -265,7 +266,7 @@ class RayExecutor:
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, Exception) else ExecutorError(_last_line(exc))) from None
 
-    def _cancel(self, pending: dict, jobs: Sequence[PointJob]) -> None:
+    def _cancel(self, pending: dict, jobs: Sequence[PointSpec]) -> None:
         """Stop every running point; keep what finished anyway; kill actors that do not answer."""
         for ticket, _, actor in pending.values():
             actor.stop.remote(ticket)

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 import torch
 
+from explorer.config import PointSpec
 from explorer.core.cancel import Cancelled, CancelToken, cancel_scope
 from explorer.core.finite import InvalidPointError
 from explorer.engine.frontier import Engine
@@ -23,7 +24,7 @@ from explorer.engine.points import failed_row
 from explorer.merging import canonical_spec
 from explorer.zoo import Manifest, ModelEntry
 
-from .base import Outbox, PointJob
+from .base import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,13 @@ class PointWorker:
             if self.engine.manifest.models.get(entry.name) != entry:
                 self.engine.add_entry(entry)
 
-    def keys(self, jobs: Sequence[PointJob], use_bank: bool, entries: Sequence[ModelEntry] = ()) -> list[str]:
+    def keys(self, jobs: Sequence[PointSpec], use_bank: bool, entries: Sequence[ModelEntry] = ()) -> list[str]:
         """The store key of every job (loads the vectors, which the points need anyway)."""
         self.learn(entries)
         return [self.engine.point_key(list(j.names), canonical_spec(j.spec), j.attack, j.eval, use_bank)
                 for j in jobs]
 
-    def run(self, ticket: int, job: PointJob, use_bank: bool,
+    def run(self, ticket: int, job: PointSpec, use_bank: bool,
             entries: Sequence[ModelEntry] = ()) -> tuple[str, dict, Any, Any] | None:
         """Compute one point; None when ``stop(ticket)`` cancelled it (nothing kept)."""
         self.learn(entries)

@@ -1,7 +1,7 @@
 """Which job a free worker takes next: stay on the kind it holds resident, else balance load.
 
 Pure bookkeeping (no Ray), so the policy is tested on its own. A worker keeps taking jobs of
-the group (``PointJob.affinity``) it last worked on; when that group is empty it takes the
+the group (``affinity``) it last worked on; when that group is empty it takes the
 largest group no other worker holds, and only then joins the largest group still open. A job
 handed back (its worker died) goes to the front of its group.
 """
@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+
+from explorer.config import PointSpec
+
+
+def affinity(point: PointSpec) -> Hashable:
+    """What a worker keeps resident between points of this kind: vectors, eval set, and
+    the method's prepared context (e.g. stability scores, cached per method + options)."""
+    return (point.names, point.eval.task, point.eval.split, point.spec.method, point.spec.options)
 
 
 class AffinityQueue:

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from explorer.config import AttackSpec, EvalSpec, MergeSpec, resolve_defaults
-from explorer.executors import Executor, LocalExecutor, PointJob, run_in_order
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, PointSpec, resolve_defaults
+from explorer.executors import Executor, LocalExecutor, run_in_order
 from explorer.merging import METHODS
 from explorer.stats.bootstrap import hypervolume_intervals, resolved
 from explorer.stats.hypervolume import hypervolume, pareto_front
@@ -66,10 +66,10 @@ def compare_methods(engine: Any, natural: str, robust: str, methods: Sequence[st
     manifest = engine.manifest if engine is not None else runner.manifest
     opts = calibration_options(manifest.defaults, attack, ev)
     # The engine drops what a method ignores (task arithmetic's keep) from the point.
-    jobs = [PointJob((natural,), (robust,),
-                     MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
-                                          options=[(k, v) for k, v in opts if k in METHODS[method].options]),
-                     attack, ev, sweep=f"compare-{method}")
+    jobs = [PointSpec((natural,), (robust,),
+                      MergeSpec.from_alpha(alpha, method=method, keep=keep, seed=seed,
+                                           options=[(k, v) for k, v in opts if k in METHODS[method].options]),
+                      attack, ev, sweep=f"compare-{method}")
             for method in methods for alpha in alphas]
     rows = run_in_order(runner, jobs, use_bank=reuse)
     out: dict[str, list[dict]] = {m: [] for m in methods}

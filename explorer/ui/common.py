@@ -8,7 +8,6 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from explorer.attacks import ATTACK_NAMES, parse_attack
-from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_options
+from explorer.config import EvalSpec, MergeSpec, PointSpec, SweepSpec, parse_alphas, parse_options
 from explorer.core.errors import message_of
 from explorer.merging import validate_spec
 from explorer.stats.intervals import fmt_ci
@@ -157,11 +156,11 @@ def merge_spec(natural: Sequence[str], robust: Sequence[str], method: str, alpha
 SETTING_FIELDS = ("base", "natural", "robust", "attack", "n", "task", "eval_seed")
 
 
-def setting_ref(base: str, natural: Sequence[str], robust: Sequence[str], attack: AttackSpec,
-                ev: EvalSpec) -> dict[str, Any]:
-    """The ``SETTING_FIELDS`` of a setting, as a row carries them (``setting_of`` compares them)."""
-    return {"base": base, "natural": list(natural), "robust": list(robust), "attack": attack.label,
-            "n": ev.n, "task": ev.task, "eval_seed": ev.seed}
+def setting_ref(point: PointSpec | SweepSpec) -> dict[str, Any]:
+    """The ``SETTING_FIELDS`` of a point's or a sweep's setting, as a row carries them (``setting_of``
+    compares them)."""
+    return {"base": point.base, "natural": list(point.natural), "robust": list(point.robust),
+            "attack": point.attack.label, "n": point.eval.n, "task": point.eval.task, "eval_seed": point.eval.seed}
 
 
 def setting_of(row: Mapping[str, Any]) -> tuple:
@@ -170,28 +169,8 @@ def setting_of(row: Mapping[str, Any]) -> tuple:
                  for k in SETTING_FIELDS)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What the frontier controls select: the vectors, their merge, the attack and the evaluation."""
-
-    base: str
-    natural: list[str]
-    robust: list[str]
-    merge: MergeSpec
-    attack: AttackSpec
-    eval: EvalSpec
-
-    @property
-    def vectors(self) -> list[str]:
-        return [*self.natural, *self.robust]
-
-    def ref(self) -> dict[str, Any]:
-        """The row fields that name this setting (``setting_ref``)."""
-        return setting_ref(self.base, self.natural, self.robust, self.attack, self.eval)
-
-
-def selection(values: Mapping[str, Any], default_base: str) -> Selection:
-    """The frontier controls' values, by name, as config objects; ``ValueError`` naming a bad one.
+def selection(values: Mapping[str, Any], default_base: str) -> PointSpec:
+    """The point the frontier controls select (its ``base`` always set); ``ValueError`` naming a bad value.
 
     Reads ``base, natural, robust, method, alpha, keep, scope, advanced, options, lambda_i, attack,
     eps, norm, task, n``: a new control that changes the merge, attack or evaluation is read here.
@@ -200,9 +179,8 @@ def selection(values: Mapping[str, Any], default_base: str) -> Selection:
     natural, robust = check_vectors(v["natural"], v["robust"])
     spec = merge_spec(natural, robust, v["method"], v["alpha"], v["keep"], v["scope"], bool(v["advanced"]),
                       lambda_values(v), v.get("options") or "")
-    return Selection(base=v["base"] or default_base, natural=natural, robust=robust, merge=spec,
-                     attack=parse_attack(v["attack"], v["eps"], v["norm"] or "Linf"),
-                     eval=eval_spec(v["task"], v["n"]))
+    return PointSpec(natural, robust, spec, parse_attack(v["attack"], v["eps"], v["norm"] or "Linf"),
+                     eval_spec(v["task"], v["n"]), base=v["base"] or default_base)
 
 
 def acc_cell(acc: float, ci: Sequence[float] | None) -> str:

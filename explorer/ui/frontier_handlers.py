@@ -14,13 +14,13 @@ from typing import Any
 import gradio as gr
 
 from explorer.app.service import Service
-from explorer.config import SweepSpec, parse_alphas
+from explorer.config import PointSpec, SweepSpec, parse_alphas
 from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, scoped
 from explorer.merging import canonical_spec
 from explorer.viz import plots
 
 from . import common
-from .common import Selection, readable_errors, setting_of
+from .common import readable_errors, setting_of
 from .form import Form
 from .guard import session_of, start_job, stop
 from .outputs import Outputs
@@ -43,12 +43,12 @@ class FrontierHandlers:
         self._live: dict[str, int] = {}               # session -> live-point generation (newest wins)
 
     # ------------------------------------------------------------------ parsing
-    def read(self, values: Mapping[Any, Any], request: gr.Request | None = None) -> tuple[dict[str, Any], Selection]:
+    def read(self, values: Mapping[Any, Any], request: gr.Request | None = None) -> tuple[dict[str, Any], PointSpec]:
         """Values by name, and the selection they make (``ValueError`` naming a bad value, or a
         vector the caller's session may not use: another session's added checkpoint)."""
         v = self.form.read(values)
         sel = common.selection(v, self.service.default_base)
-        self.service.serving.check_names(session_of(request), sel.vectors)
+        self.service.serving.check_names(session_of(request), sel.names)
         return v, sel
 
     def curve_rows(self, rows: Sequence[dict], ref: dict) -> list[dict]:
@@ -68,9 +68,9 @@ class FrontierHandlers:
         curve = self.curve_rows(rows, ref)
         return plots.frontier_figure(curve, current=current, theme=theme), curve
 
-    def stored(self, rows: Sequence[dict], sel: Selection) -> dict | None:
+    def stored(self, rows: Sequence[dict], sel: PointSpec) -> dict | None:
         """The selection's point at the chosen attack and n when already computed (no engine needed)."""
-        return common.at_merge(self.curve_rows(rows, sel.ref()), canonical_spec(sel.merge))
+        return common.at_merge(self.curve_rows(rows, common.setting_ref(sel)), canonical_spec(sel.spec))
 
     # ------------------------------------------------------------------ live point
     @readable_errors
@@ -85,21 +85,21 @@ class FrontierHandlers:
         self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
         known = self.stored(v["rows"] or [], sel)
         if known is not None:   # on a computed curve: the full-tier point at once
-            fig, curve = self._figure(v["rows"] or [], sel.ref(), known, v.get("theme"))
+            fig, curve = self._figure(v["rows"] or [], common.setting_ref(sel), known, v.get("theme"))
             return PREVIEW(plot=fig, summary=common.point_summary(known, "Computed"), current=known,
-                           status=common.caption(curve, sel.ref(), known))
+                           status=common.caption(curve, common.setting_ref(sel), known))
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         ev = replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N))
         job = start_job(self.service, request, "Preview", 1, ev.n, quick)
         try:
             with cancel_scope(job):
-                row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, quick, ev, reuse=True)
+                row = self.service.point(sel.base, sel.natural, sel.robust, sel.spec, quick, ev, reuse=True)
         except Cancelled:
             return PREVIEW.skip()
         row = {**row, "preview": True}
-        fig, curve = self._figure(v["rows"] or [], sel.ref(), row, v.get("theme"))
+        fig, curve = self._figure(v["rows"] or [], common.setting_ref(sel), row, v.get("theme"))
         return PREVIEW(plot=fig, summary=common.point_summary(row, "Preview (refining…)"), current=row,
-                       status=common.caption(curve, sel.ref(), row))
+                       status=common.caption(curve, common.setting_ref(sel), row))
 
     @readable_errors
     def refine(self, values: Mapping[Any, Any], request: gr.Request = None):
@@ -114,7 +114,7 @@ class FrontierHandlers:
         superseded = CancelToken(also=lambda: self._live.get(session, 0) != generation or job.cancelled)
         try:
             with cancel_scope(superseded):
-                row = self.service.point(sel.base, sel.natural, sel.robust, sel.merge, sel.attack, sel.eval)
+                row = self.service.point(sel.base, sel.natural, sel.robust, sel.spec, sel.attack, sel.eval)
         except Cancelled:
             return REFINE.skip()
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
@@ -130,9 +130,9 @@ class FrontierHandlers:
         v, sel = self.read(values, request)
         rows = list(v["rows"] or [])
         sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
-                       robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.merge.method]),
-                       alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.merge.keep,),
-                       scope=sel.merge.scope, attack=sel.attack, eval=sel.eval, options=sel.merge.options)
+                       robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.spec.method]),
+                       alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.spec.keep,),
+                       scope=sel.spec.scope, attack=sel.attack, eval=sel.eval, options=sel.spec.options)
         total = 1 + len(sw.methods) * len(sw.alphas)
         job = start_job(self.service, request, "Sweep", total, sel.eval.n, sel.attack)
         done, fresh, failed = 0, 0, []
@@ -140,8 +140,8 @@ class FrontierHandlers:
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
-                yield SWEEP(status=self._sweep_status(done, total, fresh, failed, self.curve_rows(rows, sel.ref()),
-                                                      sel.ref()))
+                yield SWEEP(status=self._sweep_status(done, total, fresh, failed, self.curve_rows(rows, common.setting_ref(sel)),
+                                                      common.setting_ref(sel)))
                 continue
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
@@ -177,11 +177,11 @@ class FrontierHandlers:
             v, sel = self.read(values)
         except ValueError as exc:
             return SHOW_STORED(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
-        curve = self.curve_rows(v["rows"] or [], sel.ref())
+        curve = self.curve_rows(v["rows"] or [], common.setting_ref(sel))
         label = sel.attack.label
         fig = plots.frontier_figure(curve, current=self.stored(v["rows"] or [], sel), attack=label,
                                     setting=f"{label}, n={sel.eval.n}, task {sel.eval.task}", theme=v.get("theme"))
-        return SHOW_STORED(plot=fig, table=common.rows_table(curve), status=common.caption(curve, sel.ref()))
+        return SHOW_STORED(plot=fig, table=common.rows_table(curve), status=common.caption(curve, common.setting_ref(sel)))
 
     # ------------------------------------------------------------------ first view
     @readable_errors
@@ -197,13 +197,13 @@ class FrontierHandlers:
             return
         session, spec = session_of(request), common.default_curve(self.service)
         start, job, shown = self._live.get(session, 0), None, -1
-        if spec is not None and sel.ref() == _sweep_ref(spec):
+        if spec is not None and common.setting_ref(sel) == common.setting_ref(spec):
             job = self.service.background_sweep(spec)
         while True:
             snap = job.snapshot() if job is not None else None
             # The job's rows too: they are in the store, unless the app runs without one.
-            curve = self.curve_rows([*(v["rows"] or []), *(snap.rows if snap else [])], sel.ref())
-            status = common.caption(curve, sel.ref())
+            curve = self.curve_rows([*(v["rows"] or []), *(snap.rows if snap else [])], common.setting_ref(sel))
+            status = common.caption(curve, common.setting_ref(sel))
             if snap is not None and not snap.done:
                 status = (f"Computing the default curve in the background: {len(snap.rows)}/{snap.total} "
                           f"points (the page is usable meanwhile). {status}")
@@ -215,7 +215,7 @@ class FrontierHandlers:
             if self._live.get(session, 0) != start:   # the user took over the plot
                 yield FIRST_VIEW(status=status)
             else:
-                current = common.at_merge(curve, canonical_spec(sel.merge))
+                current = common.at_merge(curve, canonical_spec(sel.spec))
                 fig = plots.frontier_figure(curve, current=current, attack=sel.attack.label, theme=v.get("theme"))
                 summary = (common.point_summary(current, "On the curve") if current is not None
                            else "Move α (or any control) to compute the current merge.")
@@ -252,10 +252,10 @@ class FrontierHandlers:
     def checkpoint(self, values: Mapping[Any, Any], request: gr.Request = None):
         """The current merge as ``.safetensors`` (config in its metadata)."""
         _, sel = self.read(values, request)
-        spec = sel.merge
+        spec = sel.spec
         out = (common.export_dir(repr((sel.base, sel.natural, sel.robust, spec.to_json())))
                / f"merged-{spec.method}-{spec.digest()[:8]}.safetensors")
-        return str(self.service.merged_checkpoint(sel.base, sel.vectors, spec, out))
+        return str(self.service.merged_checkpoint(sel.base, sel.names, spec, out))
 
     @staticmethod
     def lambda_sliders(natural, robust, advanced: bool, alpha: float):
@@ -273,7 +273,3 @@ class FrontierHandlers:
                 ups[f"lambda_{i}"] = gr.update(visible=False)
         return LAMBDA_SLIDERS(alpha=gr.update(visible=not advanced), **ups)
 
-
-def _sweep_ref(spec: SweepSpec) -> dict[str, Any]:
-    """The ``Selection.ref`` of a sweep's setting."""
-    return common.setting_ref(spec.base, spec.natural, spec.robust, spec.attack, spec.eval)

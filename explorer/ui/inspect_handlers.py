@@ -15,7 +15,7 @@ import numpy as np
 from explorer.app.images import encode_png
 from explorer.app.service import Service
 from explorer.attacks import ATTACKS, parse_attack
-from explorer.config import MergeSpec
+from explorer.config import MergeSpec, PointSpec
 from explorer.core.cancel import Cancelled, cancel_scope
 from explorer.data import get_task
 from explorer.merging import canonical_spec
@@ -101,7 +101,7 @@ class InspectHandlers:
         return stop(self.service, request)
 
     def prepare(self, values: Mapping[Any, Any], request: gr.Request | None, what: str,
-                attacked: int = 3) -> tuple[dict, Any, list[str], common.Selection, Any, dict, Any]:
+                attacked: int = 3) -> tuple[dict, Any, list[str], PointSpec, Any, dict, Any]:
         """Values by name, the decoded image, the class names, the selection, the attack, the
         three models (current merge, natural and robust endpoints) as ``{label: (vectors, spec)}``
         and the started job: priced (``attacked`` models x 1 image x the attack's cost) before the
@@ -109,15 +109,15 @@ class InspectHandlers:
         v = self.form.read(values)
         names = parse_classes(v["classes"])
         sel = common.selection(v, self.service.default_base)
-        self.service.serving.check_names(session_of(request), sel.vectors)
+        self.service.serving.check_names(session_of(request), sel.names)
         attack = parse_attack(attack_name(v["kind"], v["steps"]), v["inspect_eps"], v["norm"])
         job = start_job(self.service, request, what, attacked, 1, attack)
         image = self.service.decode_image(v["image"])
         nat, rob = sel.natural, sel.robust
         models = {
-            "current merge": (sel.vectors, canonical_spec(sel.merge)),   # what is merged (TA: keep 1)
-            "natural (α = 0)": (sel.vectors, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
-            "robust (α = 1)": (sel.vectors, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
+            "current merge": (sel.names, canonical_spec(sel.spec)),   # what is merged (TA: keep 1)
+            "natural (α = 0)": (sel.names, MergeSpec.from_alpha(0.0, len(nat), len(rob))),
+            "robust (α = 1)": (sel.names, MergeSpec.from_alpha(1.0, len(nat), len(rob))),
         }
         return v, image, names, sel, attack, models, job
 
@@ -131,7 +131,7 @@ class InspectHandlers:
         v, image, names, sel, attack, _, job = self.prepare(values, request, "Filmstrip", count)
         alphas = [round(i / (count - 1), 4) for i in range(count)]
         with stopped_as_error(job):
-            frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.merge), alphas,
+            frames = self.service.filmstrip(sel.base, sel.natural, sel.robust, canonical_spec(sel.spec), alphas,
                                             image, names, attack)
         frames = [{**f, "adv": display_image(f["adv"], FILM_SIDE)[0]} for f in frames]
         return FILMSTRIP(film=image_plots.filmstrip_figure(frames, attack=attack.label, theme=v.get("theme")))
