@@ -11,11 +11,11 @@ The public API, in the order one uses it::
 from __future__ import annotations
 
 from .attacks import run_attack
-from .config import AttackSpec, EvalSpec, MergeSpec, SweepSpec, parse_alphas, parse_eps
+from .config import AttackSpec, EvalSpec, MergeSpec, PointSpec, SweepSpec, parse_alphas, parse_eps
 from .core.taskvec import FlatLayout, TaskVector
 from .data import Task, get_task, task_names
 from .engine.frontier import Engine
-from .evaluation.evaluate import EvalResult, evaluate
+from .evaluation.evaluate import EvalOptions, EvalResult, Images, evaluate
 from .evaluation.zeroshot import ZeroShotClassifier
 from .merging import METHODS
 from .store import Store
@@ -24,8 +24,8 @@ from .zoo import Manifest, ModelEntry, convert, load_manifest, load_weights
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "AttackSpec", "Engine", "EvalResult", "EvalSpec", "FlatLayout", "Manifest", "MergeSpec",
-    "ModelEntry", "Store", "SweepSpec", "Task", "TaskVector", "ZeroShotClassifier", "convert",
+    "METHODS", "AttackSpec", "Engine", "EvalOptions", "EvalResult", "EvalSpec", "FlatLayout", "Images", "Manifest",
+    "MergeSpec", "ModelEntry", "PointSpec", "Store", "SweepSpec", "Task", "TaskVector", "ZeroShotClassifier", "convert",
     "evaluate", "get_task", "load_manifest", "load_weights", "parse_alphas", "parse_eps",
     "run_attack", "task_names",
 ]

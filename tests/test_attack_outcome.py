@@ -11,7 +11,7 @@ from explorer.attacks import apgd, attack_outcome, run_attack, square, stages
 from explorer.attacks.run import CLEAN, ROBUST
 from explorer.attacks.safety import AttackModel, attack_context
 from explorer.config import AttackSpec, EvalSpec, MergeSpec
-from explorer.evaluation.evaluate import evaluate
+from explorer.evaluation.evaluate import Images, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
@@ -143,14 +143,14 @@ def test_batch_free_on_the_demo_zoo(demo, monkeypatch, name):
 def test_evaluate_reports_stage_and_cost_per_image(mlp, monkeypatch):
     model, x, y = mlp
     monkeypatch.setattr(stages, "STEPS", 4)
-    res = evaluate(model, x, y, AttackSpec("autoattack-fast", eps=16 / 255))
+    res = evaluate(model, Images(x, y), AttackSpec("autoattack-fast", eps=16 / 255))
     assert len(res.broken_stage) == res.n == 40
     assert res.broken_stage[:5] == ["clean"] * 5
     assert [s is None for s in res.broken_stage] == res.robust.tolist()
     assert all(s in ("clean", None, "apgd-ce-x5", "apgd-t") for s in res.broken_stage)
     assert (res.fwd_bwd[:5] == 0).all() and (res.fwd_bwd[5:] > 0).all()
     assert res.stages == res.broken_stage and res.costs.tolist() == res.fwd_bwd.tolist()   # the store's columns
-    clean = evaluate(model, x, y, AttackSpec("none", eps=0))
+    clean = evaluate(model, Images(x, y), AttackSpec("none", eps=0))
     assert clean.broken_stage == ["clean"] * 5 + [None] * 35 and int(clean.fwd_bwd.sum()) == 0
 
 

@@ -11,7 +11,7 @@ from explorer.data import get_task
 from explorer.engine import attack_twin
 from explorer.engine.attack_twin import TOLERANCE, make_twin, max_disagreement
 from explorer.engine.frontier import Engine
-from explorer.evaluation.evaluate import evaluate, predict
+from explorer.evaluation.evaluate import EvalOptions, Images, evaluate, predict
 from explorer.zoo import default_manifest_path
 
 
@@ -117,7 +117,7 @@ def test_proofs_are_decided_on_the_model_not_the_twin(engine, images):
     clf = engine.classifier("shapes")
     engine.merge(["natural", "tecoa"], MergeSpec.from_alpha(1.0))
     attack = AttackSpec("pgd-3", eps=parse_eps("1/255"))
-    res = evaluate(clf, x, y, attack, attack_model=_Liar(clf), return_adv=True)
+    res = evaluate(clf, Images(x, y), attack, EvalOptions(return_adv=True), attack_model=_Liar(clf))
     # The liar stops the attack at its random start; only real mistakes of clf count.
     truth = predict(clf, res.x_adv) == y
     assert torch.equal(res.robust, (res.clean_correct & truth).cpu())
@@ -134,7 +134,7 @@ def test_a_twin_without_gradients_is_refused(engine, images):
             return clf(z).detach() + 0 * z.sum()
 
     with pytest.raises(ValueError, match="zero input gradient"):
-        evaluate(clf, x, y, AttackSpec("pgd-3", eps=parse_eps("1/255")), attack_model=Flat())
+        evaluate(clf, Images(x, y), AttackSpec("pgd-3", eps=parse_eps("1/255")), attack_model=Flat())
 
 
 def test_engine_numbers_with_and_without_the_twin(engine):

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from explorer.core.cancel import CancelToken, cancel_scope
 from explorer.engine.frontier import Engine
-from explorer.evaluation.evaluate import evaluate
+from explorer.evaluation.evaluate import Images, evaluate
 from explorer.store import Store
 from explorer.studies.bench import plain_classifier
 from explorer.zoo import load_manifest
@@ -65,7 +65,7 @@ def test_fast_path_never_above_plain_path(engine, tiny_zoo):
         spec = MergeSpec.from_alpha(row["alpha"])
         clf = plain_classifier(manifest, "base", engine.merged_state_dict(names, spec), EV.task)
         x, y = engine.eval_data(EV)
-        plain = evaluate(clf, x, y, PGD)
+        plain = evaluate(clf, Images(x, y), PGD)
         assert row["clean_acc"] == plain.clean_acc
         assert row["robust_acc"] <= plain.robust_acc
 

@@ -27,7 +27,7 @@ from explorer.core.finite import (
     merge_problems,
 )
 from explorer.engine.frontier import Engine
-from explorer.evaluation.evaluate import evaluate
+from explorer.evaluation.evaluate import Images, evaluate
 from explorer.store import Store
 from explorer.zoo import default_manifest_path, load_manifest
 
@@ -168,7 +168,7 @@ def test_public_evaluate_never_counts_nan_logits():
     x = torch.rand(8, 3, 4, 4) * 0.5
     x[5] = 0.9
     with pytest.raises(NonFiniteLogitsError, match=r"1 image\(s\) of 8 \(first: image 5\)"):
-        evaluate(_NaNFor(), x, torch.zeros(8, dtype=torch.long), AttackSpec("none", eps=0.0))
+        evaluate(_NaNFor(), Images(x, torch.zeros(8, dtype=torch.long)), AttackSpec("none", eps=0.0))
 
 
 def test_0_255_inputs_name_the_pixel_range_not_gradient_masking():
@@ -177,7 +177,7 @@ def test_0_255_inputs_name_the_pixel_range_not_gradient_masking():
     x = torch.rand(6, 3, 4, 4) * 255
     y = torch.zeros(6, dtype=torch.long)
     with pytest.raises(ValueError, match=r"\[0, 1\].*divide by 255") as err:
-        evaluate(model, x, y, PGD)
+        evaluate(model, Images(x, y), PGD)
     assert "masking" not in str(err.value)
     saturated = nn.Sequential(nn.Flatten(), nn.Linear(48, 4), nn.Hardtanh())  # flat beyond |z| > 1
     with torch.no_grad():

@@ -15,7 +15,7 @@ from explorer.cli import main
 from explorer.config import AttackSpec, EvalSpec, MergeSpec, SweepSpec
 from explorer.data import get_task
 from explorer.engine.frontier import Engine
-from explorer.evaluation.evaluate import evaluate
+from explorer.evaluation.evaluate import Images, evaluate
 from explorer.studies.bench import plain_classifier
 from explorer.zoo import default_manifest_path, load_manifest
 
@@ -47,13 +47,13 @@ def test_a_model_is_evaluated_with_its_declared_normalisation(engine, manifest_p
     manifest = load_manifest(manifest_path)
     imagenet = plain_classifier(manifest, "pretrained", sd, "shapes", normalize="imagenet")
     clip = plain_classifier(manifest, "pretrained", sd, "shapes", normalize="clip")
-    assert row["clean_acc"] == evaluate(imagenet, x, y, CLEAN).clean_acc
+    assert row["clean_acc"] == evaluate(imagenet, Images(x, y), CLEAN).clean_acc
     with torch.no_grad():   # the engine's classifier of this point is the ImageNet-normalised one
         assert torch.allclose(engine.classifier("shapes", row["normalize"])(x), imagenet(x), atol=1e-4)
         assert (imagenet(x) - clip(x)).abs().max() > 1e-2          # and the declaration matters
     same_weights = engine.model_point("tecoa", CLEAN, EV, use_store=False)
     assert same_weights["normalize"] == "clip"
-    assert same_weights["clean_acc"] == evaluate(clip, x, y, CLEAN).clean_acc
+    assert same_weights["clean_acc"] == evaluate(clip, Images(x, y), CLEAN).clean_acc
     assert same_weights["key"] != row["key"]
 
 

@@ -41,7 +41,7 @@ from explorer.core.device import check_device, check_precision, default_device, 
 from explorer.core.finite import InvalidPointError, check_merged
 from explorer.core.heap import release_freed_heap
 from explorer.evaluation.activation import BatchPlan, budget_for
-from explorer.evaluation.evaluate import AdversarialBank, evaluate
+from explorer.evaluation.evaluate import AdversarialBank, EvalOptions, Images, evaluate
 from explorer.evaluation.zeroshot import ZeroShotClassifier
 from explorer.merging import (
     MergedDelta,
@@ -317,9 +317,10 @@ class Engine(EvalInputs):
         clf = self.classifier(ev.task, normalize)
         x, y = self.eval_data(ev)
         attacked = attack.name != "none" and attack.eps > 0
-        res = evaluate(clf, x, y, attack, bank=self.bank(ev, attack),
-                       batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress,
-                       attack_model=self.attack_model(ev.task, normalize) if attacked else None)
+        res = evaluate(clf, Images(x, y), attack,
+                       EvalOptions(batch_size=self.batch_plan(ev, normalize, attacked).batch, progress=progress),
+                       attack_model=self.attack_model(ev.task, normalize) if attacked else None,
+                       bank=self.bank(ev, attack))
         release_freed_heap()   # the attack's activations: resident memory back to the floor (explorer.core.heap)
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))

@@ -30,7 +30,7 @@ import torch
 from explorer.config import CODE_VERSION, PointSpec
 from explorer.core.cancel import check_cancelled
 from explorer.core.heap import release_freed_heap
-from explorer.evaluation.evaluate import evaluate
+from explorer.evaluation.evaluate import EvalOptions, Images, evaluate
 from explorer.merging import canonical_spec
 from explorer.store import Store
 
@@ -115,7 +115,7 @@ class PointRunner:
             check_cancelled()
             ids = torch.tensor(todo[start:start + chunk], dtype=torch.long)
             dev_ids = ids.to(x.device)
-            res = evaluate(clf, x[dev_ids], y[dev_ids], p.attack, sample_ids=ids, batch_size=batch,
+            res = evaluate(clf, Images(x[dev_ids], y[dev_ids], ids), p.attack, EvalOptions(batch_size=batch),
                            attack_model=twin)
             self.store.put_images(ikey, ids.numpy(), res.clean_correct.numpy(), res.robust.numpy(), CODE_VERSION,
                                   stage=getattr(res, "stages", None), cost=getattr(res, "costs", None))

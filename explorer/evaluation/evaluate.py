@@ -181,23 +181,50 @@ def check_ball(x: torch.Tensor, x_adv: torch.Tensor, attack: AttackSpec) -> None
         raise SanityError(f"{attack.label}: perturbation {float(dist.max()):.6f} exceeds eps {attack.eps:.6f}")
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, *,
-             sample_ids: torch.Tensor | None = None, bank: AdversarialBank | None = None,
-             batch_size: int = 256, checks: bool = True, return_adv: bool = False,
-             progress: bool = False, attack_model: nn.Module | None = None) -> EvalResult:
-    """Clean and robust accuracy of ``model`` on (x, y) under ``attack``.
+@dataclass(frozen=True)
+class Images:
+    """Labelled images to evaluate on.
+
+    Shape: ``x`` [N,3,H,W] float in [0,1]; ``y`` [N] int64 labels; ``ids`` [N] int64 stable ids of
+    the images (they seed the attack's per-image randomness; default ``0..N-1``), all on one device.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def sample_ids(self) -> torch.Tensor:
+        return torch.arange(self.x.shape[0], device=self.x.device) if self.ids is None else self.ids
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation runs; none of these changes a number (batches are padded per row, every
+    random draw is per image id)."""
+
+    batch_size: int = 256      # the most images per forward (and forward+backward)
+    checks: bool = True        # sanity checks: logits not probabilities, non-zero input gradients,
+    # x_adv in the eps-ball and in [0,1], robust <= clean
+    return_adv: bool = False   # keep the adversarial images (``EvalResult.x_adv``)
+    progress: bool = False     # a tqdm bar per attack stage
+
+
+def evaluate(model: nn.Module, images: Images, attack: AttackSpec, options: EvalOptions = EvalOptions(), *,
+             attack_model: nn.Module | None = None, bank: AdversarialBank | None = None) -> EvalResult:
+    """Clean and robust accuracy of ``model`` on ``images`` under ``attack``.
 
     Args:
         model: pixels in [0,1] -> logits (e.g. ``ZeroShotClassifier``), in eval mode.
-        x: images [N,3,H,W] in [0,1]; y: labels [N].
-        sample_ids: stable ids of the samples (seed the attack's per-sample randomness).
-        bank: adversarial examples from neighbouring points, tried before the attack and
-            updated with what the attack finds.
-        checks: run the sanity checks (logits not probabilities, non-zero input gradients,
-            x_adv in the eps-ball and in [0,1], robust <= clean).
+        images: the images, their labels and ids (``Images``).
+        options: batch size, sanity checks, adversarial images kept, progress bar (``EvalOptions``).
         attack_model: the same function, faster to differentiate (``attack_twin.AttackTwin``);
             it only proposes adversarial examples: clean correctness and every proof are
             decided on ``model``.
+        bank: adversarial examples from neighbouring points, tried before the attack and
+            updated with what the attack finds (the labelled ``+reuse`` variant).
 
     Raises:
         ValueError: images that are not float pixels in [0, 1] (e.g. 0-255 values).
@@ -205,8 +232,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         SanityError: a broken invariant (robust > clean, x_adv outside the ball).
         Cancelled: the enclosing cancel scope's token was set (``explorer.core.cancel``).
     """
+    x, y, ids = images.x, images.y, images.sample_ids()
+    batch_size, checks = options.batch_size, options.checks
     check_pixels(x)
-    ids = torch.arange(x.shape[0], device=x.device) if sample_ids is None else sample_ids
     t0 = time.perf_counter()
     if checks:
         with torch.no_grad():
@@ -218,7 +246,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
     res = EvalResult(correct.cpu(), robust.cpu(), attack,
                      stage_names=find_attack(attack.name).stage_names(attack))
     broken = res.broken
-    x_adv = x.clone() if return_adv else None
+    x_adv = x.clone() if options.return_adv else None
     if attack.name != "none" and attack.eps > 0 and bool(correct.any()):
         net = model if attack_model is None else attack_model
         if checks:   # on the function whose gradients the attack follows
@@ -237,7 +265,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackS
         t2 = time.perf_counter()
         if todo.numel():
             out = attack_outcome(net, x[todo], y[todo], attack, sample_ids=ids[todo],
-                                 batch_size=batch_size, progress=progress, assume_correct=True)
+                                 batch_size=batch_size, progress=options.progress, assume_correct=True)
             adv = out.x_adv
             if checks:
                 check_ball(x[todo], adv, attack)
