@@ -88,8 +88,7 @@ def test_fp16_text_beyond_rounding_is_a_text_vector(engine, synth, tmp_path):
     try:
         assert v.touches_text and not v.report.text_rounding_only
     finally:
-        engine.unload("moved")
-        engine.manifest.models.pop("moved")
+        engine.remove_entry("moved")
 
 
 def _big_tensors(min_bytes: int) -> set[int]:

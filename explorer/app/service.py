@@ -36,7 +36,7 @@ from explorer.executors import (
     sweep_jobs,
 )
 from explorer.store import Store
-from explorer.zoo import Manifest, entry_from_path, load_manifest
+from explorer.zoo import Manifest, ModelEntry, entry_from_path, load_manifest
 
 from .background import BackgroundSweep
 from .images import DEFAULT_MAX_PIXELS, check_input_form, image_to_tensor, read_image, tensor_to_image, to_input_form
@@ -74,6 +74,11 @@ class EngineCache:
     def __contains__(self, base: str) -> bool:
         return base in self._engines
 
+    def added(self) -> dict[str, ModelEntry]:
+        """The checkpoints added at run time to any engine built so far (``ResidentModels.added``)."""
+        with self._guard:
+            return {n: e for eng in self._engines.values() for n, e in eng.models.added.items()}
+
 
 class Service:
     """What one running app or command serves: a manifest, a device, a results store.
@@ -98,13 +103,13 @@ class Service:
         self.executor_kind, self.ray_address, self.workers = executor, ray_address, workers
         self._ray: dict[str, Executor] = {}
         self._ray_guard = threading.Lock()
-        self.manifest: Manifest = load_manifest(manifest_path)
-        self.manifest_path = str(self.manifest.path)
+        self.zoo: Manifest = load_manifest(manifest_path)   # as read: never modified
+        self.manifest_path = str(self.zoo.path)
         # how uploads are brought to the zoo's data (images.INPUT_FORMS); "as-is" by default
-        self.input_form = check_input_form(str(self.manifest.defaults.get("input", "as-is")))
+        self.input_form = check_input_form(str(self.zoo.defaults.get("input", "as-is")))
         self.device = check_device(device)
         self.store: Store | None = Store(store_path) if store_path != "none" else None
-        self.defaults: Defaults = resolve_defaults(self.manifest.defaults, self.manifest.names("base"))
+        self.defaults: Defaults = resolve_defaults(self.zoo.defaults, self.zoo.names("base"))
         self.engines = EngineCache(self._build)
         self.max_pixels = int(max_pixels)
         self._background: dict[str, BackgroundSweep] = {}   # sweep digest -> its background run
@@ -113,7 +118,13 @@ class Service:
 
     def _build(self, base: str) -> Engine:
         log.info("building the engine for base %r on %s", base, self.device or "auto")
-        return Engine(self.manifest, base=base, device=self.device, store=self.store)
+        return Engine(self.zoo, base=base, device=self.device, store=self.store)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The zoo plus the checkpoints added at run time (to any base's engine): a view."""
+        added = self.engines.added()
+        return Manifest(self.zoo.path, self.zoo.defaults, {**self.zoo.models, **added}) if added else self.zoo
 
     @property
     def default_base(self) -> str:
@@ -146,8 +157,9 @@ class Service:
             return LocalExecutor(self.engine(base))
         with self._ray_guard:
             if base not in self._ray:
-                self._ray[base] = make_executor("ray", manifest=self.manifest, base=base, device=self.device,
+                self._ray[base] = make_executor("ray", manifest=self.zoo, base=base, device=self.device,
                                                 store=self.store, address=self.ray_address, workers=self.workers)
+            self._ray[base].manifest = self.manifest   # the actors learn the entries added since
             return self._ray[base]
 
     def close(self) -> None:

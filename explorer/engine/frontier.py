@@ -14,8 +14,6 @@ Invalid merges and non-finite logits fail the point (``finite.InvalidPointError`
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,48 +24,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from explorer.calibrate import CalibrationCache, prepare_context
-from explorer.config import (
-    CODE_VERSION,
-    AttackSpec,
-    EvalSpec,
-    MergeSpec,
-    PointSpec,
-    SweepSpec,
-    resolve_defaults,
-)
+from explorer.calibrate import prepare_context
+from explorer.config import AttackSpec, EvalSpec, MergeSpec, PointSpec, SweepSpec, resolve_defaults
 from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.device import check_device, check_precision, default_device, float32_precision, in_own_precision
-from explorer.core.finite import InvalidPointError, check_merged
+from explorer.core.finite import InvalidPointError
 from explorer.core.heap import release_freed_heap
 from explorer.evaluation.activation import BatchPlan, budget_for
 from explorer.evaluation.evaluate import AdversarialBank, EvalOptions, Images, evaluate
 from explorer.evaluation.zeroshot import ZeroShotClassifier
-from explorer.merging import (
-    MergedDelta,
-    MergeInputs,
-    apply_coefficients,
-    canonical_spec,
-    merge_coefficients,
-    method_version,
-    validate_spec,
-)
+from explorer.merging import canonical_spec
 from explorer.store import Store
-from explorer.zoo import Manifest, ModelEntry, create_model, load_manifest
-from explorer.zoo.flatload import cache_dir_of
+from explorer.zoo import Manifest, ModelEntry, load_manifest
 
+from . import keys
 from .attack_twin import AttackTwin
 from .inputs import EvalInputs
+from .merge_cache import MergeCache, Merged
+from .models import ResidentModels
 from .points import failed_row, point_row, sweep_grid
-from .resident import (
-    Vector,
-    constant_coefficients,
-    flat_digest,
-    load_base,
-    load_vector,
-    text_segments,
-    vector_from_tensors,
-)
+from .resident import Vector, flat_digest
 from .runner import PointRunner
 
 log = logging.getLogger(__name__)
@@ -79,11 +55,20 @@ REUSE_TAG = " +reuse"
 __all__ = ["Engine", "Vector", "default_device", "flat_digest"]
 
 
+def _part(part: str, name: str, doc: str) -> property:
+    """A read-only attribute of the engine that is its part's (``self.<part>.<name>``)."""
+    return property(lambda self: getattr(getattr(self, part), name), doc=doc)
+
+
 class Engine(EvalInputs):
-    """Resident merge + evaluation engine for one manifest and base model.
+    """Resident merge + evaluation engine for one manifest and base model: a thin composition of
+    ``models`` (the weights on the device, ``ResidentModels``), ``merges`` (which merge theta holds,
+    ``MergeCache``), the eval inputs it caches (``EvalInputs``) and ``runner`` (points grown over the
+    per-image store, ``PointRunner``).
 
     Args:
-        manifest: a ``Manifest`` or the path of one (default: the demo zoo).
+        manifest: a ``Manifest`` or the path of one (default: the demo zoo); never modified
+            (checkpoints added at run time live in ``models.added``; ``manifest`` shows them).
         base: manifest name of the pretrained model (default: the manifest's default).
         device: ``"cuda"``/``"cpu"`` (default: cuda when available).
         store: results store (default: none, nothing persisted).
@@ -102,143 +87,99 @@ class Engine(EvalInputs):
             as they were outside. No effect on CPU.
     """
 
+    manifest = _part("models", "manifest", "The zoo plus the checkpoints added at run time (a view).")
+    model = _part("models", "model", "The open_clip model; its parameters are views into ``theta``.")
+    tokenizer = _part("models", "tokenizer", "The model's tokenizer.")
+    reference = _part("models", "reference", "The state dict as storage-free ``meta`` tensors.")
+    layout = _part("models", "layout", "Keys and flat segments of ``pre``, ``theta`` and every vector.")
+    pre = _part("models", "pre", "theta_pre, flat ``(N,)`` float32 on the device.")
+    theta = _part("models", "theta", "The merged weights, flat ``(N,)`` float32 (backs ``model``).")
+    base_digest = _part("models", "base_digest", "Content hash of theta_pre.")
+    base_report = _part("models", "base_report", "How the base was read (``flatload.LoadReport``).")
+    cache_dir = _part("models", "cache_dir", "Where remote checkpoints are cached.")
+    _vectors = _part("models", "vectors", "The resident vectors by name.")
+    _text_segments = _part("models", "text_segments", "Flat segments outside the visual tower.")
+    calibration = _part("merges", "calibration", "Scores/posteriors of data-aware methods.")
+
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
                  device: str | None = None, store: Store | None = None, batch_size: int | None = None,
                  fast_attack: bool = True, precision: str = "tf32",
                  activation_budget: int | None = None) -> None:
-        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        self.base = base or resolve_defaults(self.manifest.defaults, self.manifest.names("base")).base
+        zoo = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.base = base or resolve_defaults(zoo.defaults, zoo.names("base")).base
         self.device = torch.device(check_device(device) or default_device())
         self.precision = check_precision(precision)   # tests/test_cuda.py bounds TF32's effect
         self.store = store
         self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
         self.activation_budget = activation_budget or budget_for(self.device)
-        self._plans: dict[tuple, BatchPlan] = {}
-        entry = self.manifest.get(self.base)
-        model, self.tokenizer = create_model(entry)
+        self.fast_attack = fast_attack
         # At the memory floor (explorer.engine.resident): meta reference, flat pre + theta, the model's
         # parameters views into theta; integer buffers are the model's own (set from the file).
-        self.cache_dir = cache_dir_of(self.manifest.defaults, self.manifest.path)
-        self.reference, self.layout, self.pre, self.theta, self.base_report = load_base(
-            entry, model, self.device, self.cache_dir)
-        self.model = model
-        self.base_digest = flat_digest(self.pre)
-        self._text_segments = text_segments(self.layout)
-        self._vectors: dict[str, Vector] = {}
+        self.models = ResidentModels(zoo, self.base, self.device)
+        self.merges = MergeCache(self.models)
+        # The eval inputs' caches (explorer.engine.inputs), by setting.
+        self._plans: dict[tuple, BatchPlan] = {}
         self._classifiers: dict[tuple[str, str], ZeroShotClassifier] = {}   # (task, normalize)
-        self.fast_attack = fast_attack
         self._twins: dict[tuple[str, str], AttackTwin | None] = {}
         self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._banks: dict[tuple, AdversarialBank] = {}
         self._text_key: Any = None
-        self.calibration = CalibrationCache()  # scores/posteriors of data-aware methods (explorer.calibrate)
-        self.last_prep_cost: dict | None = None  # the last merge's preparer cost (context["prep_cost"])
-        self.merged: tuple[tuple[str, ...], MergeSpec] | None = None   # what the resident model holds
         self.runner = PointRunner(self)   # history-free points, grown over the per-image store
 
     # ------------------------------------------------------------------ models
     def vector(self, name: str) -> Vector:
         """The named fine-tune, loaded once and kept resident (missing towers = pretrained)."""
-        if name not in self._vectors:
-            self._vectors[name] = load_vector(self.manifest.get(name), self.reference, self.layout,
-                                              self.pre, self._text_segments, self.cache_dir)
-        return self._vectors[name]
+        return self.models.vector(name)
+
+    def vectors(self, names: Sequence[str]) -> list[Vector]:
+        return [self.models.vector(n) for n in names]
 
     def unload(self, name: str) -> None:
         """Drop a resident vector (its memory is freed once no caller holds it)."""
-        self._vectors.pop(name, None)
+        self.models.unload(name)
 
     def add_entry(self, entry: ModelEntry, tensors: dict[str, torch.Tensor] | None = None) -> Vector:
-        """Register a new checkpoint (validated against the base architecture) and load it.
-
-        ``tensors``: the checkpoint's tensors already read (an upload); the entry's ``weights``
-        is then a label and never opened. Nothing is registered when validation fails.
-        """
-        if tensors is not None:
-            vec = vector_from_tensors(entry, tensors, self.reference, self.layout, self.pre,
-                                      self._text_segments)
-            self.manifest.add(entry)
-            self._vectors[entry.name] = vec
-            return vec
-        self.manifest.add(entry)
-        self._vectors.pop(entry.name, None)
-        try:
-            return self.vector(entry.name)
-        except Exception:
-            self.manifest.models.pop(entry.name, None)
-            raise
+        """Register a new checkpoint (validated against the base architecture) and load it
+        (``ResidentModels.add``); nothing is registered when validation fails."""
+        return self.models.add(entry, tensors)
 
     def remove_entry(self, name: str) -> None:
-        """Forget a checkpoint added at run time: its manifest entry and its resident vector."""
-        self.manifest.models.pop(name, None)
-        self.unload(name)
+        """Forget a checkpoint added at run time: its entry and its resident vector."""
+        self.models.remove(name)
 
     def vector_bytes(self) -> int:
         """Resident bytes of one task vector (its flat fine-tuned weights)."""
-        return self.pre.numel() * self.pre.element_size()
-
-    def vectors(self, names: Sequence[str]) -> list[Vector]:
-        return [self.vector(n) for n in names]
+        return self.models.vector_bytes()
 
     def precision_scope(self) -> AbstractContextManager[None]:
         """This engine's ``precision`` inside, the caller's switches after (``float32_precision``)."""
         return float32_precision(self.precision)
 
     @in_own_precision
-    def merge(self, names: Sequence[str], spec: MergeSpec) -> None:
-        """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model.
+    def merge(self, names: Sequence[str], spec: MergeSpec) -> Merged:
+        """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model;
+        the ``Merged`` record (names, spec, the preparer's cost). ``MergeCache.merge`` raises."""
+        done = self.merges.merge(names, spec, self)
+        self._refresh(done)
+        return done
 
-        ``self.merged`` is then ``(tuple(names), spec)`` (None while a merge is under way or failed),
-        so a caller that finds the model already so merged may skip the pass.
-        """
-        self.merged = None
-        self._merge(names, spec)
-        self.merged = (tuple(names), spec)
+    @in_own_precision
+    def ensure_merged(self, names: Sequence[str], spec: MergeSpec) -> Merged:
+        """``merge`` unless the resident model holds that merge already; the record either way."""
+        done, written = self.merges.ensure(names, spec, self)
+        if written:
+            self._refresh(done)
+        return done
 
-    def _merge(self, names: Sequence[str], spec: MergeSpec) -> None:
-        validate_spec(spec)
-        vecs = self.vectors(names)
-        if len(spec.lambdas) != len(vecs):
-            raise ValueError(f"{len(spec.lambdas)} lambdas for {len(vecs)} task vectors {list(names)}")
-        self.last_prep_cost = None
-        if not vecs:                      # the pretrained model itself
-            self.theta.copy_(self.pre)
-            check_merged(self.theta, self.layout.keys, self.layout.segments, (), what=f"base {self.base!r}")
-            self._refresh_twins()
-            self._refresh_text(())
-            return
-        coeffs = constant_coefficients(spec)
-        if coeffs is None:   # the method reads the task vectors: tau made for this merge only
-            context = self.context(names, spec)
-            self.last_prep_cost = context.get("prep_cost")   # what the method's scores cost to build
-            inputs = MergeInputs(taus=[v.tau for v in vecs], segments=self.layout.segments,
-                                 names=list(self.layout.keys), shapes=list(self.layout.shapes), context=context)
-            coeffs = merge_coefficients(inputs, spec)
-            del inputs
-        apply_coefficients(self.pre, [v.ft for v in vecs], coeffs, out=self.theta,
-                           untouched=[v.untouched for v in vecs])
-        # Before anything reads the weights (twins, text head, an attack): no NaN, no negative variance.
-        check_merged(self.theta, self.layout.keys, self.layout.segments, spec.lambdas,
-                     what=f"{spec.method} merge of {', '.join(names)}")
-        self._refresh_twins()
-        if isinstance(coeffs, MergedDelta):   # no per-vector coefficients: key the text by the spec
-            self._refresh_text(((spec.digest(),) if any(v.touches_text for v in vecs) else ()))
-            return
-        self._refresh_text(tuple((v.name, c if isinstance(c, float) else spec.digest())
-                                 for v, c in zip(vecs, coeffs)
-                                 if v.touches_text and (not isinstance(c, float) or c != 0)))
-
-    def _refresh_twins(self) -> None:
+    def _refresh(self, done: Merged) -> None:
+        """The twins and (when the merged text tower changed) the class embeddings follow theta."""
         for twin in self._twins.values():
             if twin is not None:
                 twin.refresh()
-
-    def _refresh_text(self, text_key: tuple) -> None:
-        """Recompute the class embeddings when the merged text tower changed."""
-        if text_key != self._text_key:
-            self._text_key = text_key
+        if done.text_key != self._text_key:
+            self._text_key = done.text_key
             for clf in self._classifiers.values():
-                clf.refresh_text_head(key=repr(text_key))
+                clf.refresh_text_head(key=repr(done.text_key))
 
     def context(self, names: Sequence[str], spec: MergeSpec) -> dict:
         """Extras a method needs (e.g. stability scores): its record's preparer, run against this
@@ -259,29 +200,15 @@ class Engine(EvalInputs):
     # ------------------------------------------------------------------ points
     def point_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec,
                   use_bank: bool = False) -> str:
-        """Store key of a point: a hash of (code version, weights digests, merge, attack, eval)."""
-        return hashlib.sha256("|".join(self.key_parts(names, spec, attack, ev.to_json(), use_bank)).encode()).hexdigest()
+        """Store key of a point: a hash of (code version, weights digests, merge, attack, eval)
+        (``keys.point_key``; loads the vectors for their digests)."""
+        return keys.point_key(self.base_digest, [self.vector(n).digest for n in names], spec, attack, ev,
+                              use_bank, self.normalization(names))
 
     def image_key(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev: EvalSpec) -> str:
-        """Key of a point's per-image rows (``Store.images``): the point key's parts with the eval
-        set's ``n`` left out, since image i is the same image at every n (nested sets)."""
-        ev_part = {k: v for k, v in ev.to_dict().items() if k != "n"}
-        parts = self.key_parts(names, spec, attack, "images:" + json.dumps(ev_part, sort_keys=True), False)
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-    def key_parts(self, names: Sequence[str], spec: MergeSpec, attack: AttackSpec, ev_part: str,
-                  use_bank: bool) -> list[str]:
-        parts = [CODE_VERSION, self.base_digest, *[self.vector(n).digest for n in names],
-                 spec.to_json(), attack.to_json(), ev_part]
-        # History-free numbers and reuse-tightened ones are stored apart ("fresh" is the marker
-        # history-free points always had; rows stored without a marker came from the old default).
-        parts.append("reuse" if use_bank else "fresh")
-        normalize = self.normalization(names)
-        if normalize != "clip":   # CLIP's is what every point was evaluated with before it was named
-            parts.append(f"normalize={normalize}")
-        if method_version(spec.method) > 1:
-            parts.append(f"{spec.method}@{method_version(spec.method)}")
-        return parts
+        """Key of a point's per-image rows (``Store.images``): the point key without ``ev.n``."""
+        return keys.image_key(self.base_digest, [self.vector(n).digest for n in names], spec, attack, ev,
+                              self.normalization(names))
 
     @in_own_precision
     def point(self, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec, attack: AttackSpec,
@@ -311,7 +238,7 @@ class Engine(EvalInputs):
         if not use_bank:   # history-free: grown over the per-image store (explorer.engine.runner)
             return self._grown_point(PointSpec(tuple(natural), tuple(robust), spec, attack, ev), use_store, sweep)
         t0 = time.perf_counter()
-        self.merge(names, spec)
+        merged = self.merge(names, spec)
         t1 = time.perf_counter()
         normalize = self.normalization(names)
         clf = self.classifier(ev.task, normalize)
@@ -325,8 +252,8 @@ class Engine(EvalInputs):
         row = point_row(res, spec, attack, ev, natural, robust, self.base, key,
                         seconds=time.perf_counter() - t0, merge_seconds=t1 - t0, device=str(self.device))
         row["reuse"] = use_bank
-        if self.last_prep_cost is not None:
-            row["prep_cost"] = self.last_prep_cost   # forward/backward passes and seconds of the scores
+        if merged.prep_cost is not None:
+            row["prep_cost"] = merged.prep_cost   # forward/backward passes and seconds of the scores
         row["normalize"] = normalize
         row["attack"] += REUSE_TAG
         if self.store is not None:

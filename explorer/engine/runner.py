@@ -100,10 +100,9 @@ class PointRunner:
                 yield self._finish(p, {**row, "cached": True}, sweep)
             return
         eng, spec, t0 = self.engine, canonical_spec(p.spec), time.perf_counter()
-        if eng.merged != (tuple(p.names), spec):   # a round-robin sweep comes back to a point
-            eng.merge(p.names, spec)
+        # Merged only when the model holds another merge (a round-robin sweep comes back to a point).
+        prep_cost = eng.ensure_merged(p.names, spec).prep_cost
         merge_seconds = time.perf_counter() - t0
-        prep_cost = eng.last_prep_cost
         normalize = eng.normalization(p.names)
         clf = eng.classifier(p.eval.task, normalize)
         x, y = eng.eval_data(p.eval)
