@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def slow_anytime(service, pause: float = 0.5) -> None:
+    """A pause after every row of the anytime sweeps: the tiny zoo's AutoAttack chunks take
+    milliseconds, and the page is to be seen with partial points before they are final."""
+    grow = service.anytime_sweep
+
+    def paused(*args, **kwargs):
+        for row in grow(*args, **kwargs):
+            yield row
+            time.sleep(pause)
+    service.anytime_sweep = paused
+
+
 @pytest.fixture(scope="module")
 def url(tiny_zoo: Path, tmp_path_factory):
     from explorer.ui import CSS_PATH, build_demo
 
     store = tmp_path_factory.mktemp("browser_store") / "results.sqlite"
     demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(store))
+    slow_anytime(demo.explorer_service)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(),
                 quiet=True, show_error=True, css_paths=[CSS_PATH])   # the app's stylesheet, as served
     yield demo.local_url
@@ -124,17 +138,44 @@ def summary_has(page, text: str) -> None:
     page.wait_for_function("(t) => document.querySelector('#point-summary').innerText.includes(t)", arg=text)
 
 
+AA_TRACE = "task_arithmetic · autoattack-fast"
+# The AutoAttack curve's marker symbols, once it is drawn (one per point while any is partial).
+AA_SYMBOLS_JS = """(name) => { const gd = document.querySelector('#frontier-plot .js-plotly-plot');
+  const t = gd && gd.data ? gd.data.find(t => t.name === name) : null;
+  return t ? [].concat(t.marker.symbol) : null; }"""
+
+
 def test_first_view_shows_the_frontier_without_a_click(page) -> None:
-    """On load the default curve is computed in the background and streamed in, with its count."""
+    """On load the default curve is computed in the background and streamed in, with its count;
+    then the same curve under autoattack-fast, coarse first: hollow partial points with their
+    intervals and an 'n_done/n' caption, then filled ones, the preview curve faded behind."""
     page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('6 points plotted')")
     traces = plot_traces(page, "frontier-plot")
     names = [t["name"] for t in traces]
     assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= set(names)
-    curve = next(t for t in traces if t["name"] == "task_arithmetic")
-    assert len(curve["x"]) >= 3
+    # Hollow AutoAttack points, said to be partial, with what computes them.
+    page.wait_for_function(f"(n) => {{ const s = ({AA_SYMBOLS_JS})(n); return s && s.includes('circle-open'); }}",
+                           arg=AA_TRACE)
     status = page.locator("#sweep-status").inner_text()
-    assert "(pretrained 1, task_arithmetic 5)" in status and "pgd-3 Linf eps=4/255, n = 32" in status
-    assert "α = 0.5" in current_text(page)   # the slider's point is highlighted on the curve
+    assert "Computing the same curve under autoattack-fast Linf eps=4/255 (the reported tier)" in status
+    assert "(autoattack-fast on 16/32 images)" in status   # its points so far, beside the preview curve
+    # Once its first round is in it leads: partial, and its hypervolume says so.
+    page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes("
+                           "'Partial (hollow): task_arithmetic: autoattack-fast on 16')")
+    status = page.locator("#sweep-status").inner_text()
+    assert "— autoattack-fast Linf eps=4/255, n = 32" in status and "Also plotted (faded): the same curve under pgd-3" in status
+    assert re.search(r"\(partial: [1-6] of 6 points not complete\)", status), status
+    # Then filled, every point final: the AutoAttack curve leads, the pgd-3 curve faded behind it.
+    page.wait_for_function(f"(n) => {{ const s = ({AA_SYMBOLS_JS})(n); return s && !s.includes('circle-open'); }}",
+                           arg=AA_TRACE)
+    page.wait_for_function("() => !document.querySelector('#sweep-status').innerText.includes('in the background')")
+    status = page.locator("#sweep-status").inner_text()
+    assert "(pretrained 1, task_arithmetic 5) — autoattack-fast Linf eps=4/255, n = 32" in status
+    assert "Also plotted (faded): the same curve under pgd-3 Linf eps=4/255, 6 points, n = 32." in status
+    assert "Partial" not in status
+    curves = {t["name"]: t for t in plot_traces(page, "frontier-plot")}
+    assert len(curves[AA_TRACE]["x"]) == 5 and len(curves["task_arithmetic · pgd-3 (faded)"]["x"]) == 5
+    assert "α = 0.5" in current_text(page) and "autoattack-fast" in current_text(page)   # the slider's point
 
 
 def test_typing_alpha_and_arrow_keys_move_the_point(page) -> None:
@@ -169,13 +210,13 @@ def test_sweep_draws_the_curve(page) -> None:
     page.locator("#sweep-btn").click()
     page.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('Sweep 4/4')")
     names = [t["name"] for t in plot_traces(page, "frontier-plot")]
-    assert "task_arithmetic" in names
+    assert {AA_TRACE, "task_arithmetic · pgd-3 (faded)"} <= set(names)   # the AutoAttack curve leads
     assert {"pretrained (all λ = 0)", "natural endpoint (α = 0)", "robust endpoint (α = 1)"} <= set(names)
-    curve = next(t for t in plot_traces(page, "frontier-plot") if t["name"] == "task_arithmetic")
+    curve = next(t for t in plot_traces(page, "frontier-plot") if t["name"] == "task_arithmetic · pgd-3 (faded)")
     assert len(curve["x"]) >= 3
     assert page.locator("#points-table").inner_text().count("pgd-3 Linf eps=4/255") >= 4
     assert_table_accuracies(page, columns_inside=5)
-    assert_plot_text_inside(page, "frontier-plot", "pgd-3 Linf eps=4/255, n=32")
+    assert_plot_text_inside(page, "frontier-plot", "autoattack-fast Linf eps=4/255,")
 
 
 def test_upload_shows_both_predictions(page, tmp_path) -> None:
@@ -218,7 +259,7 @@ def test_phone_width_shows_accuracies_with_their_setting(page) -> None:
     page.get_by_role("tab", name="Frontier").click()
     page.set_viewport_size({"width": 390, "height": 900})
     try:
-        assert_plot_text_inside(page, "frontier-plot", "pgd-3 Linf eps=4/255, n=32")
+        assert_plot_text_inside(page, "frontier-plot", "autoattack-fast Linf eps=4/255,")
         assert_table_accuracies(page, columns_inside=3)
     finally:
         page.set_viewport_size({"width": 1440, "height": 1000})

@@ -91,14 +91,17 @@ def test_first_view_streams_with_a_progress_line(tiny_zoo) -> None:
         gate.wait(60)
         yield from svc.sweep(spec)
 
-    svc._background[spec.digest()] = BackgroundSweep(gated, 6)   # the job the page will find
+    svc._background[spec.digest()] = BackgroundSweep(gated, 6, label=spec.attack.label)   # the job the page finds
     values = {form[k]: c.value for k, c in ((k, form[k]) for k in form.api_order(form.inputs("merge", "theme")))}
     values[form["rows"]] = []
     gen = FrontierHandlers(svc, form).first_view(values)
     fig, _, status, _, _ = next(gen)
-    assert status.startswith("Computing the default curve in the background: 0/6 points")
+    assert status.startswith("Computing the default curve under pgd-3 Linf eps=4/255 in the background: 0/6 points")
+    assert "Then the same curve under autoattack-fast Linf eps=4/255, coarse first." in status
     gate.set()
     *_, (fig, table, status, summary, current) = list(gen)
-    assert status.startswith("6 points plotted (pretrained 1, task_arithmetic 5)") and len(table) == 6
+    # The end: the AutoAttack curve leads (ui/tiers.py), the pgd-3 one faded behind it; the table lists both.
+    assert status.startswith("6 points plotted (pretrained 1, task_arithmetic 5) — autoattack-fast") and len(table) == 12
     assert current["alpha"] == 0.5 and "On the curve" in summary
-    assert sum(len(t.x) for t in fig.data if t.name == "task_arithmetic") == 5
+    assert sum(len(t.x) for t in fig.data if t.name == "task_arithmetic · autoattack-fast") == 5
+    assert sum(len(t.x) for t in fig.data if t.name == "task_arithmetic · pgd-3 (faded)") == 5

@@ -6,14 +6,16 @@ matches its return against), so a count that differs from the wiring fails here,
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
+from explorer.app.background import Snapshot
 from explorer.core.cancel import Cancelled
-from explorer.ui import build_demo
+from explorer.ui import build_demo, tiers
 from explorer.ui.outputs import Outputs
 
 HANDLER_CLASSES = ("FrontierHandlers", "InspectHandlers", "ModelsHandlers")
@@ -119,17 +121,18 @@ def test_page_state_paths(demo, monkeypatch) -> None:
     assert "eps" in first[2] and is_skip(first[3]) and is_skip(first[4])
     # The default curve computed in the background while the user moves a control: status only.
     h = wired(demo, "FrontierHandlers.first_view")[0].fn.__self__
-    snaps = iter([SimpleNamespace(done=False, rows=[], total=3, error=None)] * 2
-                 + [SimpleNamespace(done=True, rows=[], total=3, error=None)] * 2)
+    snaps = itertools.chain([Snapshot(rows=[], total=3, done=False, error=None)] * 2,
+                            itertools.repeat(Snapshot(rows=[], total=3, done=True, error=None)))
 
     def snapshot():
         h._live["default"] = h._live.get("default", 0) + 1   # a newer move of this session
         return next(snaps)
-    job = SimpleNamespace(snapshot=snapshot, wait=lambda _t: True)
-    monkeypatch.setattr(demo.explorer_service, "background_sweep", lambda spec: job)
+    job = SimpleNamespace(snapshot=snapshot, label="pgd-3 Linf eps=4/255")
+    monkeypatch.setattr(tiers, "first_view_jobs", lambda service: [job])
     taken = call(demo, "FrontierHandlers.first_view", values(attack="pgd-3", n=32, alpha=0.5))
-    assert len(taken) == 3 and all(is_skip(o[0]) and is_skip(o[3]) for o in taken)   # 2 under way, 1 done
-    assert "in the background: 0/3 points" in taken[0][2]
+    assert len(taken) == 2 and all(is_skip(o[0]) and is_skip(o[3]) for o in taken)   # under way, then done
+    assert "under pgd-3 Linf eps=4/255 in the background: 0/3 points" in taken[0][2]
+    assert "in the background" not in taken[1][2]
     for k in (1, 5):
         (ups,) = call(demo, "FrontierHandlers.lambda_sliders", ["natural"] * k, ["robust"], True, 0.25)
         assert [u["visible"] for u in ups] == [False] + [True] * (k + 1) + [False] * (5 - k)

@@ -215,21 +215,22 @@ class Service:
             yield row
 
     def anytime_sweep(self, spec: SweepSpec, *, rule: StopRule = NO_RULE, first: int = FIRST_CHUNK,
-                      token: CancelToken | None = None) -> Iterator[dict]:
+                      token: CancelToken | None = None, chunk: int | None = None) -> Iterator[dict]:
         """The sweep's points (the pretrained model first) grown coarse first: a contract row after
         every chunk (``n_done`` of ``n``, ``final``, accuracies and Wilson intervals over the images
         done; the same ``key`` each time a point grows: replace by key).
 
         The engine lock is held per chunk only, so sliders and other sessions interleave; ``token``
         (or the caller's cancel scope) stops it between or inside chunks, every finished image
-        kept. On Ray, whole points come back as they finish (every row final; see
-        ``executors.run_anytime``).
+        kept. ``chunk`` caps the images per chunk, so the lock is never held for more (default: a
+        round's growth at once). On Ray, whole points come back as they finish (every row final;
+        see ``executors.run_anytime``).
         """
         n_vec = len(spec.natural) + len(spec.robust)
         pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
         jobs = [PointSpec(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval), *sweep_jobs(spec)]
         token = token if token is not None else current_token()
-        gen = run_anytime(self.executor(spec.base), jobs, rule=rule, first=first)
+        gen = run_anytime(self.executor(spec.base), jobs, rule=rule, first=first, chunk=chunk)
         try:
             while True:
                 with self.lock(spec.base), cancel_scope(token):
@@ -242,16 +243,27 @@ class Service:
         finally:
             gen.close()
 
-    def background_sweep(self, spec: SweepSpec) -> BackgroundSweep:
+    def background_sweep(self, spec: SweepSpec, after: BackgroundSweep | None = None) -> BackgroundSweep:
         """The sweep ``spec`` computed in a background thread, started on the first call and
-        shared by every later call with the same spec (the app's default curve)."""
+        shared by every later call with the same spec (the app's default curve); ``after``: a
+        sweep to finish first. Under a reported-tier attack it is an anytime sweep (coarse first)
+        in chunks of ``FIRST_CHUNK`` images, the engine lock held per chunk only."""
         key = spec.digest()
         with self._background_guard:
             job = self._background.get(key)
             if job is None:
                 total = 1 + len(sweep_grid(spec))
-                job = self._background[key] = BackgroundSweep(lambda: self.sweep(spec), total)
+                anytime = find_attack(spec.attack.name).tier == "reported"
+                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK)) if anytime else (lambda: self.sweep(spec))
+                job = self._background[key] = BackgroundSweep(rows, total, after=after, label=spec.attack.label)
         return job.start()
+
+    def background_rows(self) -> list[dict]:
+        """The latest row of every point of the background sweeps started so far (partial ones
+        included: ``final=False``), without starting any."""
+        with self._background_guard:
+            jobs = list(self._background.values())
+        return [row for job in jobs for row in job.snapshot().rows]
 
     def merged_checkpoint(self, base: str, names: Sequence[str], spec: MergeSpec, out: Path) -> Path:
         """Write the merged weights as ``.safetensors`` (provenance in the metadata)."""

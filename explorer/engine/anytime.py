@@ -86,9 +86,13 @@ def rounds(n: int, first: int = FIRST_CHUNK) -> list[int]:
 
 
 def anytime_sweep(runner: PointRunner, points: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
-                  first: int = FIRST_CHUNK, sweep: str | None = None,
+                  first: int = FIRST_CHUNK, sweep: str | None = None, chunk: int | None = None,
                   clock: Callable[[], float] = time.perf_counter) -> Iterator[tuple[int, dict[str, Any]]]:
     """Round-robin growth of ``points`` (module docstring); yields ``(index, row)`` per chunk.
+
+    ``chunk`` caps the images of one chunk (default: a round's growth in one chunk, the best batch);
+    a caller that holds a shared lock per chunk (the app's background curve) caps it so that
+    interactive work waits for at most ``chunk`` images.
 
     Runs under the enclosing cancel scope (Stop ends it; finished chunks are stored). A point
     whose merge or logits are invalid is yielded once as a failure row and left out after.
@@ -115,7 +119,7 @@ def anytime_sweep(runner: PointRunner, points: Sequence[PointSpec], *, rule: Sto
             if not runner.missing(p, target):   # this round's images are in the store already (yielded)
                 continue
             try:   # the scope is entered per step, never held across a yield (cancel.scoped)
-                for row in scoped(token, runner.grow(p, target, chunk=max(first, target), sweep=sweep)):
+                for row in scoped(token, runner.grow(p, target, chunk=min(max(first, target), chunk or target), sweep=sweep)):
                     yield i, {**row, "elapsed": round(clock() - t0, 3)}
             except InvalidPointError as exc:   # this point has no accuracy; the others go on
                 log.warning("point %s lambdas=%s failed: %s", p.spec.method, p.spec.lambdas, exc)

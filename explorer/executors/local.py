@@ -58,11 +58,11 @@ class LocalExecutor:
             yield i, row
 
     def anytime(self, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
-                first: int = FIRST_CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
+                first: int = FIRST_CHUNK, chunk: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """Round-robin growth of the jobs' points (``engine.anytime.anytime_sweep``): ``(index, row)``
         after every chunk, partial rows ``final=False``; runs under the caller's cancel scope."""
         yield from anytime_sweep(self.engine.runner, jobs, rule=rule, first=first,
-                                 sweep=jobs[0].sweep if jobs else None)
+                                 sweep=jobs[0].sweep if jobs else None, chunk=chunk)
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller."""

@@ -19,13 +19,14 @@ import gradio as gr
 from explorer.app.flags import add_serve_args, limits_from_args
 from explorer.app.service import Service
 
-from .common import THEMES, default_curve
+from .common import THEMES
 from .form import Form
 from .frontier_tab import build_frontier_tab
 from .gradio_adapter import check_version
 from .guard import quiet_input_checks
 from .inspect_tab import build_inspect_tab, examples_dir
 from .models_tab import build_models_tab
+from .tiers import first_view_jobs
 
 log = logging.getLogger(__name__)
 # Gradio 6's queue sets pandas options that pandas 3 deprecates, on every event (its code, not
@@ -99,15 +100,14 @@ def build_demo(manifest: str | None = None, device: str | None = None,
 
 def warm_up(demo: gr.Blocks) -> threading.Thread:
     """Right after start-up, in the background: build the default engine and compute the default
-    curve (``common.default_curve``), so the first visitor sees it streamed in or already there."""
+    curve (``common.default_curve``), then the same curve under ``autoattack-fast`` coarse first
+    (``tiers.first_view_jobs``; resumed from the store after a restart), so the first visitor sees
+    them streamed in or already there."""
     service: Service = demo.explorer_service
 
     def work() -> None:
         try:
-            spec = default_curve(service)
-            if spec is not None:
-                service.background_sweep(spec)
-            else:
+            if not first_view_jobs(service):   # the default curve, then its AutoAttack twin (ui.tiers)
                 service.engine()
         except Exception:  # reported again, readably, on first use
             log.exception("warm-up failed")

@@ -7,19 +7,21 @@ into config objects, so a new control is read in one place.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
+from explorer.app.background import FIRST_CHUNK, NO_RULE, StopRule
 from explorer.app.service import Service
 from explorer.config import PointSpec, SweepSpec, parse_alphas
 from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, scoped
 from explorer.merging import canonical_spec
-from explorer.viz import plots
+from explorer.viz import partial, plots
 
-from . import common
+from . import common, tiers
 from .common import readable_errors, setting_of
 from .form import Form
 from .guard import session_of, start_job, stop
@@ -52,9 +54,10 @@ class FrontierHandlers:
         return v, sel
 
     def curve_rows(self, rows: Sequence[dict], ref: dict) -> list[dict]:
-        """Rows of ``ref``'s setting from this session and from the store, one per config."""
+        """Rows of ``ref``'s setting from this session, the background sweeps (partial points
+        included) and the store, one per config (the first found, in that order)."""
         store = self.service.store
-        pool = list(rows) + (store.rows() if store is not None else [])
+        pool = [*rows, *self.service.background_rows(), *(store.rows() if store is not None else [])]
         want, seen, out = setting_of(ref), set(), []
         for r in pool:
             if (setting_of(r) == want and not r.get("preview") and not r.get("failed")
@@ -63,14 +66,23 @@ class FrontierHandlers:
                 out.append(r)
         return out
 
+    def plane(self, rows: Sequence[dict], ref: dict) -> tiers.Plane:
+        """``ref``'s curve and its companion tier's (``tiers``: which one leads)."""
+        label = tiers.companion_label(ref.get("attack"), self.service.defaults.attack)
+        other = self.curve_rows(rows, {**ref, "attack": label}) if label else []
+        return tiers.choose_plane(self.curve_rows(rows, ref), ref, other, label)
+
     def _figure(self, rows: Sequence[dict], ref: dict, current: dict | None = None, theme: str | None = None):
-        """Curves of ``ref``'s setting (the chosen attack and n), ``current`` highlighted."""
-        curve = self.curve_rows(rows, ref)
-        return plots.frontier_figure(curve, current=current, theme=theme), curve
+        """The plane of ``ref``'s setting (``plane``) drawn, ``current`` highlighted."""
+        pl = self.plane(rows, ref)
+        return _draw(pl, current, theme), pl
 
     def stored(self, rows: Sequence[dict], sel: PointSpec) -> dict | None:
-        """The selection's point at the chosen attack and n when already computed (no engine needed)."""
-        return common.at_merge(self.curve_rows(rows, common.setting_ref(sel)), canonical_spec(sel.spec))
+        """The selection's point on the plotted main curve, else at the chosen attack and n, when
+        already computed or under way (no engine needed)."""
+        spec = canonical_spec(sel.spec)
+        return (common.at_merge(self.plane(rows, common.setting_ref(sel)).curve, spec)
+                or common.at_merge(self.curve_rows(rows, common.setting_ref(sel)), spec))
 
     # ------------------------------------------------------------------ live point
     @readable_errors
@@ -85,9 +97,10 @@ class FrontierHandlers:
         self._live[session] = self._live.get(session, 0) + 1   # abandons this session's running refine
         known = self.stored(v["rows"] or [], sel)
         if known is not None:   # on a computed curve: the full-tier point at once
-            fig, curve = self._figure(v["rows"] or [], common.setting_ref(sel), known, v.get("theme"))
-            return PREVIEW(plot=fig, summary=common.point_summary(known, "Computed"), current=known,
-                           status=common.caption(curve, common.setting_ref(sel), known))
+            fig, pl = self._figure(v["rows"] or [], common.setting_ref(sel), known, v.get("theme"))
+            state = "Computing in the background" if partial.is_partial(known) else "Computed"
+            return PREVIEW(plot=fig, summary=common.point_summary(known, state), current=known,
+                           status=tiers.plane_caption(pl, known))
         quick = replace(sel.attack, name=common.PREVIEW_ATTACK) if sel.attack.name != "none" else sel.attack
         ev = replace(sel.eval, n=min(sel.eval.n, common.PREVIEW_N))
         job = start_job(self.service, request, "Preview", 1, ev.n, quick)
@@ -97,9 +110,9 @@ class FrontierHandlers:
         except Cancelled:
             return PREVIEW.skip()
         row = {**row, "preview": True}
-        fig, curve = self._figure(v["rows"] or [], common.setting_ref(sel), row, v.get("theme"))
+        fig, pl = self._figure(v["rows"] or [], common.setting_ref(sel), row, v.get("theme"))
         return PREVIEW(plot=fig, summary=common.point_summary(row, "Preview (refining…)"), current=row,
-                       status=common.caption(curve, common.setting_ref(sel), row))
+                       status=tiers.plane_caption(pl, row))
 
     @readable_errors
     def refine(self, values: Mapping[Any, Any], request: gr.Request = None):
@@ -110,6 +123,9 @@ class FrontierHandlers:
         v, sel = self.read(values, request)
         session = session_of(request)
         generation = self._live.get(session, 0)
+        known = self.stored(v["rows"] or [], sel)
+        if known is not None and known.get("attack") != sel.attack.label:   # the leading tier's point: kept
+            return REFINE.skip()
         job = start_job(self.service, request, "Refine", 1, sel.eval.n, sel.attack)
         superseded = CancelToken(also=lambda: self._live.get(session, 0) != generation or job.cancelled)
         try:
@@ -118,49 +134,96 @@ class FrontierHandlers:
         except Cancelled:
             return REFINE.skip()
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
-        fig, curve = self._figure(rows, row, row, v.get("theme"))
-        return REFINE(plot=fig, summary=common.point_summary(row, "Refined"), table=common.rows_table(curve),
-                      rows=rows, current=row, status=common.caption(curve, row, row))
+        fig, pl = self._figure(rows, row, row, v.get("theme"))
+        return REFINE(plot=fig, summary=common.point_summary(row, "Refined"), table=common.rows_table(pl.rows),
+                      rows=rows, current=row, status=tiers.plane_caption(pl, row))
 
     # ------------------------------------------------------------------ sweep
     @readable_errors
     def sweep(self, values: Mapping[Any, Any], request: gr.Request = None,
               progress=gr.Progress(track_tqdm=True)):
-        """Stream the curve of each chosen method: figure, table and status after every point."""
+        """Stream the curve of each chosen method: figure, table and status after every point.
+
+        Under a reported-tier attack (AutoAttack, APGD), or when a stop rule is set, the sweep is
+        anytime (``Service.anytime_sweep``): every point gets its first images before any is
+        refined, partial points drawn hollow; it stops refining a point at the interval target and
+        ends at the time budget; Stop keeps every finished image. Such a sweep is priced by its first
+        round (every point on ``FIRST_CHUNK`` images): later rounds are bounded by the job's time cap.
+        """
         v, sel = self.read(values, request)
-        rows = list(v["rows"] or [])
+        rule = tiers.stop_rule(v.get("until_ci"), v.get("budget_s"))
         sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
                        robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.spec.method]),
                        alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.spec.keep,),
                        scope=sel.spec.scope, attack=sel.attack, eval=sel.eval, options=sel.spec.options)
         total = 1 + len(sw.methods) * len(sw.alphas)
+        if tiers.tier_of(sel.attack.label) == "reported" or rule != NO_RULE:
+            yield from self._anytime_sweep(v, sel, sw, rule, total, request)
+            return
+        rows = list(v["rows"] or [])
         job = start_job(self.service, request, "Sweep", total, sel.eval.n, sel.attack)
         done, fresh, failed = 0, 0, []
         for row in scoped(job, self.service.sweep(sw)):
             done += 1
             if row.get("failed"):      # no accuracy: named in the status, never plotted
                 failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
-                yield SWEEP(status=self._sweep_status(done, total, fresh, failed, self.curve_rows(rows, common.setting_ref(sel)),
-                                                      common.setting_ref(sel)))
+                yield SWEEP(status=self._sweep_status(done, total, fresh, failed, self.plane(rows, common.setting_ref(sel))))
                 continue
             fresh += not row.get("cached")
             rows = [r for r in rows if r.get("key") != row["key"]] + [row]
-            fig, curve = self._figure(rows, row, row, v.get("theme"))
-            yield SWEEP(plot=fig, table=common.rows_table(curve), rows=rows,
-                        status=self._sweep_status(done, total, fresh, failed, curve, row))
+            fig, pl = self._figure(rows, row, row, v.get("theme"))
+            yield SWEEP(plot=fig, table=common.rows_table(pl.rows), rows=rows,
+                        status=self._sweep_status(done, total, fresh, failed, pl))
             if job.cancelled:
                 break
         if job.cancelled:
-            why = {"time limit": f" (this server's time limit per job, "
-                                 f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.stop_reason, "")
-            yield SWEEP(status=f"Stopped after {done}/{total} points{why}; they are stored, a re-run resumes "
-                               "from there.")
+            yield SWEEP(status=f"Stopped after {done}/{total} points{self._why(job)}; they are stored, a re-run "
+                               "resumes from there.")
+
+    def _anytime_sweep(self, v: Mapping[str, Any], sel: PointSpec, sw: SweepSpec, rule: StopRule, total: int,
+                       request: gr.Request | None):
+        """``sweep`` coarse first (its docstring): figure, table and status after every chunk."""
+        rows = list(v["rows"] or [])
+        job = start_job(self.service, request, "Sweep", total, min(sel.eval.n, FIRST_CHUNK), sel.attack)
+        latest: dict[Any, dict] = {}
+        failed: list[str] = []
+        for row in scoped(job, self.service.anytime_sweep(sw, rule=rule)):
+            latest[row.get("key") or len(latest)] = row
+            if row.get("failed"):
+                failed.append(f"{row['method']} λ = {tuple(row['lambdas'])}: {row['error']}")
+                continue
+            rows = [r for r in rows if r.get("key") != row["key"]] + [row]
+            fig, pl = self._figure(rows, row, row, v.get("theme"))
+            yield SWEEP(plot=fig, table=common.rows_table(pl.rows), rows=rows,
+                        status=f"Sweep, coarse first: {tiers.anytime_progress(latest, total)}. "
+                               + tiers.plane_caption(pl) + self._failed(failed))
+            if job.cancelled:
+                break
+        kept = "every finished image is stored; a re-run resumes from there."
+        progress_text = tiers.anytime_progress(latest, total)
+        if job.cancelled:
+            end = f"Stopped{self._why(job)}: {progress_text}; {kept}"
+        elif len(latest) == total and not any(partial.is_partial(r) for r in latest.values()):
+            end = f"Sweep complete: {progress_text}."
+        elif rule.until_ci is not None and all(rule.satisfied(r) for r in latest.values() if not r.get("failed")):
+            end = f"Every point reached the interval target (95% half-width ≤ {rule.until_ci:g}): {progress_text}."
+        else:
+            end = f"The time budget ({rule.budget_s:g} s) is spent: {progress_text}; {kept}" if rule.budget_s \
+                else f"The sweep ended: {progress_text}; {kept}"
+        yield SWEEP(status=end + self._failed(failed))
+
+    def _why(self, job) -> str:
+        return {"time limit": f" (this server's time limit per job, "
+                              f"{self.service.serving.limits.max_job_seconds:g} s)"}.get(job.stop_reason, "")
 
     @staticmethod
-    def _sweep_status(done: int, total: int, fresh: int, failed: list[str], curve: Sequence[dict],
-                      ref: Mapping[str, Any]) -> str:
+    def _failed(failed: list[str]) -> str:
+        return f" {len(failed)} point(s) failed (no accuracy): " + " | ".join(failed[-3:]) if failed else ""
+
+    @staticmethod
+    def _sweep_status(done: int, total: int, fresh: int, failed: list[str], pl: tiers.Plane) -> str:
         status = (f"Sweep {done}/{total} points ({fresh} computed, {done - fresh - len(failed)} from the "
-                  f"store). " + common.caption(curve, ref))
+                  f"store). " + tiers.plane_caption(pl))
         if failed:
             status += f". {len(failed)} point(s) failed (no accuracy): " + " | ".join(failed[-3:])
         return status
@@ -177,55 +240,60 @@ class FrontierHandlers:
             v, sel = self.read(values)
         except ValueError as exc:
             return SHOW_STORED(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
-        curve = self.curve_rows(v["rows"] or [], common.setting_ref(sel))
-        label = sel.attack.label
-        fig = plots.frontier_figure(curve, current=self.stored(v["rows"] or [], sel), attack=label,
-                                    setting=f"{label}, n={sel.eval.n}, task {sel.eval.task}", theme=v.get("theme"))
-        return SHOW_STORED(plot=fig, table=common.rows_table(curve), status=common.caption(curve, common.setting_ref(sel)))
+        pl = self.plane(v["rows"] or [], common.setting_ref(sel))
+        label = pl.ref.get("attack")
+        fig = plots.frontier_figure(pl.curve, current=self.stored(v["rows"] or [], sel), attack=label,
+                                    setting=f"{label}, n={sel.eval.n}, task {sel.eval.task}", theme=v.get("theme"),
+                                    other=pl.other, other_faded=pl.faded)
+        return SHOW_STORED(plot=fig, table=common.rows_table(pl.rows), status=tiers.plane_caption(pl))
 
     # ------------------------------------------------------------------ first view
     @readable_errors
     def first_view(self, values: Mapping[Any, Any], request: gr.Request = None):
         """On page load: the stored points of the opening setting and, while the default curve is
-        computed in the background (``Service.background_sweep``), each new point as it lands,
-        with a progress line. Once the user moves a control the plot is theirs: only the
-        progress line keeps updating."""
+        computed in the background (``tiers.first_view_jobs``: the preview curve, then the same
+        curve under ``autoattack-fast``, coarse first), each update as it lands, with a status line
+        saying what is computing. Partial points are hollow with their intervals, filled when
+        final; the AutoAttack curve leads once its first round is in (``tiers.choose_plane``).
+        Once the user moves a control the plot is theirs: only the status line keeps updating."""
         try:
             v, sel = self.read(values)
         except ValueError as exc:
             yield FIRST_VIEW(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
             return
         session, spec = session_of(request), common.default_curve(self.service)
-        start, job, shown = self._live.get(session, 0), None, -1
-        if spec is not None and common.setting_ref(sel) == common.setting_ref(spec):
-            job = self.service.background_sweep(spec)
+        start = self._live.get(session, 0)
+        jobs = tiers.first_view_jobs(self.service) if spec is not None and common.setting_ref(sel) == common.setting_ref(spec) else []
         while True:
-            snap = job.snapshot() if job is not None else None
-            # The job's rows too: they are in the store, unless the app runs without one.
-            curve = self.curve_rows([*(v["rows"] or []), *(snap.rows if snap else [])], common.setting_ref(sel))
-            status = common.caption(curve, common.setting_ref(sel))
-            if snap is not None and not snap.done:
-                status = (f"Computing the default curve in the background: {len(snap.rows)}/{snap.total} "
-                          f"points (the page is usable meanwhile). {status}")
-            if snap is not None and snap.error:
-                status += f" The default curve stopped: {snap.error}"
-            failed = [r for r in (snap.rows if snap is not None else []) if r.get("failed")]
-            if failed:
-                status += f" {len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}"
+            snaps = [job.snapshot() for job in jobs]
+            rows = v["rows"] or []
+            pl = self.plane(rows, common.setting_ref(sel))
+            status = " ".join(filter(None, [tiers.background_status(jobs, snaps), tiers.plane_caption(pl),
+                                            *self._background_trouble(snaps)]))
             if self._live.get(session, 0) != start:   # the user took over the plot
                 yield FIRST_VIEW(status=status)
             else:
-                current = common.at_merge(curve, canonical_spec(sel.spec))
-                fig = plots.frontier_figure(curve, current=current, attack=sel.attack.label, theme=v.get("theme"))
-                summary = (common.point_summary(current, "On the curve") if current is not None
+                current = common.at_merge(pl.curve, canonical_spec(sel.spec))
+                state = "On the curve, computing" if current is not None and partial.is_partial(current) \
+                    else "On the curve"
+                summary = (common.point_summary(current, state) if current is not None
                            else "Move α (or any control) to compute the current merge.")
-                yield FIRST_VIEW(plot=fig, table=common.rows_table(curve), status=status, summary=summary,
-                                 current=current)
-            if snap is None or snap.done:
+                yield FIRST_VIEW(plot=_draw(pl, current, v.get("theme")), table=common.rows_table(pl.rows),
+                                 status=status, summary=summary, current=current)
+            if all(s.done for s in snaps):
                 return
-            shown = len(snap.rows)
-            while not job.wait(0.25) and len(job.snapshot().rows) == shown:
-                pass
+            seen = _progress(snaps)
+            while _progress([job.snapshot() for job in jobs]) == seen:
+                time.sleep(0.25)
+
+    @staticmethod
+    def _background_trouble(snaps: Sequence[Any]) -> list[str]:
+        """A background sweep's failure and its failed points, one line each."""
+        out = [f"The background curve stopped: {s.error}" for s in snaps if s.error]
+        failed = [r for s in snaps for r in s.rows if r.get("failed")]
+        if failed:
+            out.append(f"{len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}")
+        return out
 
     # ------------------------------------------------------------------ downloads
     @readable_errors
@@ -234,10 +302,10 @@ class FrontierHandlers:
         ref = current if current and not current.get("preview") else (rows[-1] if rows else current)
         if ref is None:
             raise gr.Error("nothing to export yet: move the slider or run a sweep first")
-        fig, curve = self._figure(rows or [], {**ref, "preview": False}, current)
-        text = json.dumps(common.marked(curve), indent=1, default=str)
+        fig, pl = self._figure(rows or [], {**ref, "preview": False}, current)
+        text = json.dumps(common.marked(pl.rows), indent=1, default=str)
         out = common.export_dir(text)
-        common.export_table(curve).to_csv(out / "frontier.csv", index=False)
+        common.export_table(pl.rows).to_csv(out / "frontier.csv", index=False)
         (out / "frontier.json").write_text(text)
         fig.write_html(out / "frontier.html", include_plotlyjs=True)
         files = [str(out / f) for f in ("frontier.csv", "frontier.json", "frontier.html")]
@@ -273,3 +341,13 @@ class FrontierHandlers:
                 ups[f"lambda_{i}"] = gr.update(visible=False)
         return LAMBDA_SLIDERS(alpha=gr.update(visible=not advanced), **ups)
 
+
+def _draw(pl: tiers.Plane, current: dict | None, theme: str | None):
+    """The frontier figure of a plane: its main curve, the companion tier's, ``current``."""
+    return plots.frontier_figure(pl.curve, current=current, theme=theme, attack=pl.ref.get("attack"),
+                                 other=pl.other, other_faded=pl.faded)
+
+
+def _progress(snaps: Sequence[Any]) -> tuple:
+    """What changes when a background sweep moves on: rows received, started, done."""
+    return tuple((s.updates, s.started, s.done) for s in snaps)

@@ -83,6 +83,11 @@ def _controls_column(service: Service, form: Form) -> dict:
     with gr.Accordion("Sweep: the whole curve", open=True):
         form.add(methods=gr.CheckboxGroup(list(METHODS), value=["task_arithmetic"], label="Methods"),
                  alphas=gr.Textbox("0:1:11", label="α values (start:stop:count or a list)"))
+        with gr.Row():   # AutoAttack / APGD sweeps run coarse first; these stop them early
+            form.add(until_ci=gr.Textbox("", label="Stop a point at 95% half-width ≤", placeholder="e.g. 0.05",
+                                         elem_id="until-ci", info="empty: refine every point to n"),
+                     budget_s=gr.Textbox("", label="Time budget (s)", placeholder="e.g. 60", elem_id="budget-s",
+                                         info="empty: none; Stop keeps every finished image"))
         with gr.Row():
             sweep_btn = gr.Button("Sweep", variant="primary", elem_id="sweep-btn")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -140,7 +145,7 @@ def _wire(h: FrontierHandlers, f: Form, c: dict, r: dict) -> tuple:
                           api_name="refine_point", trigger_mode="always_last", concurrency_id="engine")
     gr.on(triggers, None, cancels=[refine])
 
-    sweep = c["sweep_btn"].click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas"),
+    sweep = c["sweep_btn"].click(h.sweep, f.inputs(MERGE, "rows", "methods", "alphas", "until_ci", "budget_s"),
                                  SWEEP.components(out), api_name="sweep", concurrency_id="engine")
     c["stop_btn"].click(h.stop, None, r["status"], cancels=[sweep], queue=False, api_name="stop")
 

@@ -170,7 +170,8 @@ def _scatter(rows: Sequence[Row], errors: bool = True, symbol: str | None = None
 
 def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str | None = None,
                     attack: str | None = None, theme: str | None = None,
-                    setting: str | None = None) -> go.Figure:
+                    setting: str | None = None, other: Sequence[Row] = (),
+                    other_faded: bool = False) -> go.Figure:
     """Clean (x) vs robust (y) accuracy: one curve per method, endpoints, Pareto front, current point.
 
     Args:
@@ -180,15 +181,22 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
         attack: attack label for the y axis when there are no rows yet.
         setting: the second line when there are no rows yet (``setting_label``'s form).
         theme: ``light`` (default) or ``dark`` (``THEMES``).
+        other: rows of the same setting under another attack (the first view's preview curve
+            behind its AutoAttack curve): drawn as their own curves, each legend entry naming
+            its attack (and the main curves' then too); no endpoints, no Pareto front.
+        other_faded: draw ``other`` thin, grey and translucent, without intervals.
     """
     style, fig = theme_of(theme), go.Figure()
+    if other:
+        _other_curves(fig, other, other_faded)
+    tag = f" · {_attack_name(rows)}" if other and rows else ""
     curves: dict[str, list[Row]] = {}
     for r in rows:
         if endpoint_kind(r) != "pretrained" and r.get("alpha") is not None:
             curves.setdefault(curve_name(r), []).append(r)
     for i, (name, pts) in enumerate(curves.items()):
         pts = sorted(pts, key=lambda r: float(r["alpha"]))
-        fig.add_trace(_scatter(pts, name=name, mode="lines+markers", symbol="circle",
+        fig.add_trace(_scatter(pts, name=name + tag, mode="lines+markers", symbol="circle",
                                line=dict(color=METHOD_COLOURS[i % len(METHOD_COLOURS)], width=2)))
     manual = [r for r in rows if r.get("alpha") is None and endpoint_kind(r) is None]
     if manual:
@@ -213,7 +221,7 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
     ref = rows[0] if rows else current
     setting = setting_label(ref, rows) if ref else (setting or "no points yet")
     attack = ref.get("attack") if ref else (attack or "no attack chosen")
-    shown = [*rows, *([current] if current is not None else [])]
+    shown = [*rows, *other, *([current] if current is not None else [])]
     readable(fig, theme)
     # Sized for a phone's 326-px plot too: the setting on its own, smaller lines.
     fig.update_layout(
@@ -223,6 +231,27 @@ def frontier_figure(rows: Sequence[Row], current: Row | None = None, title: str 
         legend=dict(orientation="h", yanchor="top", y=-0.14, x=0, font=dict(size=FONT_SIZE - 1)),
         margin=dict(l=70, r=20, b=10), uirevision="frontier")
     return set_title(fig, title or "Clean vs robust accuracy", setting, FONT_SIZE + 2, 290, 500)
+
+
+def _attack_name(rows: Sequence[Row]) -> str:
+    """The attack's name of the rows (``autoattack-fast``), as a legend suffix."""
+    return str(rows[0].get("attack", "?")).split(" ")[0]
+
+
+def _other_curves(fig: go.Figure, rows: Sequence[Row], faded: bool) -> None:
+    """The companion tier's curves (``frontier_figure``'s ``other``), legend ``method · attack``."""
+    curves: dict[str, list[Row]] = {}
+    for r in rows:
+        if endpoint_kind(r) != "pretrained" and r.get("alpha") is not None:
+            curves.setdefault(curve_name(r), []).append(r)
+    tag = _attack_name(rows) + (" (faded)" if faded else "")
+    for i, (name, pts) in enumerate(curves.items()):
+        pts = sorted(pts, key=lambda r: float(r["alpha"]))
+        colour = "#9a9a9a" if faded else METHOD_COLOURS[(i + 3) % len(METHOD_COLOURS)]
+        fig.add_trace(_scatter(pts, errors=not faded, name=f"{name} · {tag}", mode="lines+markers",
+                               symbol="circle", opacity=0.55 if faded else 1.0,
+                               line=dict(color=colour, width=1.5 if faded else 2, dash="dash" if faded else "solid"),
+                               marker=dict(size=7 if faded else 9, color=colour)))
 
 
 def _axis(rows: Sequence[Row], key: str) -> list[float]:
