@@ -204,9 +204,9 @@ SWEEP_FLAGS = ["--natural", "natural", "--robust", "robust", "--alphas", "0,0.5,
 
 
 def test_cli_sweep_on_ray_prints_the_local_points(executor, local_rows, tiny_zoo, tmp_path, monkeypatch):
-    """``sweep --executor ray`` goes through the service to a Ray executor (the module's actors,
-    handed out instead of new ones) and writes what the local sweep computed, in grid order."""
-    import explorer.app.service as service_mod
+    """``sweep --executor ray`` goes through the service's executor pool to a Ray executor (the
+    module's actors, handed out instead of new ones) and writes what the local sweep computed, in grid order."""
+    import explorer.executors.pool as pool_mod
     from explorer.cli import main
 
     asked: dict = {}
@@ -216,7 +216,7 @@ def test_cli_sweep_on_ray_prints_the_local_points(executor, local_rows, tiny_zoo
         executor.store = kwargs["store"]
         return executor
 
-    monkeypatch.setattr(service_mod, "make_executor", module_executor)
+    monkeypatch.setattr(pool_mod, "make_executor", module_executor)
     monkeypatch.setattr(executor, "close", lambda: None)
     out = tmp_path / "ray.json"
     assert main(["sweep", "--manifest", str(tiny_zoo), *SWEEP_FLAGS, "--store", str(tmp_path / "r.sqlite"),

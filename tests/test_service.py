@@ -116,3 +116,48 @@ def test_adversarial_png_is_the_attacked_image_size_as_the_readme_says(tmp_path:
     assert Image.open(out).size == (224, 168)
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     assert "native size up to 224 px on the longest side" in readme and "comes back at 224x168" in readme
+
+
+def test_the_executor_pool_is_where_points_run_and_holds_the_engine_lock(service: Service) -> None:
+    """Service asks its pool where a base's points run: locally, the base's engine behind the lock
+    every other use of that engine holds, taken per point (another thread waits, then runs)."""
+    from explorer.executors import LocalExecutor
+    from explorer.executors.base import ExecutorError
+    from explorer.executors.pool import ExecutorPool
+
+    ex = service.executor()
+    assert isinstance(ex, LocalExecutor) and service.executor_kind == "local"
+    assert ex.engine is service.engine("base") and ex.lock is service.lock("base")
+    with pytest.raises(ExecutorError, match="^a Ray address or --workers needs the Ray executor"):
+        ExecutorPool("local", service.engines.with_lock, lambda: service.manifest, workers=2)
+    with pytest.raises(ExecutorError, match="^unknown executor 'gpu-farm'"):
+        ExecutorPool("gpu-farm", service.engines.with_lock, lambda: service.manifest)
+
+
+def test_added_checkpoints_leave_the_read_manifest_untouched(tiny_zoo: Path) -> None:
+    """An added checkpoint lives in its engine's ``models.added``: the zoo as read keeps its entries,
+    the engine's and the service's manifests are views that show it, and removing it hides it."""
+    svc = Service(str(tiny_zoo), device="cpu", store_path="none")
+    before = dict(svc.zoo.models)
+    name = svc.add_checkpoint("base", str(tiny_zoo.parent / "robust.safetensors"), "extra", "robust")
+    eng = svc.engine()
+    assert name == "extra" and svc.zoo.models == before and "extra" not in svc.zoo.models
+    assert eng.manifest.get("extra").role == "robust" and svc.manifest.get("extra") is eng.models.added["extra"]
+    assert eng.vector("extra").digest == eng.vector("robust").digest
+    eng.remove_entry("extra")
+    assert "extra" not in eng.manifest.models and "extra" not in svc.manifest.models and "extra" not in eng._vectors
+
+
+def test_a_local_point_waits_for_the_engine_lock(service: Service) -> None:
+    from explorer.config import PointSpec
+
+    d = service.defaults
+    job = PointSpec(("natural",), ("robust",), MergeSpec.from_alpha(0.25), d.attack_spec("none"), d.eval_spec(n=8))
+    ex, out = service.executor(), []
+    worker = threading.Thread(target=lambda: out.extend(ex.run([job])))
+    with service.lock("base"):          # another session's point in flight
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive() and out == []
+    worker.join(timeout=30)
+    assert [i for i, _ in out] == [0] and out[0][1]["lambdas"] == [0.75, 0.25]

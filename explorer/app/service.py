@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,8 @@ import numpy as np
 from safetensors.torch import save_file
 
 from explorer.attacks import find_attack
-from explorer.attacks.stages import STAGES
 from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, PointSpec, SweepSpec, resolve_defaults
-from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, check_cancelled, current_token
+from explorer.core.cancel import Cancelled, CancelToken, check_cancelled, current_token, scoped
 from explorer.core.device import check_device
 from explorer.core.taskvec import flat_stats
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
@@ -29,55 +28,21 @@ from explorer.engine.frontier import Engine
 from explorer.engine.points import sweep_grid
 from explorer.executors import (
     Executor,
-    LocalExecutor,
-    check_executor_options,
-    make_executor,
     run_anytime,
     sweep_jobs,
 )
+from explorer.executors.pool import ExecutorPool
 from explorer.store import Store
-from explorer.zoo import Manifest, ModelEntry, entry_from_path, load_manifest
+from explorer.zoo import Manifest, entry_from_path, load_manifest
 
+from . import imageops
 from .background import BackgroundSweep
-from .images import DEFAULT_MAX_PIXELS, check_input_form, image_to_tensor, read_image, tensor_to_image, to_input_form
+from .engines import EngineCache
+from .images import DEFAULT_MAX_PIXELS, check_input_form, read_image, to_input_form
 from .jobs import Limits
 from .policy import Serving
 
 log = logging.getLogger(__name__)
-
-
-class EngineCache:
-    """Resident engines by base name, each with its re-entrant lock; built on first use.
-
-    Args:
-        build: base name -> a new engine (called at most once per base, under the cache's lock).
-    """
-
-    def __init__(self, build: Callable[[str], Engine]) -> None:
-        self._build = build
-        self._engines: dict[str, Engine] = {}
-        self._locks: dict[str, threading.RLock] = {}
-        self._guard = threading.Lock()
-
-    def get(self, base: str) -> Engine:
-        with self._guard:
-            if base not in self._engines:
-                self._engines[base] = self._build(base)
-                self._locks[base] = threading.RLock()
-            return self._engines[base]
-
-    def lock(self, base: str) -> threading.RLock:
-        """The lock every engine call of ``base`` holds (the engine is built if needed)."""
-        self.get(base)
-        return self._locks[base]
-
-    def __contains__(self, base: str) -> bool:
-        return base in self._engines
-
-    def added(self) -> dict[str, ModelEntry]:
-        """The checkpoints added at run time to any engine built so far (``ResidentModels.added``)."""
-        with self._guard:
-            return {n: e for eng in self._engines.values() for n, e in eng.models.added.items()}
 
 
 class Service:
@@ -99,10 +64,6 @@ class Service:
     def __init__(self, manifest_path: str | None = None, device: str | None = None,
                  store_path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, *,
                  executor: str = "local", ray_address: str | None = None, workers: int | None = None) -> None:
-        check_executor_options(executor, ray_address, workers)
-        self.executor_kind, self.ray_address, self.workers = executor, ray_address, workers
-        self._ray: dict[str, Executor] = {}
-        self._ray_guard = threading.Lock()
         self.zoo: Manifest = load_manifest(manifest_path)   # as read: never modified
         self.manifest_path = str(self.zoo.path)
         # how uploads are brought to the zoo's data (images.INPUT_FORMS); "as-is" by default
@@ -111,6 +72,9 @@ class Service:
         self.store: Store | None = Store(store_path) if store_path != "none" else None
         self.defaults: Defaults = resolve_defaults(self.zoo.defaults, self.zoo.names("base"))
         self.engines = EngineCache(self._build)
+        # Where points run: the one place that knows (explorer.executors.pool).
+        self.executors = ExecutorPool(executor, self.engines.with_lock, lambda: self.manifest, device=self.device,
+                                      store=self.store, address=ray_address, workers=workers)
         self.max_pixels = int(max_pixels)
         self._background: dict[str, BackgroundSweep] = {}   # sweep digest -> its background run
         self._background_guard = threading.Lock()
@@ -149,25 +113,19 @@ class Service:
         """
         return to_input_form(read_image(source, self.max_pixels), self.input_form)
 
+    @property
+    def executor_kind(self) -> str:
+        """``local`` or ``ray``: where sweeps run."""
+        return self.executors.kind
+
     def executor(self, base: str | None = None) -> Executor:
-        """Where the sweeps of ``base`` run: its resident engine, or this service's Ray actors
-        (joined on first use; ``ExecutorError`` when Ray is missing or unreachable)."""
-        base = base or self.default_base
-        if self.executor_kind == "local":
-            return LocalExecutor(self.engine(base))
-        with self._ray_guard:
-            if base not in self._ray:
-                self._ray[base] = make_executor("ray", manifest=self.zoo, base=base, device=self.device,
-                                                store=self.store, address=self.ray_address, workers=self.workers)
-            self._ray[base].manifest = self.manifest   # the actors learn the entries added since
-            return self._ray[base]
+        """Where the sweeps of ``base`` run: its resident engine (under its lock), or this service's
+        Ray actors (joined on first use; ``ExecutorError`` when Ray is missing or unreachable)."""
+        return self.executors.get(base or self.default_base)
 
     def close(self) -> None:
         """Release the Ray actors (and Ray, when this service started it)."""
-        with self._ray_guard:
-            for ex in self._ray.values():
-                ex.close()
-            self._ray.clear()
+        self.executors.close()
 
     # ------------------------------------------------------------------ points
     def point(self, base: str, natural: Sequence[str], robust: Sequence[str], spec: MergeSpec,
@@ -184,35 +142,19 @@ class Service:
             return self.engine(base).point(list(natural), list(robust), spec, attack, ev, use_bank=reuse)
 
     def sweep(self, spec: SweepSpec) -> Iterator[dict]:
-        """Stream the points of a sweep, starting with the pretrained model (all lambdas 0).
+        """Stream the points of a sweep, starting with the pretrained model (all lambdas 0), from
+        ``executor(spec.base)``: locally in order, on Ray as they finish (any order).
 
         Under a reported-tier attack (AutoAttack, APGD) this is ``anytime_sweep``: rows after every
         chunk, partial ones ``final=False``. The engine lock is held per point only (per chunk when
-        anytime), so other sessions interleave. On Ray, points are history-free and come back as they finish (any order). A set cancel
-        token ends the stream (iterate with ``cancel.scoped(token, ...)`` from a handler whose
-        steps run in different threads); finished points are in the store.
+        anytime), so other sessions interleave. A set cancel token ends the stream (iterate with
+        ``cancel.scoped(token, ...)`` from a handler whose steps run in different threads); finished
+        points are in the store.
         """
         if find_attack(spec.attack.name).tier == "reported":   # AutoAttack / APGD: coarse first
             yield from self.anytime_sweep(spec)
             return
-        n_vec = len(spec.natural) + len(spec.robust)
-        pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
-        if self.executor_kind == "ray":
-            jobs = [PointSpec(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval),
-                    *sweep_jobs(spec)]
-            yield from (row for _, row in self.executor(spec.base).run(jobs))
-            return
-        try:
-            yield self.point(spec.base, spec.natural, spec.robust, pre, spec.attack, spec.eval)
-        except Cancelled:
-            return
-        gen = self.engine(spec.base).sweep(spec)
-        while True:
-            with self.lock(spec.base):
-                row = next(gen, None)
-            if row is None:
-                return
-            yield row
+        yield from (row for _, row in self.executor(spec.base).run(_with_pretrained(spec)))
 
     def anytime_sweep(self, spec: SweepSpec, *, rule: StopRule = NO_RULE, first: int = FIRST_CHUNK,
                       token: CancelToken | None = None, chunk: int | None = None) -> Iterator[dict]:
@@ -226,18 +168,11 @@ class Service:
         round's growth at once). On Ray, whole points come back as they finish (every row final;
         see ``executors.run_anytime``).
         """
-        n_vec = len(spec.natural) + len(spec.robust)
-        pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * n_vec)
-        jobs = [PointSpec(tuple(spec.natural), tuple(spec.robust), pre, spec.attack, spec.eval), *sweep_jobs(spec)]
         token = token if token is not None else current_token()
-        gen = run_anytime(self.executor(spec.base), jobs, rule=rule, first=first, chunk=chunk)
+        gen = run_anytime(self.executor(spec.base), _with_pretrained(spec), rule=rule, first=first, chunk=chunk)
         try:
-            while True:
-                with self.lock(spec.base), cancel_scope(token):
-                    item = next(gen, None)
-                if item is None:
-                    return
-                yield item[1]
+            for _, row in scoped(token, gen):
+                yield row
         except Cancelled:
             log.info("anytime sweep stopped; every finished image is in the store")
         finally:
@@ -274,69 +209,26 @@ class Service:
         return out
 
     # ------------------------------------------------------------------ inspect
-    def inspect(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                classnames: Sequence[str], attack: AttackSpec,
-                templates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Zero-shot predictions before/after a white-box attack, for each named merged model.
-
-        Args:
-            models: display name -> (vector names, merge spec); the first one's adversarial image
-                is returned for display.
-            image: HxWx3 uint8.
-            classnames: at least two class names.
-
-        Returns: ``{"clean": uint8 image, "adv": uint8, "delta": uint8 (amplified),
-        "probs": {name: (clean probs, adv probs)}, "linf": float}``.
-        """
-        from explorer.engine import imagewise
-
-        check_class_count(attack, classnames)
-        x = image_to_tensor(image)
+    def inspect(self, base: str, models: imageops.Models, image: np.ndarray, classnames: Sequence[str],
+                attack: AttackSpec, templates: Sequence[str] | None = None) -> dict[str, Any]:
+        """Zero-shot predictions before/after a white-box attack, for each named merged model
+        (``imageops.inspect``: its arguments, return value and errors)."""
+        imageops.check_class_count(attack, classnames)   # before waiting for the lock
         with self.lock(base):
-            eng = self.engine(base)
-            res = imagewise.inspect(eng, models, x.to(eng.device), classnames, attack, templates)
-        x_adv = res["adv"][next(iter(models))]   # the first model's adversarial image is shown
-        delta = x_adv - x
-        scale = 0.5 / max(float(delta.abs().max()), 1e-12)
-        return {"probs": res["probs"], "clean": tensor_to_image(x), "adv": tensor_to_image(x_adv),
-                "linf": float(delta.abs().max()), "delta": tensor_to_image((0.5 + delta * scale).clamp(0, 1))}
+            return imageops.inspect(self.engine(base), models, image, classnames, attack, templates)
 
     def filmstrip(self, base: str, natural: Sequence[str], robust: Sequence[str], merge: MergeSpec,
                   alphas: Sequence[float], image: np.ndarray, classnames: Sequence[str],
                   attack: AttackSpec) -> list[dict[str, Any]]:
-        """One image attacked on the merge at each alpha (``imagewise.filmstrip``).
-
-        Args:
-            image: HxWx3 uint8. alphas: 1 to 11 values in [0, 1].
-
-        Returns: per alpha ``{"alpha", "adv": HxWx3 uint8, "clean_pred", "adv_pred", "fooled"}``.
-
-        Raises:
-            ValueError: no alpha, more than 11, or one outside [0, 1].
-        """
-        from explorer.engine import imagewise
-
-        if not 1 <= len(alphas) <= 11 or any(not 0.0 <= float(a) <= 1.0 for a in alphas):
-            raise ValueError(f"the filmstrip takes 1 to 11 alphas in [0, 1], got {list(alphas)}")
+        """One image attacked on the merge at each alpha (``imageops.filmstrip``)."""
         with self.lock(base):
-            eng = self.engine(base)
-            x = image_to_tensor(image).to(eng.device)
-            frames = imagewise.filmstrip(eng, natural, robust, merge, alphas, x, classnames, attack)
-        return [{**f, "adv": tensor_to_image(f["adv"])} for f in frames]
+            return imageops.filmstrip(self.engine(base), natural, robust, merge, alphas, image, classnames, attack)
 
-    def transfer(self, base: str, models: dict[str, tuple[Sequence[str], MergeSpec]], image: np.ndarray,
-                 classnames: Sequence[str], attack: AttackSpec) -> dict[str, Any]:
-        """One image attacked on each model, classified by every model (``imagewise.transfer``).
-
-        Returns: ``{"models", "adv": {label: HxWx3 uint8}, "clean", "pred", "fooled", "attack"}``.
-        """
-        from explorer.engine import imagewise
-
+    def transfer(self, base: str, models: imageops.Models, image: np.ndarray, classnames: Sequence[str],
+                 attack: AttackSpec) -> dict[str, Any]:
+        """One image attacked on each model, classified by every model (``imageops.transfer``)."""
         with self.lock(base):
-            eng = self.engine(base)
-            x = image_to_tensor(image).to(eng.device)
-            res = imagewise.transfer(eng, models, x, classnames, attack)
-        return {**res, "adv": {k: tensor_to_image(v) for k, v in res["adv"].items()}, "attack": attack.label}
+            return imageops.transfer(self.engine(base), models, image, classnames, attack)
 
     # ------------------------------------------------------------------ models
     def vector_stats(self, base: str, names: Sequence[str]) -> dict[str, Any]:
@@ -378,13 +270,7 @@ class Service:
         return entry.name
 
 
-def check_class_count(attack: AttackSpec, classnames: Sequence[str]) -> None:
-    """Raise ``ValueError`` (before any work) when ``attack`` cannot run on this many classes.
-
-    APGD-T (in ``apgd-t`` and both AutoAttacks) reads the 4th largest logit of its DLR loss.
-    """
-    need = max([2, *(STAGES[s].min_classes for s in find_attack(attack.name).stages)])
-    if len(classnames) < need:
-        raise ValueError(f"{attack.name} needs at least {need} class names (targeted APGD's DLR loss reads "
-                         f"the 4th largest logit); got {len(classnames)}: add class names, or choose "
-                         "pgd-K, fgsm or apgd-ce")
+def _with_pretrained(spec: SweepSpec) -> list[PointSpec]:
+    """The sweep's points after its pretrained model (every lambda 0: the base itself)."""
+    pre = MergeSpec(method="task_arithmetic", lambdas=(0.0,) * (len(spec.natural) + len(spec.robust)))
+    return [PointSpec(spec.natural, spec.robust, pre, spec.attack, spec.eval, spec.base), *sweep_jobs(spec)]

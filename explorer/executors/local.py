@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -28,12 +30,15 @@ class LocalExecutor:
 
     Args:
         engine: the resident engine (its manifest, base, device and store are used as they are).
+        lock: held while each point (each chunk, ``anytime``) is computed and released before it is
+            yielded, so other users of the engine interleave (default: a lock of this executor's own).
     """
 
     name = "local"
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lock: AbstractContextManager | None = None) -> None:
         self.engine = engine
+        self.lock = lock if lock is not None else threading.RLock()
 
     @property
     def manifest(self) -> Manifest:
@@ -46,8 +51,10 @@ class LocalExecutor:
         for i, job in enumerate(tqdm(jobs, desc="sweep", disable=not progress, delay=1.0)):
             try:
                 check_cancelled()
-                row = self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
-                                        sweep=job.sweep, use_bank=use_bank)
+                with self.lock:
+                    check_cancelled()   # superseded while it waited for the lock
+                    row = self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
+                                            sweep=job.sweep, use_bank=use_bank)
             except Cancelled:
                 log.info("stopped by the caller; the points before this one are in the store")
                 return
@@ -61,8 +68,17 @@ class LocalExecutor:
                 first: int = FIRST_CHUNK, chunk: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """Round-robin growth of the jobs' points (``engine.anytime.anytime_sweep``): ``(index, row)``
         after every chunk, partial rows ``final=False``; runs under the caller's cancel scope."""
-        yield from anytime_sweep(self.engine.runner, jobs, rule=rule, first=first,
-                                 sweep=jobs[0].sweep if jobs else None, chunk=chunk)
+        gen = anytime_sweep(self.engine.runner, jobs, rule=rule, first=first, sweep=jobs[0].sweep if jobs else None,
+                            chunk=chunk)
+        try:
+            while True:
+                with self.lock:
+                    item = next(gen, None)
+                if item is None:
+                    return
+                yield item
+        finally:
+            gen.close()
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller."""
