@@ -151,29 +151,25 @@ def eval_test_ids(n: int = EVAL_N, seed: int = 0) -> np.ndarray:
 
 def write_eval_subset(path: Path = EVAL_FILE, n: int = EVAL_N, seed: int = 0) -> Path:
     """Write the shipped evaluation subset from the test split (needs the dataset)."""
-    from safetensors.numpy import save_file
-    images, labels = read_split("test")
-    ids = eval_test_ids(n, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
-               "ids": ids.astype(np.int32)}, str(path),
-              metadata={"source": "Fashion-MNIST t10k (Zalando Research, MIT licence)",
-                        "selection": f"{n} test ids, numpy SeedSequence([23, {seed}]) permutation, sorted"})
-    read_eval_subset.cache_clear()
-    return path
+    return _write_subset(path, "test", eval_test_ids(n, seed), "Fashion-MNIST t10k (Zalando Research, MIT licence)",
+                         f"{n} test ids, numpy SeedSequence([23, {seed}]) permutation, sorted")
 
 
 def write_calibration_subset(path: Path = CALIB_FILE, n: int = CALIB_N, seed: int = 0) -> Path:
     """Write the shipped calibration subset: ``n`` images of the fine-tunes' labelled half of the train
     split (``fashion-train``'s ids; never test images), a seeded choice, sorted (needs the dataset)."""
-    from safetensors.numpy import save_file
-    images, labels = read_split("train")
     ids = np.sort(_halves()[1][np.random.default_rng(np.random.SeedSequence([29, int(seed)])).permutation(30000)[:n]])
+    return _write_subset(path, "train", ids, "Fashion-MNIST train (Zalando Research, MIT licence)",
+                         f"{n} ids of the fine-tunes' half, SeedSequence([29, {seed}]), sorted")
+
+
+def _write_subset(path: Path, split: str, ids: np.ndarray, source: str, selection: str) -> Path:
+    """Write images ``ids`` of ``split`` (uint8, with their labels and ids) as a safetensors subset."""
+    from safetensors.numpy import save_file
+    images, labels = read_split(split)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
-               "ids": ids.astype(np.int32)}, str(path),
-              metadata={"source": "Fashion-MNIST train (Zalando Research, MIT licence)",
-                        "selection": f"{n} ids of the fine-tunes' half, SeedSequence([29, {seed}]), sorted"})
+               "ids": ids.astype(np.int32)}, str(path), metadata={"source": source, "selection": selection})
     read_eval_subset.cache_clear()
     return path
 
