@@ -10,6 +10,19 @@ The public API, in the order one uses it::
 """
 from __future__ import annotations
 
+import os as _os
+
+# PyTorch's CPU thread pool is GNU OpenMP: by default a thread that waits at the end of a parallel
+# region spins for ~300,000 iterations before it sleeps. On a CPU shared with other processes
+# (this project's 2-core machine, a laptop during a demo) the spinning threads take the cores
+# from the threads they wait for. Measured on the Fashion ViT zoo, one autoattack-fast point on
+# 16 images (2 cores; 7 s of work): at load 3, 159 s wall with the default policy, > 300 s with
+# ACTIVE, 7.3-8.0 s with PASSIVE, 6.8-7.4 s on one thread; at load 7, > 100 s default, 12.6-15.0 s
+# PASSIVE, 11.6 s one thread. PASSIVE makes a waiting thread sleep at once. libgomp reads it when
+# it is loaded (with torch, imported below), so it is set here, first; a value the user set is
+# kept, and a process that imported torch before this package keeps the runtime's default.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .attacks import run_attack
 from .config import AttackSpec, EvalSpec, MergeSpec, PointSpec, SweepSpec, parse_alphas, parse_eps
 from .core.taskvec import FlatLayout, TaskVector
