@@ -64,3 +64,10 @@ def test_bootstrap_stats_and_difference_lines():
     assert compare.difference_line(tie, 256).endswith("NOT resolved at n=256 (the interval contains 0)")
     only = compare.bootstrap_stats({"task_arithmetic": base}, n_boot=100)[1]
     assert only == []
+
+
+def test_write_table_keeps_a_dot_in_the_stem(tmp_path):
+    row = {c: 0 for c in compare.COLUMNS}
+    csv_path, md_path = compare.write_table([row], tmp_path / "compare-keep0.05", caption="keep=0.05")
+    assert (csv_path.name, md_path.name) == ("compare-keep0.05.csv", "compare-keep0.05.md")
+    assert md_path.read_text().startswith("keep=0.05") and csv_path.read_text().splitlines()[0].split(",") == list(compare.COLUMNS)

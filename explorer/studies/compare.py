@@ -182,8 +182,9 @@ def markdown_table(table: list[dict[str, Any]], caption: str = "", differences: 
 
 def write_table(table: list[dict[str, Any]], stem: Path, caption: str = "",
                 differences: Sequence[str] = ()) -> tuple[Path, Path]:
-    """``stem.csv`` (``COLUMNS``) and ``stem.md`` (``markdown_table``)."""
-    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    """``stem.csv`` (``COLUMNS``) and ``stem.md`` (``markdown_table``); a dot in ``stem`` stays
+    (``compare-keep0.05`` -> ``compare-keep0.05.md``, not ``compare-keep0.md``)."""
+    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
