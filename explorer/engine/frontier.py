@@ -30,15 +30,13 @@ from explorer.core.cancel import Cancelled, check_cancelled
 from explorer.core.device import check_device, check_precision, default_device, float32_precision, in_own_precision
 from explorer.core.finite import InvalidPointError
 from explorer.core.heap import release_freed_heap
-from explorer.evaluation.activation import BatchPlan, budget_for
-from explorer.evaluation.evaluate import AdversarialBank, EvalOptions, Images, evaluate
-from explorer.evaluation.zeroshot import ZeroShotClassifier
+from explorer.evaluation.activation import budget_for
+from explorer.evaluation.evaluate import EvalOptions, Images, evaluate
 from explorer.merging import canonical_spec
 from explorer.store import Store
 from explorer.zoo import Manifest, ModelEntry, load_manifest
 
 from . import keys
-from .attack_twin import AttackTwin
 from .inputs import EvalInputs
 from .merge_cache import MergeCache, Merged
 from .models import ResidentModels
@@ -60,11 +58,11 @@ def _part(part: str, name: str, doc: str) -> property:
     return property(lambda self: getattr(getattr(self, part), name), doc=doc)
 
 
-class Engine(EvalInputs):
+class Engine:
     """Resident merge + evaluation engine for one manifest and base model: a thin composition of
     ``models`` (the weights on the device, ``ResidentModels``), ``merges`` (which merge theta holds,
-    ``MergeCache``), the eval inputs it caches (``EvalInputs``) and ``runner`` (points grown over the
-    per-image store, ``PointRunner``).
+    ``MergeCache``), ``inputs`` (classifiers, attack twins, eval images, batch plans: ``EvalInputs``)
+    and ``runner`` (points grown over the per-image store, ``PointRunner``).
 
     Args:
         manifest: a ``Manifest`` or the path of one (default: the demo zoo); never modified
@@ -100,6 +98,13 @@ class Engine(EvalInputs):
     _vectors = _part("models", "vectors", "The resident vectors by name.")
     _text_segments = _part("models", "text_segments", "Flat segments outside the visual tower.")
     calibration = _part("merges", "calibration", "Scores/posteriors of data-aware methods.")
+    normalization = _part("inputs", "normalization", "``EvalInputs.normalization`` (the vectors' input form).")
+    classifier = _part("inputs", "classifier", "``EvalInputs.classifier``: the task's zero-shot classifier.")
+    attack_model = _part("inputs", "attack_model", "``EvalInputs.attack_model``: the classifier's twin.")
+    eval_data = _part("inputs", "eval_data", "``EvalInputs.eval_data``: an eval set's images on the device.")
+    batch_plan = _part("inputs", "batch_plan", "``EvalInputs.batch_plan``: the batch for an eval set.")
+    bank = _part("inputs", "bank", "``EvalInputs.bank``: adversarial examples so far (``+reuse``).")
+    preprocess_cfg = _part("inputs", "preprocess_cfg", "``EvalInputs.preprocess_cfg``: open_clip's.")
 
     def __init__(self, manifest: Manifest | str | Path | None = None, base: str | None = None,
                  device: str | None = None, store: Store | None = None, batch_size: int | None = None,
@@ -110,20 +115,13 @@ class Engine(EvalInputs):
         self.device = torch.device(check_device(device) or default_device())
         self.precision = check_precision(precision)   # tests/test_cuda.py bounds TF32's effect
         self.store = store
-        self.batch_size = batch_size or (512 if self.device.type == "cuda" else 256)
-        self.activation_budget = activation_budget or budget_for(self.device)
-        self.fast_attack = fast_attack
         # At the memory floor (explorer.engine.resident): meta reference, flat pre + theta, the model's
         # parameters views into theta; integer buffers are the model's own (set from the file).
         self.models = ResidentModels(zoo, self.base, self.device)
         self.merges = MergeCache(self.models)
-        # The eval inputs' caches (explorer.engine.inputs), by setting.
-        self._plans: dict[tuple, BatchPlan] = {}
-        self._classifiers: dict[tuple[str, str], ZeroShotClassifier] = {}   # (task, normalize)
-        self._twins: dict[tuple[str, str], AttackTwin | None] = {}
-        self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._banks: dict[tuple, AdversarialBank] = {}
-        self._text_key: Any = None
+        self.inputs = EvalInputs(self.models, self.device, fast_attack,
+                                 batch_size or (512 if self.device.type == "cuda" else 256),
+                                 activation_budget or budget_for(self.device))
         self.runner = PointRunner(self)   # history-free points, grown over the per-image store
 
     # ------------------------------------------------------------------ models
@@ -160,7 +158,7 @@ class Engine(EvalInputs):
         """Write ``theta_pre + sum_i c_i * tau_i`` (method ``spec.method``) into the resident model;
         the ``Merged`` record (names, spec, the preparer's cost). ``MergeCache.merge`` raises."""
         done = self.merges.merge(names, spec, self)
-        self._refresh(done)
+        self.inputs.refresh(done)
         return done
 
     @in_own_precision
@@ -168,18 +166,8 @@ class Engine(EvalInputs):
         """``merge`` unless the resident model holds that merge already; the record either way."""
         done, written = self.merges.ensure(names, spec, self)
         if written:
-            self._refresh(done)
+            self.inputs.refresh(done)
         return done
-
-    def _refresh(self, done: Merged) -> None:
-        """The twins and (when the merged text tower changed) the class embeddings follow theta."""
-        for twin in self._twins.values():
-            if twin is not None:
-                twin.refresh()
-        if done.text_key != self._text_key:
-            self._text_key = done.text_key
-            for clf in self._classifiers.values():
-                clf.refresh_text_head(key=repr(done.text_key))
 
     def context(self, names: Sequence[str], spec: MergeSpec) -> dict:
         """Extras a method needs (e.g. stability scores): its record's preparer, run against this

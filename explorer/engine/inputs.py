@@ -1,9 +1,8 @@
 """What a point is evaluated on: classifiers, attack twins, eval images, batch plans, banks.
 
-A mixin of :class:`explorer.engine.frontier.Engine` (the state lives there: ``manifest``, ``base``,
-``model``, ``tokenizer``, ``device``, ``fast_attack``, ``batch_size``, ``activation_budget``
-and the caches below), split out so each file reads as one concern: ``engine`` merges and
-computes points, this module builds and caches their inputs once per setting.
+A part of :class:`explorer.engine.frontier.Engine`: it reads the resident model
+(``ResidentModels``) and builds and caches these inputs once per setting; ``refresh`` is told each
+merge, so the attack twins and (when the merged text tower changed) the class embeddings follow.
 """
 from __future__ import annotations
 
@@ -21,25 +20,54 @@ from explorer.evaluation.zeroshot import ZeroShotClassifier
 from explorer.zoo import Manifest
 
 from .attack_twin import AttackTwin, make_twin
+from .merge_cache import Merged
+from .models import ResidentModels
 
 
 class EvalInputs:
-    """Cached evaluation inputs of a resident model (see the module docstring)."""
+    """Cached evaluation inputs of a resident model (see the module docstring).
 
-    manifest: Manifest
-    base: str
-    model: nn.Module
-    tokenizer: Any
-    device: torch.device
-    fast_attack: bool
-    batch_size: int
-    activation_budget: int
-    _text_key: Any
-    _classifiers: dict[tuple[str, str], ZeroShotClassifier]
-    _twins: dict[tuple[str, str], AttackTwin | None]
-    _data: dict[tuple, tuple[torch.Tensor, torch.Tensor]]
-    _plans: dict[tuple, BatchPlan]
-    _banks: dict[tuple, AdversarialBank]
+    Args:
+        models: the resident weights (their model, tokenizer, manifest and base are read).
+        device: where eval images are kept.
+        fast_attack: attack an ``AttackTwin`` where the tower has one (``attack_model``).
+        batch_size: the most images per batch (``batch_plan``'s cap).
+        activation_budget: bytes of saved activations one attack batch may hold.
+    """
+
+    def __init__(self, models: ResidentModels, device: torch.device, fast_attack: bool, batch_size: int,
+                 activation_budget: int) -> None:
+        self.models, self.device, self.fast_attack = models, device, fast_attack
+        self.batch_size, self.activation_budget = batch_size, activation_budget
+        self._text_key: Any = None   # what the merged text tower is (``Merged.text_key``); None: never merged
+        self._classifiers: dict[tuple[str, str], ZeroShotClassifier] = {}   # (task, normalize)
+        self._twins: dict[tuple[str, str], AttackTwin | None] = {}
+        self._data: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._plans: dict[tuple, BatchPlan] = {}
+        self._banks: dict[tuple, AdversarialBank] = {}
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.models.manifest
+
+    @property
+    def base(self) -> str:
+        return self.models.base
+
+    @property
+    def model(self) -> nn.Module:
+        return self.models.model
+
+    def refresh(self, merged: Merged) -> None:
+        """Theta now holds ``merged``: the twins refold it, and the class embeddings are recomputed
+        when the merged text tower changed."""
+        for twin in self._twins.values():
+            if twin is not None:
+                twin.refresh()
+        if merged.text_key != self._text_key:
+            self._text_key = merged.text_key
+            for clf in self._classifiers.values():
+                clf.refresh_text_head(key=repr(merged.text_key))
 
     def normalization(self, names: Sequence[str]) -> str:
         """The input normalisation a merge of ``names`` is evaluated with (``"clip"``/``"imagenet"``).
@@ -68,7 +96,7 @@ class EvalInputs:
         if key not in self._classifiers:
             t = get_task(task, preprocess=self.preprocess_cfg())
             self._classifiers[key] = ZeroShotClassifier(
-                self.model, self.tokenizer, t.classnames, t.templates, normalize=normalize,
+                self.model, self.models.tokenizer, t.classnames, t.templates, normalize=normalize,
                 text_key=repr(self._text_key))
         return self._classifiers[key]
 
