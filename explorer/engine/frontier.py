@@ -270,6 +270,15 @@ class Engine:
         nat, rob = ([], names) if self.manifest.get(name).role == "robust" else (names, [])
         return self.point(nat, rob, MergeSpec(lambdas=(1.0,)), attack, ev, **kwargs)
 
+    def point_or_failure(self, p: PointSpec, *, use_bank: bool = False) -> dict[str, Any]:
+        """``point`` of ``p``; a point whose merge or logits are invalid (``finite.InvalidPointError``)
+        is its failure row instead (``points.failed_row``: ``error`` set, accuracies None, not stored)."""
+        try:
+            return self.point(p.natural, p.robust, p.spec, p.attack, p.eval, sweep=p.sweep, use_bank=use_bank)
+        except InvalidPointError as exc:   # this point has no accuracy; the others do
+            log.warning("point %s lambdas=%s failed: %s", p.spec.method, p.spec.lambdas, exc)
+            return failed_row(exc, canonical_spec(p.spec), p.attack, p.eval, p.natural, p.robust, self.base)
+
     def sweep(self, spec: SweepSpec, *, on_point: Callable[[dict], None] | None = None,
               progress: bool = True, use_bank: bool = False) -> Iterator[dict]:
         """Stream the points of alpha x keep x method, in that nesting (neighbours adjacent).
@@ -288,14 +297,11 @@ class Engine:
         for ms in tqdm(sweep_grid(spec), desc="sweep", disable=not progress):
             try:
                 check_cancelled()
-                row = self.point(spec.natural, spec.robust, ms, spec.attack, spec.eval, sweep=sweep_id,
-                                 use_bank=use_bank)
+                row = self.point_or_failure(PointSpec(spec.natural, spec.robust, ms, spec.attack, spec.eval,
+                                                      sweep=sweep_id), use_bank=use_bank)
             except Cancelled:
                 log.info("sweep stopped by the caller; the points before this one are in the store")
                 return
-            except InvalidPointError as exc:   # this point has no accuracy; the others do
-                log.warning("sweep point %s lambdas=%s failed: %s", ms.method, ms.lambdas, exc)
-                row = failed_row(exc, ms, spec.attack, spec.eval, spec.natural, spec.robust, self.base)
             if on_point is not None:
                 on_point(row)
             yield row

@@ -11,11 +11,8 @@ from tqdm.auto import tqdm
 
 from explorer.config import PointSpec
 from explorer.core.cancel import Cancelled, check_cancelled
-from explorer.core.finite import InvalidPointError
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule, anytime_sweep
 from explorer.engine.frontier import Engine
-from explorer.engine.points import failed_row
-from explorer.merging import canonical_spec
 from explorer.zoo import Manifest
 
 log = logging.getLogger(__name__)
@@ -53,15 +50,10 @@ class LocalExecutor:
                 check_cancelled()
                 with self.lock:
                     check_cancelled()   # superseded while it waited for the lock
-                    row = self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
-                                            sweep=job.sweep, use_bank=use_bank)
+                    row = self.engine.point_or_failure(job, use_bank=use_bank)
             except Cancelled:
                 log.info("stopped by the caller; the points before this one are in the store")
                 return
-            except InvalidPointError as exc:   # no accuracy for this point (not stored); go on
-                log.warning("point %s lambdas=%s failed: %s", job.spec.method, job.spec.lambdas, exc)
-                row = failed_row(exc, canonical_spec(job.spec), job.attack, job.eval, job.natural, job.robust,
-                                 self.engine.base)
             yield i, row
 
     def anytime(self, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,

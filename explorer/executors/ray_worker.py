@@ -18,9 +18,7 @@ import torch
 
 from explorer.config import PointSpec
 from explorer.core.cancel import Cancelled, CancelToken, cancel_scope
-from explorer.core.finite import InvalidPointError
 from explorer.engine.frontier import Engine
-from explorer.engine.points import failed_row
 from explorer.merging import canonical_spec
 from explorer.zoo import Manifest, ModelEntry
 
@@ -77,19 +75,15 @@ class PointWorker:
 
         try:
             with cancel_scope(CancelToken(also=cancelled, reason="stopped by the driver")):
-                self.engine.point(list(job.natural), list(job.robust), job.spec, job.attack, job.eval,
-                                  sweep=job.sweep, use_bank=use_bank)
+                row = self.engine.point_or_failure(job, use_bank=use_bank)
         except Cancelled:
             self.outbox.take()
             return None
-        except InvalidPointError as exc:   # no accuracy, nothing to store: a failure row
-            self.outbox.take()
-            return "", failed_row(exc, canonical_spec(job.spec), job.attack, job.eval, job.natural, job.robust,
-                                  self.engine.base), None, None
         finally:
             with self._lock:
                 self._cancelled.discard(ticket)
-        return self.outbox.take()
+        stored = self.outbox.take()   # nothing for a failure row: no accuracy, nothing to store
+        return stored if stored is not None else ("", row, None, None)
 
     @ray.method(concurrency_group="control")
     def stop(self, ticket: int) -> None:
