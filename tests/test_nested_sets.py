@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from explorer.data import get_task
-from explorer.data import synthetic as S
+from explorer.data import synthetic_scenes as R
+from explorer.data import synthetic_tasks as S
 
 
 def _assert_nested(load, sizes=(16, 64, 256)) -> None:
@@ -31,10 +32,10 @@ def test_block_zero_is_the_draw_of_one_block_and_each_block_is_balanced():
     # The first BLOCK images are the single draw sample_scenes(BLOCK) always gave (stored points
     # at n=BLOCK keep their images); every whole block is class-balanced within one image.
     x, y = get_task("shapes").load("test", 2 * S.BLOCK, 0)
-    scenes = S.sample_scenes(S.BLOCK, S.stream_rng("shapes", "test", 0), balance="shape")
-    assert torch.equal(x[:S.BLOCK], S.render(scenes, "clean"))
+    scenes = R.sample_scenes(S.BLOCK, S.stream_rng("shapes", "test", 0), balance="shape")
+    assert torch.equal(x[:S.BLOCK], R.render(scenes, "clean"))
     for b in range(2):
-        counts = torch.bincount(y[b * S.BLOCK:(b + 1) * S.BLOCK], minlength=len(S.SHAPES))
+        counts = torch.bincount(y[b * S.BLOCK:(b + 1) * S.BLOCK], minlength=len(R.SHAPES))
         assert int(counts.max() - counts.min()) <= 1
 
 

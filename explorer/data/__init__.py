@@ -1,7 +1,7 @@
 """Evaluation tasks: a registry of named zero-shot classification tasks.
 
 A task gives class names, prompt templates and fixed, seeded subsets of its images as
-float tensors in [0, 1] (NCHW). Names: the synthetic demo tasks (``explorer.data.synthetic``),
+float tensors in [0, 1] (NCHW). Names: the synthetic demo tasks (``explorer.data.synthetic_tasks``),
 ``folder:/path/to/root`` (one sub-folder per class) and ``torchvision:NAME`` (downloaded only
 when the user passes ``download=True``).
 """
@@ -42,4 +42,4 @@ def get_task(name: str, download: bool = False, preprocess: dict | None = None) 
 
 def _ensure_builtin() -> None:
     # The synthetic demo tasks and Fashion-MNIST register themselves on import.
-    from . import fashion, synthetic  # noqa: F401
+    from . import fashion, synthetic_tasks  # noqa: F401

@@ -1,6 +1,6 @@
-"""The task record and the registry of named tasks (filled by ``synthetic`` on import).
+"""The task record and the registry of named tasks (filled by ``synthetic_tasks`` on import).
 
-Kept apart from the package's ``__init__`` so that the task modules (``synthetic``, ``folder``,
+Kept apart from the package's ``__init__`` so that the task modules (``synthetic_tasks``, ``folder``,
 ``tv``) import it without importing the package that imports them.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@
   (``explorer.data.fashion_corpus``), fine-tuned on the labelled half of the train split.
   Patch 7 keeps a pgd-10 point about as cheap as the former ResNet's (16 tokens per image).
 - ``shapes`` (``assets/zoo/``, the test suite's fixture zoo): open_clip's
-  ModifiedResNet (width 16, 32 px) on the procedural shapes (``explorer.data.synthetic``).
+  ModifiedResNet (width 16, 32 px) on the procedural shapes (``explorer.data.synthetic_scenes``).
 - ``micro``: a tiny ResNet and a few steps of everything on the shapes (seconds; the tests).
 """
 from __future__ import annotations

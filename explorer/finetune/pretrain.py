@@ -56,7 +56,7 @@ def pretrain(model: nn.Module, tokenizer, batches: Iterator[tuple[torch.Tensor, 
         model: an open_clip ``CLIP`` model (any architecture).
         tokenizer: its tokenizer.
         batches: endless (images [B,3,H,W] in [0,1], captions) batches, e.g.
-            ``explorer.data.synthetic.caption_batches``.
+            ``explorer.data.synthetic_tasks.caption_batches``.
         cfg: steps, lr, warm-up, seed, device (``eps`` is unused).
     """
     torch.manual_seed(cfg.seed)

@@ -37,7 +37,7 @@ import torch
 
 from explorer.config import eps_label
 from explorer.data import get_task
-from explorer.data.synthetic import caption_batches
+from explorer.data.synthetic_tasks import caption_batches
 from explorer.zoo import Manifest, ModelEntry
 
 from . import METHODS, ROBUST_METHODS
@@ -48,7 +48,7 @@ from .pretrain import pretrain
 
 log = logging.getLogger(__name__)
 
-CORPUS = "synthetic captions (explorer.data.synthetic, clean style)"
+CORPUS = "synthetic captions (explorer.data.synthetic_tasks, clean style)"
 FASHION_CORPUS = ("Fashion-MNIST train photographs (30,000, disjoint from the fine-tunes' 30,000) with "
                   "noisy, coarse captions (explorer.data.fashion_corpus: 25% class synonym, tops' words "
                   "interchangeable, 20% wrong class, else coarse group)")
