@@ -265,35 +265,65 @@ class PointSpec:
 
 
 MAX_ALPHAS = 100_000   # alpha values one text may expand to
+ALPHA_FORMS = "use start:stop:count, both ends included (e.g. 0:1:11), or a comma list of numbers in [0, 1] (e.g. 0,0.5,1)"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _alpha(part: str, what: str) -> float:
+    """One number of an alphas text, in [0, 1] once rounded to 10 decimals; ``what`` names it in the error."""
+    try:
+        value = float(part)
+    except ValueError:
+        raise ValueError(f"{what}{_short(part.strip())!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what}{part.strip()!r} is not a finite number")
+    if not 0.0 <= round(value, 10) <= 1.0:
+        raise ValueError(f"{what}{value:g} is outside [0, 1]")
+    return value
+
+
+def _alpha_range(parts: list[str]) -> list[float]:
+    if len(parts) != 3:
+        raise ValueError(f"a range has 3 parts start:stop:count, got {len(parts)}")
+    start, stop = _alpha(parts[0], "start "), _alpha(parts[1], "stop ")
+    try:
+        count = int(parts[2])
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_ALPHAS:   # bounded before a list is built (a served app's input)
+        raise ValueError(f"count must be a whole number from 1 to {MAX_ALPHAS}, got {_short(parts[2].strip())!r}")
+    if count == 1:
+        return [round(start, 10)]
+    return [round(start + (stop - start) * i / (count - 1), 10) for i in range(count)]
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
-    """``"0:1:11"`` (start:stop:count, inclusive) or ``"0,0.5,1"`` -> tuple of floats in [0,1]."""
+    """``"0:1:11"`` (start:stop:count, both ends included) or ``"0,0.5,1"`` -> tuple of floats in [0, 1].
+
+    A range may run downwards (``"1:0:5"`` is 1, 0.75, ..., 0); a count of 1 gives ``(start,)``;
+    empty items of a comma list are skipped (``"0,1,"``). Values are rounded to 10 decimals.
+
+    Raises:
+        ValueError: one line ``alphas '<text>': <what is wrong>; <the accepted forms>`` for an empty
+            text, a range without exactly 3 parts, a count that is not a whole number in
+            [1, ``MAX_ALPHAS``], an item that is not a finite number, or a value outside [0, 1].
+    """
     text = text.strip()
-    shown = text if len(text) <= 40 else text[:40] + "..."
     try:
         if ":" in text:
-            parts = text.split(":")
-            if len(parts) != 3:
-                raise ValueError
-            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-            if not 1 <= count <= MAX_ALPHAS:   # bounded before a list is built (a served app's input)
-                raise ValueError(f"alphas: count must be between 1 and {MAX_ALPHAS}")
-            vals = [start] if count == 1 else [start + (stop - start) * i / (count - 1) for i in range(count)]
+            vals = _alpha_range(text.split(":"))
         else:
             items = [v for v in text.split(",") if v.strip()]
+            if not items:
+                raise ValueError("no values")
             if len(items) > MAX_ALPHAS:
-                raise ValueError(f"alphas: at most {MAX_ALPHAS} values")
-            vals = [float(v) for v in items]
+                raise ValueError(f"more than {MAX_ALPHAS} values")
+            vals = [round(_alpha(v, ""), 10) for v in items]
     except ValueError as exc:
-        if exc.args and str(exc.args[0]).startswith("alphas:"):
-            raise
-        raise ValueError(f"alphas {shown!r}: use start:stop:count (e.g. 0:1:11) or a comma list of "
-                         f"numbers in [0, 1] (e.g. 0,0.5,1)") from None
-    vals = [round(v, 10) for v in vals]
-    bad = [v for v in vals if not 0.0 <= v <= 1.0]
-    if not vals or bad:
-        raise ValueError(f"alphas must be in [0, 1]; got {shown!r}")
+        raise ValueError(f"alphas {_short(text)!r}: {exc}; {ALPHA_FORMS}") from None
     return tuple(vals)
 
 

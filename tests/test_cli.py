@@ -57,6 +57,10 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
      "held-out"),
     (["evaluate", "--model", "nobody", "--attack", "none", "--no-store"], "nobody"),
     (["sweep", "--natural", "natural", "--robust", "robust", "--n", "0"], "n must be >= 1"),
+    (["sweep", "--natural", "natural", "--robust", "robust", "--alphas", ""],
+     "alphas '': no values; use start:stop:count, both ends included (e.g. 0:1:11), or a comma list"),
+    (["sweep", "--natural", "natural", "--robust", "robust", "--alphas", "0:1:2:3"],
+     "alphas '0:1:2:3': a range has 3 parts start:stop:count, got 4; use start:stop:count"),
     # bad numbers and devices found by trying them (each once a traceback or a run of failed points)
     (["sweep", "--natural", "natural", "--robust", "robust", "--scale", "nan"],
      "scale must be a finite number, got nan"),

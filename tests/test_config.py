@@ -67,18 +67,44 @@ def test_parse_alphas():
     assert parse_alphas("0:1:11")[3] == pytest.approx(0.3)
     assert len(parse_alphas("0:1:11")) == 11
     assert parse_alphas("0, 0.5,1") == (0.0, 0.5, 1.0)
-    for bad in ["0:2:3", "", "1.5"]:
-        with pytest.raises(ValueError, match=rf"^alphas must be in \[0, 1\]; got '{re.escape(bad)}'$"):
-            parse_alphas(bad)
-    with pytest.raises(ValueError, match=r"^alphas '0:1': use start:stop:count"):
-        parse_alphas("0:1")
-    # Malformed text names the expected forms, not Python's float() message (a page user's input).
-    for bad in ["a:b:c", "x,1", "0:1:z"]:
-        with pytest.raises(ValueError, match=r"use start:stop:count \(e.g. 0:1:11\) or a comma list") as err:
-            parse_alphas(bad)
-        assert "could not convert" not in str(err.value) and "invalid literal" not in str(err.value)
-    with pytest.raises(ValueError, match="count must be between 1 and 100000"):
-        parse_alphas("0:1:1000000")
+    assert parse_alphas(" 0 : 1 : 5 ") == (0.0, 0.25, 0.5, 0.75, 1.0)
+    # a range may run downwards (robust to natural); a count of 1 is its start; empty items are skipped
+    assert parse_alphas("1:0:5") == (1.0, 0.75, 0.5, 0.25, 0.0)
+    assert parse_alphas("0.3:1:1") == (0.3,)
+    assert parse_alphas("0,1,") == (0.0, 1.0)
+
+
+FORMS = re.escape("; use start:stop:count, both ends included (e.g. 0:1:11), or a comma list of numbers "
+                  "in [0, 1] (e.g. 0,0.5,1)") + "$"
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("", "alphas '': no values"),
+    ("   ", "alphas '': no values"),
+    (" , ", "alphas ',': no values"),
+    ("0:1:0", "alphas '0:1:0': count must be a whole number from 1 to 100000, got '0'"),
+    ("0:1:-3", "alphas '0:1:-3': count must be a whole number from 1 to 100000, got '-3'"),
+    ("0:1:2.5", "alphas '0:1:2.5': count must be a whole number from 1 to 100000, got '2.5'"),
+    ("0:1:1000000", "alphas '0:1:1000000': count must be a whole number from 1 to 100000, got '1000000'"),
+    ("0:1:z", "alphas '0:1:z': count must be a whole number from 1 to 100000, got 'z'"),
+    ("0:1:2:3", "alphas '0:1:2:3': a range has 3 parts start:stop:count, got 4"),
+    ("0:1", "alphas '0:1': a range has 3 parts start:stop:count, got 2"),
+    ("a:b:c", "alphas 'a:b:c': start 'a' is not a number"),
+    ("0:2:3", "alphas '0:2:3': stop 2 is outside [0, 1]"),
+    ("0:nan:3", "alphas '0:nan:3': stop 'nan' is not a finite number"),
+    ("a,b", "alphas 'a,b': 'a' is not a number"),
+    ("x,1", "alphas 'x,1': 'x' is not a number"),
+    ("nan", "alphas 'nan': 'nan' is not a finite number"),
+    ("0,inf", "alphas '0,inf': 'inf' is not a finite number"),
+    ("1.5", "alphas '1.5': 1.5 is outside [0, 1]"),
+    ("0.5,-0.1", "alphas '0.5,-0.1': -0.1 is outside [0, 1]"),
+    ("9" * 50, f"alphas '{'9' * 40}...': 1e+50 is outside [0, 1]"),   # a long text is cut at 40 characters
+])
+def test_bad_alphas_name_the_problem_and_the_forms(text, problem):
+    """Each mistake is one line: what is wrong, then the accepted forms (never Python's float() message)."""
+    with pytest.raises(ValueError, match="^" + re.escape(problem) + FORMS) as err:
+        parse_alphas(text)
+    assert "\n" not in str(err.value) and "could not convert" not in str(err.value)
 
 
 def test_from_alpha_endpoints_and_shares():

@@ -108,7 +108,7 @@ def test_sweep_failed_point_and_stop_paths(demo, monkeypatch) -> None:
     assert len(outs) == 3 and all(is_skip(v) for o in outs for v in o[:3])
     assert "1 point(s) failed (no accuracy): ties λ = (0.5, 0.5): non-finite weights" in outs[0][3]
     assert outs[-1][3].startswith("Stopped after 2/3 points")
-    with pytest.raises(gr.Error, match="alphas 'x': use start:stop:count"):
+    with pytest.raises(gr.Error, match="alphas 'x': 'x' is not a number; use start:stop:count"):
         call(demo, "FrontierHandlers.sweep", values(alphas="x"))
 
 
