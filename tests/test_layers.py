@@ -180,7 +180,7 @@ def test_every_package_imports_only_the_layers_below_it():
 
 def test_the_top_level_holds_few_modules_and_the_readme_names_every_package():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "__main__", "config", "store"], top
+    assert top == ["__init__", "__main__", "store"], top
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout"):]
     layout = layout[: layout.index("\n## ", 4)]
