@@ -23,7 +23,8 @@ import torch
 from explorer.core.taskvec import FlatLayout
 from explorer.core.towers import is_vision
 
-from .checkpoints import CheckpointError, normalize_keys, validate_state_dict
+from .architecture import normalize_keys, validate_state_dict
+from .checkpoints import CheckpointError
 from .lazy import LazyCheckpoint, explorer_home, resolve_safetensors
 from .manifest import ModelEntry
 
@@ -127,7 +128,7 @@ def load_flat(entry: ModelEntry, reference: Mapping[str, torch.Tensor], layout: 
 
 def _load_pretrained_tag(entry, reference, layout, out, fill, cache_dir, t0) -> LoadReport:
     """An open_clip pretrained tag: open_clip builds the model (one extra copy, transient)."""
-    from .checkpoints import load_weights
+    from .architecture import load_weights
 
     sd = load_weights(entry, dict(reference), cache_dir)
     if fill is not None:

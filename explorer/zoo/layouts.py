@@ -1,6 +1,7 @@
 """The key layouts real checkpoints use, as one list of data.
 
-Three kinds of layout (``LAYOUTS``, tried in list order), applied by ``checkpoints``:
+Three kinds of layout (``LAYOUTS``, tried in list order), applied by ``checkpoints`` (wrapper;
+strip in ``convert``) and ``architecture`` (strip, tower):
 
 - ``wrapper``: the state dict sits under a key of an outer dict (``{"state_dict": {...}}``);
   ``unwrap_state_dict`` peels up to four nested wrappers.

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from explorer.core.towers import VISION_PREFIX, is_vision, strip_vision
 
-from .checkpoints import add_arch_config
+from .architecture import add_arch_config
 
 log = logging.getLogger(__name__)
 
