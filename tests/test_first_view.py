@@ -202,3 +202,29 @@ def test_a_chunk_cap_bounds_what_one_lock_holds(tiny_zoo: Path) -> None:
     rows = list(anytime_sweep(Engine(tiny_zoo, device="cpu").runner, points, first=16, chunk=8))
     assert [(i, r["n_done"]) for i, r in rows] == [(0, 8), (0, 16), (1, 8), (1, 16),
                                                   (0, 24), (0, 32), (1, 24), (1, 32)]
+
+
+def test_the_engine_lock_is_handed_over_first_come_first_served() -> None:
+    """A thread that releases the lock and asks again at once (a background sweep, chunk after
+    chunk) goes behind a thread already waiting (a slider move), which gets it next: it waits one
+    chunk, not many (``threading.RLock`` lets the releasing thread barge back in)."""
+    import threading
+
+    from explorer.core.fairlock import FairRLock
+
+    lock, got = FairRLock(), []
+    assert lock.acquire() and lock.acquire(blocking=False)   # re-entrant for its owner
+    lock.release()
+    waiter = threading.Thread(target=lambda: (lock.acquire(), got.append("slider"), time.sleep(0.2), lock.release()))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not lock._queue and time.monotonic() < deadline:   # the slider move is waiting
+        time.sleep(0.01)
+    lock.release()                                 # the chunk ends ...
+    assert lock.acquire(blocking=False) is False   # ... and the next chunk may not barge in
+    assert lock.acquire(timeout=10) and got == ["slider"]   # it gets the lock after the waiter
+    lock.release()
+    waiter.join(5)
+    with pytest.raises(RuntimeError, match="does not hold"):
+        lock.release()
+    assert FairRLock().acquire(timeout=0)   # a free lock is taken even with timeout 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from explorer.core.fairlock import FairRLock
 from explorer.engine.frontier import Engine
 from explorer.zoo import ModelEntry
 
 
 class EngineCache:
-    """Resident engines by base name, each with its re-entrant lock; built on first use.
+    """Resident engines by base name, each with its re-entrant, first-come-first-served lock
+    (``FairRLock``); built on first use.
 
     Args:
         build: base name -> a new engine (called at most once per base, under the cache's lock).
@@ -18,22 +20,22 @@ class EngineCache:
     def __init__(self, build: Callable[[str], Engine]) -> None:
         self._build = build
         self._engines: dict[str, Engine] = {}
-        self._locks: dict[str, threading.RLock] = {}
+        self._locks: dict[str, FairRLock] = {}
         self._guard = threading.Lock()
 
     def get(self, base: str) -> Engine:
         with self._guard:
             if base not in self._engines:
                 self._engines[base] = self._build(base)
-                self._locks[base] = threading.RLock()
+                self._locks[base] = FairRLock()   # first come, first served: a background sweep's next chunk waits its turn
             return self._engines[base]
 
-    def lock(self, base: str) -> threading.RLock:
+    def lock(self, base: str) -> FairRLock:
         """The lock every engine call of ``base`` holds (the engine is built if needed)."""
         self.get(base)
         return self._locks[base]
 
-    def with_lock(self, base: str) -> tuple[Engine, threading.RLock]:
+    def with_lock(self, base: str) -> tuple[Engine, FairRLock]:
         """The engine of ``base`` and its lock (what a local executor runs on)."""
         return self.get(base), self.lock(base)
 

@@ -22,6 +22,7 @@ from explorer.attacks import find_attack
 from explorer.config import AttackSpec, Defaults, EvalSpec, MergeSpec, PointSpec, SweepSpec, resolve_defaults
 from explorer.core.cancel import Cancelled, CancelToken, check_cancelled, current_token, scoped
 from explorer.core.device import check_device
+from explorer.core.fairlock import FairRLock
 from explorer.core.taskvec import flat_stats
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
 from explorer.engine.frontier import Engine
@@ -100,7 +101,7 @@ class Service:
         """The resident engine of ``base`` (default: the manifest's), built on first use."""
         return self.engines.get(base or self.default_base)
 
-    def lock(self, base: str | None = None) -> threading.RLock:
+    def lock(self, base: str | None = None) -> FairRLock:
         return self.engines.lock(base or self.default_base)
 
     def decode_image(self, source: Any) -> np.ndarray:

@@ -126,13 +126,16 @@ class FrontierHandlers:
         known = self.stored(v["rows"] or [], sel)
         if known is not None and known.get("attack") != sel.attack.label:   # the leading tier's point: kept
             return REFINE.skip()
-        job = start_job(self.service, request, "Refine", 1, sel.eval.n, sel.attack)
-        superseded = CancelToken(also=lambda: self._live.get(session, 0) != generation or job.cancelled)
-        try:
-            with cancel_scope(superseded):
-                row = self.service.point(sel.base, sel.natural, sel.robust, sel.spec, sel.attack, sel.eval)
-        except Cancelled:
-            return REFINE.skip()
+        if known is not None and not partial.is_partial(known):   # computed: no need to wait for the engine
+            row = {**known, "cached": True}
+        else:
+            job = start_job(self.service, request, "Refine", 1, sel.eval.n, sel.attack)
+            superseded = CancelToken(also=lambda: self._live.get(session, 0) != generation or job.cancelled)
+            try:
+                with cancel_scope(superseded):
+                    row = self.service.point(sel.base, sel.natural, sel.robust, sel.spec, sel.attack, sel.eval)
+            except Cancelled:
+                return REFINE.skip()
         rows = [r for r in (v["rows"] or []) if r.get("key") != row["key"]] + [row]
         fig, pl = self._figure(rows, row, row, v.get("theme"))
         return REFINE(plot=fig, summary=common.point_summary(row, "Refined"), table=common.rows_table(pl.rows),
