@@ -202,17 +202,7 @@ class FrontierHandlers:
                                + tiers.plane_caption(pl) + self._failed(failed))
             if job.cancelled:
                 break
-        kept = "every finished image is stored; a re-run resumes from there."
-        progress_text = tiers.anytime_progress(latest, total)
-        if job.cancelled:
-            end = f"Stopped{self._why(job)}: {progress_text}; {kept}"
-        elif len(latest) == total and not any(partial.is_partial(r) for r in latest.values()):
-            end = f"Sweep complete: {progress_text}."
-        elif rule.until_ci is not None and all(rule.satisfied(r) for r in latest.values() if not r.get("failed")):
-            end = f"Every point reached the interval target (95% half-width ≤ {rule.until_ci:g}): {progress_text}."
-        else:
-            end = f"The time budget ({rule.budget_s:g} s) is spent: {progress_text}; {kept}" if rule.budget_s \
-                else f"The sweep ended: {progress_text}; {kept}"
+        end = tiers.anytime_end(latest, total, rule, f"Stopped{self._why(job)}" if job.cancelled else None)
         yield SWEEP(status=end + self._failed(failed))
 
     def _why(self, job) -> str:
@@ -272,7 +262,7 @@ class FrontierHandlers:
             rows = v["rows"] or []
             pl = self.plane(rows, common.setting_ref(sel))
             status = " ".join(filter(None, [tiers.background_status(jobs, snaps), tiers.plane_caption(pl),
-                                            *self._background_trouble(snaps)]))
+                                            *tiers.background_trouble(snaps)]))
             if self._live.get(session, 0) != start:   # the user took over the plot
                 yield FIRST_VIEW(status=status)
             else:
@@ -285,18 +275,9 @@ class FrontierHandlers:
                                  status=status, summary=summary, current=current)
             if all(s.done for s in snaps):
                 return
-            seen = _progress(snaps)
-            while _progress([job.snapshot() for job in jobs]) == seen:
+            seen = tiers.snapshots_progress(snaps)
+            while tiers.snapshots_progress([job.snapshot() for job in jobs]) == seen:
                 time.sleep(0.25)
-
-    @staticmethod
-    def _background_trouble(snaps: Sequence[Any]) -> list[str]:
-        """A background sweep's failure and its failed points, one line each."""
-        out = [f"The background curve stopped: {s.error}" for s in snaps if s.error]
-        failed = [r for s in snaps for r in s.rows if r.get("failed")]
-        if failed:
-            out.append(f"{len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}")
-        return out
 
     # ------------------------------------------------------------------ downloads
     @readable_errors
@@ -350,7 +331,3 @@ def _draw(pl: tiers.Plane, current: dict | None, theme: str | None):
     return plots.frontier_figure(pl.curve, current=current, theme=theme, attack=pl.ref.get("attack"),
                                  other=pl.other, other_faded=pl.faded)
 
-
-def _progress(snaps: Sequence[Any]) -> tuple:
-    """What changes when a background sweep moves on: rows received, started, done."""
-    return tuple((s.updates, s.started, s.done) for s in snaps)

@@ -176,3 +176,34 @@ def job_attack(job: BackgroundSweep, snap: Snapshot | None) -> str:
     if snap is not None and snap.rows:
         return str(snap.rows[0].get("attack"))
     return getattr(job, "label", "") or "its attack"
+
+
+def anytime_end(latest: Mapping[Any, Mapping[str, Any]], total: int, rule: StopRule, stopped: str | None) -> str:
+    """The last status line of an anytime sweep: why it ended (``stopped``: the Stop's own words),
+    how far it got and that every finished image is kept."""
+    kept = "every finished image is stored; a re-run resumes from there."
+    text = anytime_progress(latest, total)
+    ok = [r for r in latest.values() if not r.get("failed")]
+    if stopped is not None:
+        return f"{stopped}: {text}; {kept}"
+    if len(latest) == total and not any(partial.is_partial(r) for r in ok):
+        return f"Sweep complete: {text}."
+    if rule.until_ci is not None and all(rule.satisfied(r) for r in ok):
+        return f"Every point reached the interval target (95% half-width ≤ {rule.until_ci:g}): {text}."
+    if rule.budget_s is not None:
+        return f"The time budget ({rule.budget_s:g} s) is spent: {text}; {kept}"
+    return f"The sweep ended: {text}; {kept}"
+
+
+def background_trouble(snaps: Sequence[Snapshot]) -> list[str]:
+    """A background sweep's failure and its failed points, one line each."""
+    out = [f"The background curve stopped: {s.error}" for s in snaps if s.error]
+    failed = [r for s in snaps for r in s.rows if r.get("failed")]
+    if failed:
+        out.append(f"{len(failed)} point(s) failed (no accuracy): {failed[-1].get('error')}")
+    return out
+
+
+def snapshots_progress(snaps: Sequence[Snapshot]) -> tuple:
+    """What changes when a background sweep moves on: rows received, started, done."""
+    return tuple((s.updates, s.started, s.done) for s in snaps)
