@@ -228,3 +228,20 @@ def test_the_engine_lock_is_handed_over_first_come_first_served() -> None:
     with pytest.raises(RuntimeError, match="does not hold"):
         lock.release()
     assert FairRLock().acquire(timeout=0)   # a free lock is taken even with timeout 0
+
+
+def test_the_first_view_stops_following_after_its_time_but_the_curve_goes_on(tiny_zoo: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """A page streams the background sweeps for ``FIRST_VIEW_STREAM_S`` at most (one server thread
+    each): then one line says the curve keeps growing, and the sweep finishes regardless."""
+    from explorer.ui import frontier_handlers
+
+    demo = build_demo(str(tiny_zoo), device="cpu", store_path=str(tmp_path / "r.sqlite"))
+    service, records = demo.explorer_service, []
+    slowed(service, records, pause=0.5)
+    monkeypatch.setattr(frontier_handlers, "FIRST_VIEW_STREAM_S", 1.0)
+    outs = list(FrontierHandlers(service).first_view(controls()))
+    assert outs[-1][2].endswith("This page stopped following it; the curve keeps growing in the background "
+                                "(reload the page, or change a setting and back, to see its latest points).")
+    jobs = tiers.first_view_jobs(service)
+    assert jobs[1].wait(60) and sum(r["final"] for r in jobs[1].snapshot().rows) == 6

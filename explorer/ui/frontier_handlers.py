@@ -33,6 +33,7 @@ REFINE = Outputs("plot", "summary", "table", "rows", "current", "status")
 SWEEP = Outputs("plot", "table", "rows", "status")
 SHOW_STORED = Outputs("plot", "table", "status")
 FIRST_VIEW = Outputs("plot", "table", "status", "summary", "current")
+FIRST_VIEW_STREAM_S = 900.0   # how long a page follows the first view's background sweeps (one thread each)
 LAMBDA_SLIDERS = Outputs("alpha", *(f"lambda_{i}" for i in range(common.MAX_VECTORS)))
 
 
@@ -248,7 +249,10 @@ class FrontierHandlers:
         curve under ``autoattack-fast``, coarse first), each update as it lands, with a status line
         saying what is computing. Partial points are hollow with their intervals, filled when
         final; the AutoAttack curve leads once its first round is in (``tiers.choose_plane``).
-        Once the user moves a control the plot is theirs: only the status line keeps updating."""
+        Once the user moves a control the plot is theirs: only the status line keeps updating.
+        The stream ends after ``FIRST_VIEW_STREAM_S`` (a page holds one server thread while it
+        streams; the AutoAttack curve may take an hour on a CPU): the sweep goes on, and a setting
+        change or a reload shows its latest points."""
         try:
             v, sel = self.read(values)
         except ValueError as exc:
@@ -257,12 +261,17 @@ class FrontierHandlers:
         session, spec = session_of(request), common.default_curve(self.service)
         start = self._live.get(session, 0)
         jobs = tiers.first_view_jobs(self.service) if spec is not None and common.setting_ref(sel) == common.setting_ref(spec) else []
+        t0 = time.monotonic()
         while True:
             snaps = [job.snapshot() for job in jobs]
             rows = v["rows"] or []
             pl = self.plane(rows, common.setting_ref(sel))
+            over = not all(s.done for s in snaps) and time.monotonic() - t0 > FIRST_VIEW_STREAM_S
             status = " ".join(filter(None, [tiers.background_status(jobs, snaps), tiers.plane_caption(pl),
                                             *tiers.background_trouble(snaps)]))
+            if over:
+                status += (" This page stopped following it; the curve keeps growing in the background "
+                           "(reload the page, or change a setting and back, to see its latest points).")
             if self._live.get(session, 0) != start:   # the user took over the plot
                 yield FIRST_VIEW(status=status)
             else:
@@ -273,10 +282,11 @@ class FrontierHandlers:
                            else "Move α (or any control) to compute the current merge.")
                 yield FIRST_VIEW(plot=_draw(pl, current, v.get("theme")), table=common.rows_table(pl.rows),
                                  status=status, summary=summary, current=current)
-            if all(s.done for s in snaps):
+            if over or all(s.done for s in snaps):
                 return
             seen = tiers.snapshots_progress(snaps)
-            while tiers.snapshots_progress([job.snapshot() for job in jobs]) == seen:
+            while (tiers.snapshots_progress([job.snapshot() for job in jobs]) == seen
+                   and time.monotonic() - t0 <= FIRST_VIEW_STREAM_S):
                 time.sleep(0.25)
 
     # ------------------------------------------------------------------ downloads
