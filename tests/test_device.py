@@ -86,7 +86,7 @@ def test_an_engines_precision_is_its_own(tiny_zoo, switches):
     fp32, tf32 = Engine(tiny_zoo, device="cpu", precision="fp32"), Engine(tiny_zoo, device="cpu")
     assert _switches() == (True, False) and (fp32.precision, tf32.precision) == ("fp32", "tf32")
     for eng in (fp32, tf32):   # normalization is called inside point: it reports the switches there
-        eng.normalization = lambda names, norm=eng.normalization: seen.append(_switches()) or norm(names)
+        eng.inputs.normalization = lambda names, norm=eng.inputs.normalization: seen.append(_switches()) or norm(names)
     for eng, inside in ((fp32, (False, False)), (tf32, (True, True)), (fp32, (False, False))):
         seen = []
         eng.point(["natural"], ["robust"], MergeSpec.from_alpha(0.5), AttackSpec("pgd-1", eps="4/255"),
