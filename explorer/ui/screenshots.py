@@ -2,7 +2,7 @@
 
 Usage: ``python -m explorer.ui.screenshots URL OUT_DIR IMAGE [WIDTH HEIGHT]`` (headless system
 Chromium via Playwright) -> OUT_DIR/{frontier,inspect,models}.png, e.g. into assets/screenshots:
-the first view once the default curve is in (no click), then α typed into its box; an inspection
+the first view once the AutoAttack curve's first round is in (no click), then α typed into its box; an inspection
 of IMAGE with its filmstrip and transfer view; the Models tab as opened.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ def main(url: str, out: str, image: str, width: str = "1280", height: str = "720
         pg.set_default_timeout(900_000)
         pg.goto(url)
         pg.wait_for_selector("#frontier-plot .js-plotly-plot")
-        # The first view: wait until the background curve is in (the progress line is gone).
-        pg.wait_for_function("() => { const t = document.querySelector('#sweep-status').innerText;"
-                             " return t.includes('points plotted') && !t.includes('Computing'); }")
+        # The first view: wait until the AutoAttack curve's first round is in (it then leads and the
+        # pgd-10 preview curve is drawn faded behind it; its later rounds keep growing).
+        pg.wait_for_function("() => document.querySelector('#sweep-status').innerText.includes('(faded)')")
         box = pg.get_by_label(ALPHA_BOX)
         box.fill("0.75")
         box.press("Enter")
