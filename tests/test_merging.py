@@ -222,3 +222,17 @@ def test_registry_errors_and_validation():
         MergeInputs(inputs.taus, [(0, 500), (400, 1000)])
     with pytest.raises(ValueError, match=r"^tau\[1\] must be a flat float32 tensor, got \(1000,\) torch.float64$"):
         MergeInputs([inputs.taus[0], inputs.taus[1].double()], SEGMENTS)
+
+
+def test_text_for_a_numeric_option_is_one_line_naming_it():
+    """`--options kappa=abc` reached the method as text and failed deep inside with Python's
+    "could not convert string to float: 'abc'", naming neither the method nor the option."""
+    from explorer.config import parse_options
+    from explorer.merging.registry import validate_spec
+
+    with pytest.raises(ValueError, match=r"^pistole option kappa takes a number \(default 1.0\); got 'abc'$"):
+        validate_spec(MergeSpec.from_alpha(0.5, method="pistole", options=parse_options("kappa=abc")))
+    with pytest.raises(ValueError, match=r"^pistole option traj_steps takes a number \(default 2\); got 'two'$"):
+        validate_spec(MergeSpec.from_alpha(0.5, method="pistole", options=parse_options("traj_steps=two")))
+    assert validate_spec(MergeSpec.from_alpha(0.5, method="pistole", options=parse_options("kappa=2, q=0.05,"
+                                                                                          " q_scope=global"))).name == "pistole"

@@ -59,8 +59,8 @@ def validate_spec(spec: MergeSpec) -> MethodRecord:
 
     Raises:
         KeyError: unknown method (the message lists the valid ones).
-        ValueError: an option the method does not declare, or a value outside an option's
-            choices (the message lists the valid ones).
+        ValueError: an option the method does not declare, a value outside an option's
+            choices (the message lists the valid ones), or text for a numeric option.
     """
     record = get_method(spec.method)
     unknown = [k for k, _ in spec.options if k not in record.options]
@@ -69,9 +69,12 @@ def validate_spec(spec: MergeSpec) -> MethodRecord:
         raise ValueError(f"merge method {spec.method!r} has no option {', '.join(map(repr, unknown))}; "
                          f"valid: {valid}")
     for key, value in spec.options:
-        choices = record.options[key].choices
+        choices, default = record.options[key].choices, record.options[key].default
         if choices is not None and value not in choices:
             raise ValueError(f"{spec.method} option {key} takes one of {', '.join(choices)}; got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) \
+                and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{spec.method} option {key} takes a number (default {default}); got {value!r}")
     return record
 
 
