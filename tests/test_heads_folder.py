@@ -120,3 +120,25 @@ def test_zoo_synth_and_bench_scale_commands(tmp_path, capsys):
     assert "bound 1.25 x floor + 1 GiB" in out
     assert "text tower = base rounded to fp16" in out and "load robust_fp16" in out
     assert main(["zoo", "synth", "--arch", "no-such-arch", "--into", str(tmp_path / "y")]) == 2
+
+
+def test_a_bomb_or_broken_image_in_a_folder_task_is_one_line_naming_it(tmp_path):
+    """A PNG whose header claims 100000x100000 pixels raised PIL's DecompressionBombError (not an
+    OSError) out of ``evaluate --task folder:...`` as a traceback, exit 1."""
+    import struct
+    import zlib
+
+    from explorer.data.folder import eval_transform, load_preprocessed
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match=r"^bomb\.png is not a readable image: Image size \(10000000000 pixels\)"):
+        load_preprocessed(bomb, eval_transform(8))
+    with pytest.raises(ValueError, match=r"^text\.png is not a readable image: cannot identify image file"):
+        load_preprocessed(text, eval_transform(8))

@@ -35,11 +35,12 @@ def eval_transform(size: int | tuple[int, int] = 224, resize_mode: str = "shorte
 
 
 def load_preprocessed(path: Path, transform) -> torch.Tensor:
-    """One image through ``transform``; a corrupt file raises ``ValueError`` naming it."""
+    """One image through ``transform``; a corrupt file, or one past PIL's decompression-bomb limit,
+    raises ``ValueError`` naming it."""
     try:
         with Image.open(path) as im:
             return transform(im.convert("RGB")).clamp_(0, 1)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path.name} is not a readable image: {exc}") from exc
 
 
