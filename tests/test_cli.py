@@ -89,8 +89,20 @@ def test_missing_manifest_is_one_line_before_any_work(tmp_path, capsys, cmd):
     missing = tmp_path / "nowhere.toml"
     assert main([cmd, *extra.get(cmd, []), "--manifest", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: manifest {missing} does not exist (build the demo zoo with " \
-                  "`python -m explorer zoo build`)\n"
+    assert err == f"error: manifest {missing} does not exist\n"
+
+
+def test_manifest_from_the_environment_or_a_folder(tmp_path, tiny_zoo, capsys, monkeypatch):
+    """EXPLORER_MANIFEST=/nonexistent said 'build the demo zoo', and --manifest DIR printed
+    '[Errno 21] Is a directory'; now the env var is named and a zoo folder is read."""
+    monkeypatch.setenv("EXPLORER_MANIFEST", str(tmp_path / "gone.toml"))
+    assert main(["zoo", "list"]) == 2
+    assert capsys.readouterr().err == f"error: manifest {tmp_path / 'gone.toml'} does not exist " \
+                                      "(named by $EXPLORER_MANIFEST)\n"
+    assert main(["zoo", "list", "--manifest", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: manifest {tmp_path} is a folder without a manifest.toml\n"
+    assert main(["zoo", "list", "--manifest", str(tiny_zoo.parent)]) == 0
+    assert "robust2" in capsys.readouterr().out
 
 
 def test_convert(tiny_zoo, tmp_path):

@@ -104,11 +104,24 @@ def default_manifest_path() -> Path:
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:
-    """Read a TOML manifest; relative paths resolve against its folder."""
+    """Read a TOML manifest (a file, or a folder holding ``manifest.toml``); relative paths resolve
+    against its folder.
+
+    Raises:
+        FileNotFoundError: no such file (the message says when ``$EXPLORER_MANIFEST`` named it, and
+            gives the build command for the shipped demo zoo only). ValueError: invalid TOML, no models.
+    """
+    from_env = path is None and bool(os.environ.get(MANIFEST_ENV, "").strip())
     path = Path(path or default_manifest_path()).resolve()
+    if path.is_dir():
+        if not (path / "manifest.toml").is_file():
+            raise FileNotFoundError(f"manifest {path} is a folder without a manifest.toml")
+        path = path / "manifest.toml"
     if not path.exists():
-        raise FileNotFoundError(f"manifest {path} does not exist (build the demo zoo with "
-                                "`python -m explorer zoo build`)")
+        hint = (f" (named by ${MANIFEST_ENV})" if from_env else
+                " (build the demo zoo with `python -m explorer zoo build`)" if path == _DEFAULT_MANIFEST.resolve()
+                else "")
+        raise FileNotFoundError(f"manifest {path} does not exist{hint}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
