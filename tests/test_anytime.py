@@ -172,3 +172,20 @@ def test_bench_under_a_reported_attack_prints_a_to_d_and_the_ratios_last(tiny_zo
     da, bc = lines[-1].split("; ")
     assert da.startswith("(d)/(a) = ") and da.endswith("(target >= 8)") and float(da.split()[2]) > 0
     assert bc.startswith("(b)/(c) = ") and float(bc.split()[2]) > 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--until-ci", "nan"], "error: --until-ci must lie in (0, 0.5] (a 95% half-width), got nan"),
+    (["--budget-s", "-1"], "error: --budget-s must be a positive number of seconds, got -1"),
+    (["--first", "-1"], "error: --first must be >= 1 image, got -1"),
+])
+def test_stop_rules_and_first_are_refused_before_any_model_loads(tiny_zoo, capsys, monkeypatch, flags, message):
+    import explorer.cli.sweep as sweep_cli
+
+    def no_service(_args):
+        raise AssertionError("the service was opened before the flags were checked")
+    monkeypatch.setattr(sweep_cli, "open_service", no_service)
+    # not --stream, pgd-3 (not an anytime sweep): the values are still checked, never silently ignored
+    assert main([*SWEEP, "--manifest", str(tiny_zoo), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[-1]] and err[0].startswith(message)

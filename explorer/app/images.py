@@ -73,9 +73,9 @@ def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"The image has too many pixels (limit {max_pixels:,}).") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"Could not read the image: is it a PNG, JPEG, WebP, GIF, BMP or TIFF "
-                         f"file? ({type(exc).__name__})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise ImageError("Could not read the image: is it a PNG, JPEG, WebP, GIF, BMP or TIFF file, "
+                         "whole and uncorrupted?") from None
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:

@@ -39,6 +39,19 @@ def add_anytime_flags(p: argparse.ArgumentParser) -> None:
                    help=f"anytime: images per point in the first round (default {FIRST_CHUNK}; then doubling)")
 
 
+def check_anytime_flags(args: argparse.Namespace) -> StopRule:
+    """The stop rule and ``--first``, checked before anything loads (one line each when out of range;
+    ``--first`` also when the sweep is not anytime, so a bad value is never silently ignored).
+
+    Raises:
+        ValueError: ``--until-ci`` outside (0, 0.5], ``--budget-s`` <= 0, or ``--first`` < 1.
+    """
+    rule = StopRule(until_ci=args.until_ci, budget_s=args.budget_s)
+    if args.first < 1:
+        raise ValueError(f"--first must be >= 1 image, got {args.first}")
+    return rule
+
+
 def wants_anytime(args: argparse.Namespace, tier: str) -> bool:
     """Anytime under a reported-tier attack (AutoAttack, APGD) or when a flag asks for it."""
     return tier == "reported" or args.stream or args.until_ci is not None or args.budget_s is not None
@@ -63,9 +76,7 @@ def run_anytime_sweep(service: Service, base: str, jobs: Sequence[PointSpec], ar
             point had an image (one line, exit 2).
         KeyboardInterrupt: Ctrl-C, after the points so far are printed and written.
     """
-    rule = StopRule(until_ci=args.until_ci, budget_s=args.budget_s)
-    if args.first < 1:
-        raise ValueError(f"--first must be >= 1 image, got {args.first}")
+    rule = check_anytime_flags(args)
     latest: dict[int, dict[str, Any]] = {}
     try:
         for i, row in run_anytime(service.executor(base), jobs, rule=rule, first=args.first):

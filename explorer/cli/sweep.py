@@ -14,7 +14,7 @@ from explorer.config import SweepSpec, parse_alphas, parse_options
 from explorer.executors import sweep_jobs
 from explorer.merging import METHODS
 
-from .anytime import add_anytime_flags, run_anytime_sweep, wants_anytime
+from .anytime import add_anytime_flags, check_anytime_flags, run_anytime_sweep, wants_anytime
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
 
 HELP = "clean vs robust frontier of merged models"
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_anytime_flags(args)   # before any model loads: a bad stop rule is one line at once
     service = open_service(args)
     attack, ev = resolve_specs(args, service.manifest)
     base = service.manifest.get(args.base or service.default_base).name     # KeyError: unknown base
