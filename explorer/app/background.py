@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from explorer.core.cancel import CancelToken, cancel_scope
+from explorer.core.fairlock import mark_background_thread
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class BackgroundSweep:
         return self
 
     def _run(self) -> None:
+        mark_background_thread()   # its engine-lock requests never make a yielding sweep give way
         try:
             while self.after is not None and not self.after.wait(0.2):
                 if self._token.cancelled:

@@ -158,7 +158,8 @@ class Service:
         yield from (row for _, row in self.executor(spec.base).run(_with_pretrained(spec)))
 
     def anytime_sweep(self, spec: SweepSpec, *, rule: StopRule = NO_RULE, first: int = FIRST_CHUNK,
-                      token: CancelToken | None = None, chunk: int | None = None) -> Iterator[dict]:
+                      token: CancelToken | None = None, chunk: int | None = None,
+                      yielding: bool = False) -> Iterator[dict]:
         """The sweep's points (the pretrained model first) grown coarse first: a contract row after
         every chunk (``n_done`` of ``n``, ``final``, accuracies and Wilson intervals over the images
         done; the same ``key`` each time a point grows: replace by key).
@@ -168,29 +169,53 @@ class Service:
         kept. ``chunk`` caps the images per chunk, so the lock is never held for more (default: a
         round's growth at once). On Ray, whole points come back as they finish (every row final;
         see ``executors.run_anytime``).
+
+        ``yielding=True`` (the app's background curve, from a thread marked background): whenever
+        another request waits for the engine lock (a slider's preview, Inspect, a page user's own
+        sweep), the chunk in flight is abandoned at the attack's next step, the lock goes to that
+        request, and the sweep resumes from the store where it was (the abandoned chunk is
+        computed again, the same numbers: images are batch-free and seeded by id). Interactive work
+        then waits for one attack step, not one chunk. Local executor only (on Ray the sweep does
+        not hold this lock); ``rule.budget_s`` counts from each resumption.
         """
         token = token if token is not None else current_token()
-        gen = run_anytime(self.executor(spec.base), _with_pretrained(spec), rule=rule, first=first, chunk=chunk)
-        try:
-            for _, row in scoped(token, gen):
-                yield row
-        except Cancelled:
-            log.info("anytime sweep stopped; every finished image is in the store")
-        finally:
-            gen.close()
+        lock = self.lock(spec.base) if yielding and self.executor_kind == "local" else None
+        while True:
+            yielded: list[bool] = []   # set when the inner token fired because a request waits
+
+            def stop_or_yield(yielded: list[bool] = yielded) -> bool:
+                if token is not None and token.cancelled:
+                    return True
+                if lock is not None and lock.foreground_waiting():
+                    yielded.append(True)
+                    return True
+                return False
+            gen = run_anytime(self.executor(spec.base), _with_pretrained(spec), rule=rule, first=first, chunk=chunk)
+            try:
+                for _, row in scoped(CancelToken(also=stop_or_yield), gen):
+                    yield row
+                return
+            except Cancelled:
+                if not yielded or (token is not None and token.cancelled):
+                    log.info("anytime sweep stopped; every finished image is in the store")
+                    return
+                log.info("anytime sweep: the engine goes to an interactive request; resuming after it")
+            finally:
+                gen.close()
 
     def background_sweep(self, spec: SweepSpec, after: BackgroundSweep | None = None) -> BackgroundSweep:
         """The sweep ``spec`` computed in a background thread, started on the first call and
         shared by every later call with the same spec (the app's default curve); ``after``: a
         sweep to finish first. Under a reported-tier attack it is an anytime sweep (coarse first)
-        in chunks of ``FIRST_CHUNK`` images, the engine lock held per chunk only."""
+        in chunks of ``FIRST_CHUNK`` images that yields the engine to any interactive request
+        (``anytime_sweep``, ``yielding=True``)."""
         key = spec.digest()
         with self._background_guard:
             job = self._background.get(key)
             if job is None:
                 total = 1 + len(sweep_grid(spec))
                 anytime = find_attack(spec.attack.name).tier == "reported"
-                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK)) if anytime else (lambda: self.sweep(spec))
+                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=True)) if anytime else (lambda: self.sweep(spec))
                 job = self._background[key] = BackgroundSweep(rows, total, after=after, label=spec.attack.label)
         return job.start()
 

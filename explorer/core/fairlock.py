@@ -5,11 +5,36 @@ sweep taking the engine lock chunk after chunk) usually gets it back before a th
 already waiting is scheduled, so a slider move can wait for many chunks, not one. ``FairRLock``
 queues the waiters: on release the longest-waiting thread gets the lock, and a thread that asks
 again joins the back of the queue. Re-entrant like ``RLock`` (the owner may acquire it again).
+
+Background work (a thread marked by ``mark_background_thread``: the app's first-view sweeps) can
+also *yield*: ``foreground_waiting()`` says whether any other request is queued, so the work in
+progress can give the lock up at once instead of at the end of its chunk (``Service.anytime_sweep``,
+``yielding=True``). Background requests never count as foreground, so two background jobs never
+make each other yield.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
+
+_thread = threading.local()
+
+
+def mark_background_thread() -> None:
+    """From now on, this thread's requests for any ``FairRLock`` are background ones:
+    ``foreground_waiting`` does not count them. For threads that only do deferrable work."""
+    _thread.background = True
+
+
+def is_background_thread() -> bool:
+    return bool(getattr(_thread, "background", False))
+
+
+class _Ticket:
+    __slots__ = ("background",)
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
 
 
 class FairRLock:
@@ -23,7 +48,7 @@ class FairRLock:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
-        self._queue: deque[object] = deque()
+        self._queue: deque[_Ticket] = deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock (waiting behind every earlier waiter); False when not taken in ``timeout``."""
@@ -37,7 +62,7 @@ class FairRLock:
                 return True
             if not blocking:
                 return False
-            ticket = object()
+            ticket = _Ticket(is_background_thread())
             self._queue.append(ticket)
             ok = self._cond.wait_for(lambda: self._owner is None and self._queue[0] is ticket,
                                      None if timeout < 0 else timeout)
@@ -48,6 +73,12 @@ class FairRLock:
             self._queue.popleft()
             self._owner, self._depth = me, 1
             return True
+
+    def foreground_waiting(self) -> bool:
+        """True while a request from a thread not marked background waits for the lock (cheap: one
+        short critical section; polled by a background chunk at every attack step)."""
+        with self._cond:
+            return any(not t.background for t in self._queue)
 
     def release(self) -> None:
         with self._cond:
