@@ -73,6 +73,8 @@ def test_bad_input_gives_clear_error(tiny_zoo, capsys, flag, value, message):
     (["evaluate", "--model", "robust", "--attack", "none", "--no-store", "--device", "nope"],
      "device 'nope': use cpu, cuda or cuda:N"),
     (["zoo", "list", "--device", "mps"], "device 'mps': use cpu, cuda or cuda:N"),
+    (["bench", "--interactive", "--requests", "0"], "--requests must lie in [1, 8], got 0"),
+    (["bench", "--interactive", "--gap-s", "nan"], "the gap between requests must be >= 0 s, got nan"),
     (["evaluate", "--model", "robust", "--attack", "none", "--no-store", "--n", "99999999"],
      "n=99999999 synthetic images need about 30517.6 GiB of host memory to render"),
 ])

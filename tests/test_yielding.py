@@ -125,3 +125,13 @@ def test_a_sweep_that_is_not_yielding_keeps_the_engine_for_its_chunk(tiny_zoo: P
     assert sum(r["final"] for r in rows) == 6
     waiter[0].join(10)
     assert not waiter[0].is_alive()
+
+
+def test_the_latency_bench_measures_both_modes_on_the_same_requests(tiny_zoo: Path) -> None:
+    from explorer.app.latency import report_lines, run_latency_bench
+    r = run_latency_bench(str(tiny_zoo), "cpu", requests=2, gap_s=0.0)
+    assert [len(r[k]) for k in ("yielding", "holding", "bare")] == [2, 2, 2]
+    assert all(s > 0 for k in ("yielding", "holding", "bare") for s in r[k])
+    assert r["preview"] == "pgd-3 Linf eps=4/255" and r["background"] == "autoattack-fast Linf eps=4/255" and r["n"] == 32
+    lines = report_lines(r)
+    assert lines[-1].startswith("holding/yielding latency ratio: ") and "median wait beyond compute" in lines[-2]

@@ -79,6 +79,9 @@ class Service:
         self.max_pixels = int(max_pixels)
         self._background: dict[str, BackgroundSweep] = {}   # sweep digest -> its background run
         self._background_guard = threading.Lock()
+        # The background AutoAttack curve gives the engine to interactive requests (anytime_sweep's
+        # ``yielding``); False: it holds the engine for its whole chunk (bench --interactive compares).
+        self.background_yields = True
         self.serving = Serving(self, Limits.for_device(device))
 
     def _build(self, base: str) -> Engine:
@@ -215,7 +218,7 @@ class Service:
             if job is None:
                 total = 1 + len(sweep_grid(spec))
                 anytime = find_attack(spec.attack.name).tier == "reported"
-                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=True)) if anytime else (lambda: self.sweep(spec))
+                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=self.background_yields)) if anytime else (lambda: self.sweep(spec))
                 job = self._background[key] = BackgroundSweep(rows, total, after=after, label=spec.attack.label)
         return job.start()
 

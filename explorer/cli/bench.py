@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sweep's first round, and the n of the one-by-one plain path (d)")
     p.add_argument("--repeat", type=int, default=1,
                    help="with --executor ray: run local and Ray this many times each, in turns (medians)")
+    p.add_argument("--interactive", action="store_true",
+                   help="measure how long a preview point waits while the first view's AutoAttack curve grows "
+                        "in the background, the background yielding vs holding its chunk (explorer.app.latency)")
+    p.add_argument("--requests", type=int, default=4, help="--interactive: preview requests per mode (1-8)")
+    p.add_argument("--gap-s", type=float, default=5.0, help="--interactive: seconds between requests")
     add_executor_flags(p)    # --executor ray: local engine (1 thread) vs Ray actors, `ray speedup: X`
 
 
@@ -31,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     """Run both paths on the manifest's first natural -> first robust sweep; the ratio prints last."""
     if args.scale:
         return run_scale(args)
+    if args.interactive:
+        from explorer.app.latency import report_lines as latency_lines
+        from explorer.app.latency import run_latency_bench
+        print("\n".join(latency_lines(run_latency_bench(args.manifest, args.device, requests=args.requests,
+                                                        gap_s=args.gap_s))))
+        return 0
     from explorer.studies.bench import run_bench
     from explorer.zoo import load_manifest
 
