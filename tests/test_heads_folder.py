@@ -142,3 +142,31 @@ def test_a_bomb_or_broken_image_in_a_folder_task_is_one_line_naming_it(tmp_path)
         load_preprocessed(bomb, eval_transform(8))
     with pytest.raises(ValueError, match=r"^text\.png is not a readable image: cannot identify image file"):
         load_preprocessed(text, eval_transform(8))
+
+
+def test_n_above_a_folder_or_shipped_split_is_one_line_before_any_image_loads(tmp_path, tiny_zoo, capsys):
+    """``evaluate --task folder:DIR --n 10`` on a folder of 4 images was an IndexError traceback out
+    of the runner; every task of fixed size now refuses n above it in one line (``Task.check_n``)."""
+    from explorer.cli import main
+
+    root = _folder(tmp_path / "imgs")
+    task = get_task(f"folder:{root}", preprocess={"size": (32, 32)})
+    assert task.sizes == {"test": 4, "train": 4}
+    with pytest.raises(ValueError, match=rf"^task 'folder:{root}' has 4 images; n=5 is larger$"):
+        task.load("test", 5, 0)
+    assert task.load("test", 4, 0)[0].shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^task 'fashion' has 512 images in its train split; n=513 is larger$"):
+        get_task("fashion").check_n("train", 513)
+    get_task("shapes").check_n("test", 10**6)   # procedural: no fixed size, nothing refused here
+    assert main(["evaluate", "--manifest", str(tiny_zoo), "--model", "natural", "--attack", "pgd-2", "--no-store",
+                 "--task", f"folder:{root}", "--n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: task 'folder:{root}' has 4 images; n=10 is larger\n"
+
+
+def test_a_loader_that_returns_fewer_images_than_asked_is_refused():
+    from explorer.data.task import Task
+
+    short = Task("short", ("a", "b"), ("{}",), lambda split, n, seed: (torch.zeros(3, 3, 4, 4), torch.zeros(3)))
+    with pytest.raises(ValueError, match=r"^task 'short' has 3 images; n=5 is larger$"):
+        short.load("test", 5, 0)

@@ -145,6 +145,10 @@ def test_bad_inputs_are_readable(ctx) -> None:
         h.refine(controls(natural=[]))
     with pytest.raises(gr.Error, match="pgd-K"):
         h.refine(controls(attack="pgd-x"))
+    # n above what the task holds is said as such, before the job is priced (it was a 'cost' refusal)
+    for handler in (h.preview, h.refine):
+        with pytest.raises(gr.Error, match=r"task 'fashion' has 2000 images; n=2500 is larger"):
+            handler(controls(task="fashion", n=2500))
     with pytest.raises(gr.Error, match="nothing to export"):
         h.export([], None)
 

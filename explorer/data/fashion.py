@@ -112,15 +112,9 @@ def _order(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence([7, int(seed)])).permutation(count)
 
 
-def _check_n(n: int, have: int, name: str) -> None:
-    if n > have:
-        raise ValueError(f"task {name!r} has {have} images; n={n} is larger")
-
-
 def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = read_split("train")
     ids = _halves()[1]
-    _check_n(n, len(ids), "fashion-train")
     pick = ids[_order(len(ids), seed)[:n]]
     return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
@@ -139,7 +133,6 @@ def read_eval_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np
 
 def _eval_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels, _ = read_eval_subset(CALIB_FILE if split == "train" else EVAL_FILE)
-    _check_n(n, len(labels), "fashion" if split == "test" else "fashion (train: calibration)")
     pick = _order(len(labels), seed)[:n]
     return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
@@ -198,12 +191,14 @@ def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:
 
 def _fashion() -> Task:
     return Task("fashion", CLASSNAMES, TEMPLATES, _eval_loader, splits=("test", "train"),
+                sizes={"test": EVAL_N, "train": CALIB_N},
                 description=f"Fashion-MNIST: {EVAL_N} held-out test photographs, 10 classes, and {CALIB_N} "
                 "train photographs for calibration (shipped)")
 
 
 def _fashion_train() -> Task:
     return Task("fashion-train", CLASSNAMES, TEMPLATES, _train_loader, splits=("train",),
+                sizes={"train": len(_halves()[1])},
                 description="Fashion-MNIST train split (30,000 images; needs dataset-fashion-mnist)")
 
 

@@ -85,4 +85,5 @@ def folder_task(root: str, size: int | tuple[int, int] = 224, resize_mode: str =
         return xs, torch.tensor([files[j][1] for j in order])
 
     return Task(f"folder:{root}", names, templates, loader, splits=("test", "train"),
+                sizes={"test": len(files), "train": len(files)},
                 description=f"{len(files)} images in {len(classes)} classes from {base}")

@@ -48,4 +48,5 @@ def torchvision_task(name: str, download: bool = False) -> Task:
         return torch.stack(xs), torch.tensor(ys)
 
     return Task(f"torchvision:{name}", classes, GENERIC_TEMPLATES, loader, splits=("test", "train"),
+                sizes={"test": len(probe)},
                 description=f"torchvision {name}")

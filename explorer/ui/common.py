@@ -17,6 +17,7 @@ import pandas as pd
 from explorer.attacks import ATTACK_NAMES, parse_attack
 from explorer.config import EvalSpec, MergeSpec, PointSpec, SweepSpec, parse_alphas, parse_options
 from explorer.core.errors import message_of
+from explorer.data import get_task
 from explorer.merging import validate_spec
 from explorer.stats.intervals import fmt_ci
 from explorer.viz import partial, plots
@@ -113,9 +114,17 @@ def readable_errors(fn: Callable) -> Callable:
 
 
 def eval_spec(task: str, n: float | int | None) -> EvalSpec:
+    """The page's evaluation set; ``ValueError`` (one line) for an n below 1 or above what the
+    task's test split holds (said before the job is priced, so a big n is not a 'cost' refusal)."""
     if n is None or int(n) < 1:
         raise ValueError("sample count n must be a whole number >= 1")
-    return EvalSpec(task=task, n=int(n))
+    ev = EvalSpec(task=task, n=int(n))
+    try:
+        found = get_task(task)
+    except KeyError:   # an unknown task is named later, where the engine loads it
+        return ev
+    found.check_n(ev.split, ev.n)
+    return ev
 
 
 def check_vectors(natural: Sequence[str] | None, robust: Sequence[str] | None) -> tuple[list[str], list[str]]:
