@@ -258,7 +258,7 @@ def test_models_stats_and_bad_checkpoint(ctx, tmp_path) -> None:
     import torch
     from safetensors.torch import save_file
     save_file({"foo.weight": torch.zeros(2, 2)}, str(tmp_path / "alien.safetensors"))
-    with pytest.raises(gr.Error, match="Checkpoint rejected.*do not belong"):
+    with pytest.raises(gr.Error, match="Checkpoint rejected.*1 key does not belong"):
         h.add("base", str(tmp_path / "alien.safetensors"), None, "alien", "robust")   # as uploaded
     with pytest.raises(gr.Error, match="by name is off on this server"):    # no --checkpoint-dir
         h.add("base", None, str(tmp_path / "missing.safetensors"), "", "robust")

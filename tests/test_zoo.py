@@ -73,14 +73,17 @@ def test_wrong_architecture_is_named(manifest, reference, tmp_path):
     with pytest.raises(CheckpointError, match="shape mismatch.*visual.conv1.weight"):
         load_weights(_entry_for(manifest, tmp_path / "shape.safetensors"), reference)
     save_file({"encoder.layer.0.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(CheckpointError, match="do not belong to this architecture"):
+    with pytest.raises(CheckpointError, match=r": 1 key does not belong to this architecture, e.g. \['encoder"):
         load_weights(_entry_for(manifest, tmp_path / "other.safetensors"), reference)
+    save_file({"encoder.a": torch.zeros(2), "encoder.b": torch.zeros(2)}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(CheckpointError, match=r": 2 keys do not belong to this architecture"):
+        load_weights(_entry_for(manifest, tmp_path / "two.safetensors"), reference)
 
 
 def test_missing_keys_and_nan_are_refused(manifest, reference, tmp_path):
     part = {k: v for k, v in reference.items() if k != "visual.proj"}
     save_file(part, str(tmp_path / "part.safetensors"))
-    with pytest.raises(CheckpointError, match="missing.*visual.proj"):
+    with pytest.raises(CheckpointError, match=r": 1 key of the visual\+text tower\(s\) is missing, e.g. \['visual.proj'\]"):
         load_weights(_entry_for(manifest, tmp_path / "part.safetensors"), reference)
     nan = dict(reference)
     nan["ln_final.weight"] = torch.full_like(reference["ln_final.weight"], float("nan"))

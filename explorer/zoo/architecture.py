@@ -119,7 +119,7 @@ def validate_state_dict(sd: dict[str, torch.Tensor], reference: dict[str, torch.
     """Raise ``CheckpointError`` naming keys that are unknown, mis-shaped, missing or non-finite."""
     unknown = sorted(k for k in sd if k not in reference)
     if unknown:
-        raise CheckpointError(f"{name}: {len(unknown)} keys do not belong to this architecture, "
+        raise CheckpointError(f"{name}: {_keys(len(unknown))} not belong to this architecture, "
                               f"e.g. {unknown[:5]} (is it a checkpoint of another model?)")
     shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(reference[k].shape)}"
               for k in sd if sd[k].shape != reference[k].shape]
@@ -128,12 +128,20 @@ def validate_state_dict(sd: dict[str, torch.Tensor], reference: dict[str, torch.
     held = [k for k in reference if _tower(k) in towers]
     missing = sorted(k for k in held if k not in sd)
     if missing:
-        raise CheckpointError(f"{name}: {len(missing)} keys of the {'+'.join(towers)} tower(s) are "
+        raise CheckpointError(f"{name}: {_keys(len(missing), 'of the ' + '+'.join(towers) + ' tower(s)')} "
                               f"missing, e.g. {missing[:5]}")
     bad = [k for k, v in sd.items()   # meta stand-ins (lazy loads) are checked as they are read
            if v.is_floating_point() and v.device.type != "meta" and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{name}: non-finite weights (NaN/Inf) in {bad[:5]}")
+
+
+def _keys(count: int, what: str = "") -> str:
+    """``1 key does`` / ``3 keys do`` (with ``what``: ``1 key of the visual tower(s) is``)."""
+    noun = "key" if count == 1 else "keys"
+    if what:
+        return f"{count} {noun} {what} {'is' if count == 1 else 'are'}"
+    return f"{count} {noun} {'does' if count == 1 else 'do'}"
 
 
 def _tower(key: str) -> str:
