@@ -267,3 +267,18 @@ def test_zoo_synth_with_a_config_that_is_not_json_names_the_file(tmp_path, capsy
                  "--into", str(tmp_path / "fx")]) == 2
     assert capsys.readouterr().err == (f"error: architecture config {bad} is not a JSON model config: "
                                        "Expecting value: line 1 column 1 (char 0)\n")
+
+
+def test_sweep_defaults_to_the_manifests_first_vectors_and_notes_a_role_mismatch(tiny_zoo, tmp_path, capsys):
+    """``sweep`` needed --natural and --robust; a robust model named as --natural ran without a word."""
+    out = tmp_path / "f.json"
+    common = ["--manifest", str(tiny_zoo), "--alphas", "0,1", "--attack", "none", "--n", "8", "--no-store"]
+    assert main(["sweep", *common, "--out", str(out)]) == 0
+    pts = json.loads(out.read_text())
+    assert {(tuple(p["natural"]), tuple(p["robust"])) for p in pts} == {(("natural",), ("robust",))}
+    assert "note:" not in capsys.readouterr().err
+    assert main(["sweep", *common, "--natural", "robust", "--out", str(out)]) == 0
+    assert "note: robust is a robust model in the manifest; used here as --natural\n" in capsys.readouterr().err
+    assert {tuple(p["natural"]) for p in json.loads(out.read_text())} == {("robust",)}
+    assert main(["sweep", *common, "--robust", "nobody"]) == 2
+    assert "no model 'nobody' in the manifest" in capsys.readouterr().err

@@ -8,11 +8,13 @@ short by a stop rule stays ``final: false``, its numbers over its ``n_done`` ima
 from __future__ import annotations
 
 import argparse
+import sys
 
 from explorer.attacks import find_attack
 from explorer.config import SweepSpec, parse_alphas, parse_options
 from explorer.executors import sweep_jobs
 from explorer.merging import METHODS
+from explorer.zoo import Manifest
 
 from .anytime import add_anytime_flags, check_anytime_flags, run_anytime_sweep, wants_anytime
 from .common import add_eval_flags, add_executor_flags, open_service, resolve_specs, write_points
@@ -23,8 +25,10 @@ HELP = "clean vs robust frontier of merged models"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_eval_flags(p)
     p.add_argument("--base", default=None)
-    p.add_argument("--natural", action="append", required=True, help="natural vector (repeatable)")
-    p.add_argument("--robust", action="append", required=True, help="robust vector (repeatable)")
+    p.add_argument("--natural", action="append", default=None,
+                   help="natural vector (repeatable; default: the manifest's first natural vector)")
+    p.add_argument("--robust", action="append", default=None,
+                   help="robust vector (repeatable; default: the manifest's first robust vector)")
     p.add_argument("--method", action="append", default=None, help=f"merge method (repeatable): {' | '.join(METHODS)}")
     p.add_argument("--alphas", default="0:1:11", help="start:stop:count (inclusive) or a comma list")
     p.add_argument("--keep", action="append", type=float, default=None, help="fraction kept (repeatable)")
@@ -39,13 +43,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_anytime_flags(p)
 
 
+def vectors_of(manifest: Manifest, natural: list[str] | None,
+               robust: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sweep's natural and robust vectors: as named, else the manifest's first of each role.
+    A named vector whose manifest role is another gets a ``note:`` line on stderr (it is used as
+    named: a robust fine-tune on the natural side is a legitimate experiment, rarely a wish).
+
+    Raises:
+        KeyError: a name the manifest does not hold. ValueError: a role with no vector to default to.
+    """
+    out = []
+    for role, names in (("natural", natural), ("robust", robust)):
+        if not names:
+            names = manifest.names(role)[:1]
+            if not names:
+                raise ValueError(f"the manifest {manifest.path} has no {role} vector: name one with --{role}")
+        for name in names:
+            held = manifest.get(name).role
+            if held != role:
+                print(f"note: {name} is a {held} model in the manifest; used here as --{role}", file=sys.stderr)
+        out.append(tuple(names))
+    return out[0], out[1]
+
+
 def run(args: argparse.Namespace) -> int:
     check_anytime_flags(args)   # before any model loads: a bad stop rule is one line at once
     service = open_service(args)
     attack, ev = resolve_specs(args, service.manifest)
     base = service.manifest.get(args.base or service.default_base).name     # KeyError: unknown base
-    spec = SweepSpec(manifest=service.manifest_path, base=base, natural=tuple(args.natural),
-                     robust=tuple(args.robust), methods=tuple(args.method or ["task_arithmetic"]),
+    natural, robust = vectors_of(service.manifest, args.natural, args.robust)
+    spec = SweepSpec(manifest=service.manifest_path, base=base, natural=natural,
+                     robust=robust, methods=tuple(args.method or ["task_arithmetic"]),
                      alphas=parse_alphas(args.alphas), keeps=tuple(args.keep or [1.0]),
                      scope=args.scope, scale=args.scale, attack=attack, eval=ev,
                      options=parse_options(args.options))
