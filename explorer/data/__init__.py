@@ -41,5 +41,5 @@ def get_task(name: str, download: bool = False, preprocess: dict | None = None) 
 
 
 def _ensure_builtin() -> None:
-    # The synthetic demo tasks and Fashion-MNIST register themselves on import.
-    from . import fashion, synthetic_tasks  # noqa: F401
+    # The synthetic demo tasks, Fashion-MNIST and the digits register themselves on import.
+    from . import digits, fashion, synthetic_tasks  # noqa: F401

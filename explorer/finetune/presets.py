@@ -6,6 +6,9 @@
   context 16) pretrained contrastively on Fashion-MNIST photographs with noisy, coarse captions
   (``explorer.data.fashion_corpus``), fine-tuned on the labelled half of the train split.
   Patch 7 keeps a pgd-10 point about as cheap as the former ResNet's (16 tokens per image).
+  A second real task, handwritten digits (``explorer.data.digits``), adds the natural vector
+  ``natural-digits`` (both towers: the base's text tower, pretrained on clothes captions only,
+  gives the ten digit names near-identical embeddings, cosine 0.99), for many-vector merging.
 - ``shapes`` (``assets/zoo/``, the test suite's fixture zoo): open_clip's
   ModifiedResNet (width 16, 32 px) on the procedural shapes (``explorer.data.synthetic_scenes``).
 - ``micro``: a tiny ResNet and a few steps of everything on the shapes (seconds; the tests).
@@ -15,6 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .common import FinetuneConfig
+
+
+@dataclass(frozen=True)
+class ExtraTask:
+    """A further task of a zoo: natural fine-tunes of the same base on its data, named
+    ``natural-<task>`` (``zoo build --only <task>`` builds them alone, into an existing zoo)."""
+
+    task: str                                   # evaluation task (registry name)
+    data: str                                   # task whose "train" split the fine-tune learns
+    natural: FinetuneConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,7 @@ class ZooPreset:
     eval_eps: float = 4 / 255                   # manifest default attack radius
     folder: str = "zoo"                  # default output folder under assets/
     input: str = "as-is"                        # upload form (explorer.app.images.INPUT_FORMS)
+    extra: tuple[ExtraTask, ...] = ()           # further tasks' natural vectors (many-vector merging)
 
 
 def _resnet(embed: int, width: int, t_width: int, t_layers: int, t_heads: int, context: int = 16) -> dict:
@@ -63,7 +77,10 @@ def _fashion() -> ZooPreset:
         robust={"tecoa": robust, "fare": robust,
                 "caw": replace(robust, pgd_steps=2, options={"a": 1.0, "b": 1.0})},
         task="fashion", natural_task="fashion-train", robust_task="fashion-train", corpus="fashion",
-        eval_eps=8 / 255, folder="zoo-fashion", input="fashion-mnist")
+        eval_eps=8 / 255, folder="zoo-fashion", input="fashion-mnist",
+        extra=(ExtraTask("digits", "digits-train",
+                         FinetuneConfig(steps=300, batch_size=128, lr=5e-4, warmup=30, pool=1197,
+                                        options={"text": True})),))
 
 
 def _shapes() -> ZooPreset:

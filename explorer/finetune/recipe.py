@@ -43,7 +43,7 @@ from explorer.zoo import Manifest, ModelEntry
 from . import METHODS, ROBUST_METHODS
 from .common import save_checkpoint, visual_state
 from .natural import tuned_towers
-from .presets import PRESETS, ZooPreset
+from .presets import PRESETS, ExtraTask, ZooPreset
 from .pretrain import pretrain
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,67 @@ def build_zoo(out_dir: str | Path, preset: str = "shapes", seed: int = 0, device
             prov.update(eps=eps_label(cfg.eps), norm="Linf", pgd_steps=cfg.pgd_steps)
         entries[method] = _entry(out, method, p.arch, "robust" if robust else "natural", towers, prov)
 
+    for extra in p.extra:
+        entries.update(_build_extra(out, p, extra, base, tokenizer, seed, device))
+
     defaults = {"base": "pretrained", "task": p.task, "eps": eps_label(p.eval_eps), "attack": "pgd-10",
                 "n": p.eval_n, **({"input": p.input} if p.input != "as-is" else {})}
     manifest = out / "manifest.toml"
     Manifest(manifest, defaults, entries).save(manifest, header=_header(preset, seed))
     log.info("zoo %r built in %.1f s -> %s", preset, time.perf_counter() - start, manifest)
     return manifest
+
+
+def _build_extra(out: Path, p: ZooPreset, extra: ExtraTask, base: torch.nn.Module, tokenizer, seed: int,
+                 device: str) -> dict[str, ModelEntry]:
+    """``natural-<task>``: ``base`` fine-tuned on the extra task's data (its shipped subsets written
+    first), saved beside the zoo's other vectors; its manifest entry."""
+    if extra.task == "digits":
+        from explorer.data.digits import write_subsets
+        log.info("wrote %s and %s", *write_subsets())
+    name, cfg = f"natural-{extra.task}", replace(extra.natural, seed=seed, device=device, data=extra.data)
+    model = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    METHODS["natural"](model, tokenizer, get_task(extra.data), cfg)
+    log.info("%s in %.1f s", name, time.perf_counter() - t0)
+    towers = tuned_towers(cfg)
+    state = model.state_dict() if "text" in towers else visual_state(model)
+    save_checkpoint(state, out / f"{name}.safetensors", cfg.metadata("natural", arch=p.arch, base="pretrained.safetensors"))
+    prov = {"method": "natural", "data": f"{extra.data} (train)", "seed": seed, "steps": cfg.steps,
+            "seconds": round(time.perf_counter() - t0)}
+    return {name: _entry(out, name, p.arch, "natural", towers, prov)}
+
+
+def build_extra_task(out_dir: str | Path, preset: str, task: str, device: str = "cpu") -> Path:
+    """Build (or rebuild) only the extra task ``task``'s vectors of ``preset`` into the existing zoo
+    at ``out_dir``, from its ``pretrained`` checkpoint, with the seed the zoo was built with; the
+    manifest gains (or replaces) their entries, everything else kept.
+
+    Raises:
+        KeyError: an unknown preset or a task that is not one of the preset's extra tasks.
+        FileNotFoundError: no zoo (manifest) at ``out_dir``.
+    """
+    from explorer.zoo import load_manifest, load_weights
+
+    if preset not in PRESETS:
+        raise KeyError(f"unknown zoo preset {preset!r}; valid: {sorted(PRESETS)}")
+    p = PRESETS[preset]()
+    extra = {e.task: e for e in p.extra}
+    if task not in extra:
+        raise KeyError(f"preset {preset!r} has no extra task {task!r}; it has {sorted(extra) or 'none'}")
+    path = Path(out_dir) / "manifest.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"no zoo at {out_dir} (build it first: python -m explorer zoo build --preset {preset})")
+    m = load_manifest(path)
+    entry = m.get("pretrained")
+    seed = int(entry.provenance.get("seed", 0))
+    open_clip.add_model_config(Path(entry.arch_config))
+    base = open_clip.create_model(p.arch, pretrained=None)
+    base.load_state_dict(load_weights(entry, base.state_dict()), strict=True)
+    entries = {**m.models, **_build_extra(Path(out_dir), p, extra[task], base, open_clip.get_tokenizer(p.arch),
+                                          seed, device)}
+    Manifest(path, m.defaults, entries).save(path, header=_header(preset, seed))
+    return path
 
 
 def _entry(out: Path, name: str, arch: str, role: str, towers: list[str], provenance: dict) -> ModelEntry:
