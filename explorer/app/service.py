@@ -218,7 +218,12 @@ class Service:
             if job is None:
                 total = 1 + len(sweep_grid(spec))
                 anytime = find_attack(spec.attack.name).tier == "reported"
-                rows = (lambda: self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=self.background_yields)) if anytime else (lambda: self.sweep(spec))
+                if anytime:
+                    def rows() -> Iterator[dict]:
+                        return self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=self.background_yields)
+                else:
+                    def rows() -> Iterator[dict]:
+                        return self.sweep(spec)
                 job = self._background[key] = BackgroundSweep(rows, total, after=after, label=spec.attack.label)
         return job.start()
 
