@@ -184,10 +184,12 @@ def test_cuda_device_without_cuda_is_one_line(tiny_zoo, capsys, monkeypatch):
 
 def test_help_shows_each_commands_whole_summary(capsys):
     """The zoo's two-line summary is printed whole (it was cut at 'list or measure a')."""
-    with pytest.raises(SystemExit, match="^0$"):      # --help exits 0
-        main(["zoo", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "build the demo zoo, list or measure a manifest, or write a synthetic scale fixture" in out
+    assert main(["zoo", "--help"]) == 0      # --help: the usage, exit 0
+    raw = capsys.readouterr().out
+    out = " ".join(raw.split())
+    assert raw.startswith("usage: python -m explorer zoo") and "multitask" in out
+    assert ("build the demo zoo, list or measure a manifest, merge its task vectors across their tasks, or "
+            "write a synthetic scale fixture") in out
 
 
 def test_interrupted_sweep_keeps_its_points_and_the_rerun_resumes(tiny_zoo, tmp_path, capsys, monkeypatch):
@@ -254,9 +256,10 @@ def test_convert_to_a_missing_folder_is_one_line(tiny_zoo, tmp_path, capsys):
 def test_serve_flags_out_of_range_stop_before_serving(capsys, argv, message):
     """``serve --port 99999`` aborted the process (OverflowError in bind, then 'terminate called');
     a negative or NaN cap was accepted and served."""
-    with pytest.raises(SystemExit, match="^2$"):      # a usage error exits 2
-        main(["serve", *argv])
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert main(["serve", *argv]) == 2              # a usage error: one line, exit 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: python -m explorer serve: ")
+    assert err.endswith(f"{message} (see --help)\n")
 
 
 def test_zoo_synth_with_a_config_that_is_not_json_names_the_file(tmp_path, capsys):
@@ -282,3 +285,16 @@ def test_sweep_defaults_to_the_manifests_first_vectors_and_notes_a_role_mismatch
     assert {tuple(p["natural"]) for p in json.loads(out.read_text())} == {("robust",)}
     assert main(["sweep", *common, "--robust", "nobody"]) == 2
     assert "no model 'nobody' in the manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "--n", "1e12"], "python -m explorer evaluate: argument --n: invalid int value: '1e12' (see --help)"),
+    (["sweep", "--seed", "nan"], "python -m explorer sweep: argument --seed: invalid int value: 'nan' (see --help)"),
+    (["evaluate", "--model", "natural", "--bogus"], "unrecognized arguments: --bogus (see --help)"),
+    (["nope"], "python -m explorer: argument cmd: invalid choice: 'nope'"),
+])
+def test_a_flag_that_does_not_parse_is_one_line_not_the_usage_block(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err and "usage:" not in err
+

@@ -245,3 +245,40 @@ def test_the_first_view_stops_following_after_its_time_but_the_curve_goes_on(tin
                                 "(reload the page, or change a setting and back, to see its latest points).")
     jobs = tiers.first_view_jobs(service)
     assert jobs[1].wait(60) and sum(r["final"] for r in jobs[1].snapshot().rows) == 6
+
+
+def test_the_stream_writes_only_while_the_page_shows_its_setting(tiny_zoo: Path, tmp_path: Path) -> None:
+    """A setting change (eps, task, n, vectors ...) shows that setting; the first view's stream then
+    wrote the default curve and its caption over it for 15 minutes (plot at 8/255 while the eps box
+    said 4/255). Now it writes nothing until the page is back on its setting."""
+    def page(store: str):
+        service = build_demo(str(tiny_zoo), device="cpu", store_path=str(tmp_path / store)).explorer_service
+        slowed(service, [], pause=0.1)
+        h = FrontierHandlers(service)
+        gen = h.first_view(controls())
+        assert next(gen)[0] is not None
+        return service, h, gen
+
+    service, h, gen = page("a.sqlite")
+    fig, table, status = h.show_stored(controls(eps="2/255"))   # another setting: the page's own
+    assert "eps=2/255" in fig.layout.title.text and "eps=4/255" not in status
+    away = list(gen)   # the background finishes while the page shows eps 2/255: nothing written
+    assert away == [] and all(j.snapshot().done for j in tiers.first_view_jobs(service))
+
+    service, h, gen = page("b.sqlite")   # away and back while it computes: the stream draws again
+    h.show_stored(controls(eps="2/255"))
+    h.show_stored(controls())
+    back = list(gen)
+    assert back and "task_arithmetic · autoattack-fast" in traces(back[-1][0])
+    assert back[-1][2].startswith("6 points plotted")
+
+
+def test_a_bad_setting_is_one_line_and_keeps_what_is_plotted(tiny_zoo: Path, tmp_path: Path) -> None:
+    """A bad eps, n or task emptied the plot and the table (the header kept the old point)."""
+    service = build_demo(str(tiny_zoo), device="cpu", store_path=str(tmp_path / "r.sqlite")).explorer_service
+    h = FrontierHandlers(service)
+    for bad, line in ((dict(eps="four"), "eps"), (dict(n=0), "sample count n must be a whole number >= 1"),
+                      (dict(task="fashion", n=2500), "task 'fashion' has 2000 images; n=2500 is larger")):
+        with pytest.raises(gr.Error, match=line):
+            h.show_stored(controls(**bad))
+    assert h._shown == {}   # nothing recorded: the stream still draws the page's setting

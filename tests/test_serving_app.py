@@ -129,6 +129,11 @@ def test_upload_is_scoped_to_its_session(app, tiny_zoo: Path) -> None:
     assert "Added **mine**" in msg
     out = a.predict(*api_args(app, "preview_point", robust=["mine"]), api_name="/preview_point")
     assert "Preview" in text_of(out)
+    # choosing it is a setting change: its stored points are shown, not "may have been evicted"
+    shown = a.predict(*api_args(app, "show_stored", robust=["mine"]), api_name="/show_stored")
+    assert "evicted" not in text_of(shown) and "robust" in text_of(shown)
+    error_of(lambda: b.predict(*api_args(app, "show_stored", robust=["mine"]), api_name="/show_stored"),
+             "no task vector named 'mine' here")
     err = error_of(lambda: b.predict(*api_args(app, "preview_point", robust=["mine"]), api_name="/preview_point"),
                    "mine")
     assert "Preview" not in err                # another session cannot use it

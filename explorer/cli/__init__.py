@@ -31,9 +31,19 @@ COMMANDS: dict[str, ModuleType] = {"serve": serve, "sweep": sweep, "evaluate": e
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, ExecutorError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose parse errors (``--n 1e12``: not an int, a missing value, an
+    unknown flag) are one line ``error: ...`` on stderr and exit status 2, as every other user
+    error, instead of the usage block (``--help`` shows it)."""
+
+    def error(self, message: str):   # argparse's contract: print and exit, never return
+        print(f"error: {self.prog}: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (each subparser's ``run`` default is the command to call)."""
-    ap = argparse.ArgumentParser(prog="python -m explorer", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m explorer", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, module in COMMANDS.items():
@@ -56,7 +66,10 @@ def error_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit status (2 for a user error)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:   # --help (0) or a parse error, already printed in one line (2)
+        return int(exc.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

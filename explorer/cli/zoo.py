@@ -1,6 +1,7 @@
-"""``python -m explorer zoo build | list | report | measure | synth``: build the demo zoo, list or measure a
-manifest, or write a synthetic scale fixture (random-init checkpoints of a real architecture);
-``measure`` prints the demo zoo's criteria table (autoattack-fast at n=1000 by default)."""
+"""``python -m explorer zoo build | list | report | measure | multitask | synth``: build the demo zoo, list or
+measure a manifest, merge its task vectors across their tasks, or write a synthetic scale fixture
+(random-init checkpoints of a real architecture); ``measure`` prints the demo zoo's criteria table
+(autoattack-fast at n=1000 by default), ``multitask`` the many-vector merges on every vector's task."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from .common import add_eval_flags, open_service, resolve_specs
 
-HELP = "build, list, report or measure (criteria) the demo zoo"
+HELP = "build, list, report, measure (criteria) or multitask-merge the demo zoo"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

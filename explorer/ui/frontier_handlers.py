@@ -44,6 +44,7 @@ class FrontierHandlers:
         self.service = service
         self.form = form or Form()
         self._live: dict[str, int] = {}               # session -> live-point generation (newest wins)
+        self._shown: dict[str, tuple] = {}            # session -> the setting a setting change last showed
 
     # ------------------------------------------------------------------ parsing
     def read(self, values: Mapping[Any, Any], request: gr.Request | None = None) -> tuple[dict[str, Any], PointSpec]:
@@ -228,12 +229,12 @@ class FrontierHandlers:
 
     # ------------------------------------------------------------------ page state
     @readable_errors
-    def show_stored(self, values: Mapping[Any, Any]):
-        """The stored points of the chosen setting (shown on page load and setting changes)."""
-        try:
-            v, sel = self.read(values)
-        except ValueError as exc:
-            return SHOW_STORED(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
+    def show_stored(self, values: Mapping[Any, Any], request: gr.Request = None):
+        """The stored points of the chosen setting (shown on setting changes). A bad value is one
+        readable line and changes nothing on the page (what is plotted stays); the first view's
+        stream draws only while the page shows its setting (``first_view``)."""
+        v, sel = self.read(values, request)   # ValueError -> one line (readable_errors); outputs kept
+        self._shown[session_of(request)] = setting_of(common.setting_ref(sel))
         pl = self.plane(v["rows"] or [], common.setting_ref(sel))
         label = pl.ref.get("attack")
         fig = plots.frontier_figure(pl.curve, current=self.stored(v["rows"] or [], sel), attack=label,
@@ -249,8 +250,10 @@ class FrontierHandlers:
         curve under ``autoattack-fast``, coarse first), each update as it lands, with a status line
         saying what is computing. Partial points are hollow with their intervals, filled when
         final; the AutoAttack curve leads once its first round is in (``tiers.choose_plane``).
-        Once the user moves a control the plot is theirs: only the status line keeps updating.
-        The stream ends after ``FIRST_VIEW_STREAM_S`` (a page holds one server thread while it
+        Once the user moves α (or keep, a λ, the method) the plot is theirs: only the status line
+        keeps updating; while a setting change shows another setting (``show_stored``: vectors,
+        attack, eps, task, n ...) the stream writes nothing, and it draws again once the page is
+        back on its setting. The stream ends after ``FIRST_VIEW_STREAM_S`` (a page holds one server thread while it
         streams; the AutoAttack curve may take an hour on a CPU): the sweep goes on, and a setting
         change or a reload shows its latest points."""
         try:
@@ -259,7 +262,8 @@ class FrontierHandlers:
             yield FIRST_VIEW(plot=plots.frontier_figure([]), table=common.rows_table([]), status=str(exc))
             return
         session, spec = session_of(request), common.default_curve(self.service)
-        start = self._live.get(session, 0)
+        start, mine = self._live.get(session, 0), setting_of(common.setting_ref(sel))
+        self._shown.pop(session, None)   # a page (re)load shows its own setting
         jobs = tiers.first_view_jobs(self.service) if spec is not None and common.setting_ref(sel) == common.setting_ref(spec) else []
         t0 = time.monotonic()
         while True:
@@ -272,7 +276,9 @@ class FrontierHandlers:
             if over:
                 status += (" This page stopped following it; the curve keeps growing in the background "
                            "(reload the page, or change a setting and back, to see its latest points).")
-            if self._live.get(session, 0) != start:   # the user took over the plot
+            if self._shown.get(session, mine) != mine:   # the page shows another setting: not ours to write
+                pass
+            elif self._live.get(session, 0) != start:   # the user took over the plot
                 yield FIRST_VIEW(status=status)
             else:
                 current = common.at_merge(pl.curve, canonical_spec(sel.spec))

@@ -160,8 +160,8 @@ def background_status(jobs: Sequence[BackgroundSweep], snaps: Sequence[Snapshot]
         if tier_of(attack) == "reported":
             return (f"Computing the same curve under {attack} (the reported tier) in the background, coarse "
                     f"first, {FIRST_CHUNK} images per point a round: "
-                    f"{anytime_progress({i: r for i, r in enumerate(snap.rows)}, snap.total)}. The page is "
-                    f"usable meanwhile (a control waits for the chunk in flight).")
+                    f"{anytime_progress({i: r for i, r in enumerate(snap.rows)}, snap.total)}. A control "
+                    f"gets the engine at the attack's next step meanwhile.")
         text = (f"Computing the default curve under {attack} in the background: {len(snap.rows)}/{snap.total} "
                 "points (the page is usable meanwhile).")
         later = [j for j, s in zip(jobs, snaps) if not s.started]
