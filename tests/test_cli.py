@@ -281,7 +281,9 @@ def test_sweep_defaults_to_the_manifests_first_vectors_and_notes_a_role_mismatch
     assert {(tuple(p["natural"]), tuple(p["robust"])) for p in pts} == {(("natural",), ("robust",))}
     assert "note:" not in capsys.readouterr().err
     assert main(["sweep", *common, "--natural", "robust", "--out", str(out)]) == 0
-    assert "note: robust is a robust model in the manifest; used here as --natural\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: robust is a robust model in the manifest; used here as --natural\n" in err
+    assert "note: robust is on both sides (--natural and --robust): the sweep moves along one vector\n" in err
     assert {tuple(p["natural"]) for p in json.loads(out.read_text())} == {("robust",)}
     assert main(["sweep", *common, "--robust", "nobody"]) == 2
     assert "no model 'nobody' in the manifest" in capsys.readouterr().err

@@ -145,6 +145,9 @@ def test_bad_inputs_are_readable(ctx) -> None:
         h.refine(controls(natural=[]))
     with pytest.raises(gr.Error, match="pgd-K"):
         h.refine(controls(attack="pgd-x"))
+    # an emptied α-values box is refused as on the command line (it silently swept 0:1:11)
+    with pytest.raises(gr.Error, match=r"alphas '': no values; use start:stop:count"):
+        list(h.sweep(controls(alphas="", methods=["task_arithmetic"])))
     # n above what the task holds is said as such, before the job is priced (it was a 'cost' refusal)
     for handler in (h.preview, h.refine):
         with pytest.raises(gr.Error, match=r"task 'fashion' has 2000 images; n=2500 is larger"):

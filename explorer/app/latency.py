@@ -1,15 +1,16 @@
-"""``python -m explorer bench --interactive``: how long a slider waits while the first view's
+"""``python -m explorer bench --interactive``: how long a slider's point waits while the first view's
 AutoAttack curve grows in the background.
 
 One run, two services side by side on the same zoo, device and requests, each with a fresh
 results store: in the first the background curve *yields* (``Service.anytime_sweep``,
 ``yielding=True``: an interactive request gets the engine at the attack's next step), in the
 second it *holds* the engine for its whole chunk (``Service.background_yields = False``, how the
-app worked before). In each, once the background AutoAttack curve has begun, ``requests`` preview
-points (the manifest's preview attack, n and eps; task arithmetic at alphas no background point
-uses, so none is served from the store) are asked for ``gap_s`` seconds apart, as a person moving
-a slider; each one's latency is measured from the call to its row. A third, quiet service
-computes the same previews with no background work: their bare compute time.
+app worked before). In each, once the background AutoAttack curve has begun, ``requests`` points
+are asked for ``gap_s`` seconds apart, as a person moving a slider: the refined tier a slider's
+release computes after its quick preview (the manifest's attack, n and eps, e.g. pgd-10 on 256
+images; task arithmetic at alphas no background point uses, so none is served from the store);
+each one's latency is measured from the call to its row. A third, quiet service computes the same
+points with no background work: their bare compute time.
 
 Printed: each request's latency in both modes, their medians, the median bare compute, the
 median wait (latency - compute) in both modes, and, last, ``holding/yielding wait ratio``.
@@ -48,7 +49,8 @@ def _preview(svc: Service, alpha: float) -> tuple[float, dict[str, Any]]:
 def run_latency_bench(manifest: str | None = None, device: str | None = "cpu", *, requests: int = 4,
                       gap_s: float = 5.0, reported: str = "autoattack-fast", points: int = 5) -> dict[str, Any]:
     """Measure (module docstring). Returns ``{"yielding": [s...], "holding": [s...], "bare": [s...],
-    "preview": label, "background": label, "n": n}``; latencies in seconds, one per request.
+    "preview": the requested points' attack label, "background": label, "n": n}``; latencies in
+    seconds, one per request.
 
     Raises:
         ValueError: ``requests`` outside [1, 8] or ``gap_s`` < 0.
@@ -84,7 +86,7 @@ def run_latency_bench(manifest: str | None = None, device: str | None = "cpu", *
 def report_lines(r: dict[str, Any]) -> list[str]:
     med = {k: statistics.median(r[k]) for k in ("yielding", "holding", "bare")}
     wait = {k: max(med[k] - med["bare"], 0.0) for k in ("yielding", "holding")}
-    lines = [f"interactive latency: a {r['preview']} preview point (n={r['n']}) asked for while the first view's "
+    lines = [f"interactive latency: a refined {r['preview']} point (n={r['n']}) asked for while the first view's "
              f"{r['background']} curve grows in the background"]
     for k in ("yielding", "holding", "bare"):
         what = {"yielding": "background yields", "holding": "background holds its chunk",

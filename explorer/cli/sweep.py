@@ -63,6 +63,9 @@ def vectors_of(manifest: Manifest, natural: list[str] | None,
             if held != role:
                 print(f"note: {name} is a {held} model in the manifest; used here as --{role}", file=sys.stderr)
         out.append(tuple(names))
+    for name in sorted(set(out[0]) & set(out[1])):
+        print(f"note: {name} is on both sides (--natural and --robust): the sweep moves along one vector",
+              file=sys.stderr)
     return out[0], out[1]
 
 

@@ -49,7 +49,7 @@ TABLE_COLUMNS = ["α", CLEAN_COL, ROBUST_COL, "attack", "n", "method", "task", "
                  "seconds"]
 # px: the first six fit in 800 (the table at 1440 px); on a phone assets/style.css narrows the
 # accuracy columns so that α and both accuracies fit in 326 (each wraps before its interval).
-TABLE_WIDTHS = [56, 176, 176, 184, 52, 136, 64, 116, 52, 72, 64, 72]
+TABLE_WIDTHS = [56, 176, 176, 176, 72, 136, 64, 116, 52, 72, 64, 72]   # n: "176/256" whole
 # The exported CSV: numbers as numbers, intervals in their own columns (README, "What an interval means").
 # ``final``/``n_done``: a partial (anytime) point's accuracies are over its n_done images (viz/partial.py).
 EXPORT_COLUMNS = ["method", "alpha", "lambdas", "keep", "scope", "clean_acc", "clean_ci", "robust_acc",

@@ -159,7 +159,7 @@ class FrontierHandlers:
         rule = tiers.stop_rule(v.get("until_ci"), v.get("budget_s"))
         sw = SweepSpec(manifest=self.service.manifest_path, base=sel.base, natural=tuple(sel.natural),
                        robust=tuple(sel.robust), methods=tuple(v["methods"] or [sel.spec.method]),
-                       alphas=parse_alphas(v["alphas"] or "0:1:11"), keeps=(sel.spec.keep,),
+                       alphas=parse_alphas(v["alphas"] or ""), keeps=(sel.spec.keep,),
                        scope=sel.spec.scope, attack=sel.attack, eval=sel.eval, options=sel.spec.options)
         total = 1 + len(sw.methods) * len(sw.alphas)
         if tiers.tier_of(sel.attack.label) == "reported" or rule != NO_RULE:
