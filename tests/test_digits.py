@@ -31,8 +31,8 @@ def test_the_digits_ship_nested_seeded_held_out_and_well_formed():
     assert float(x64[:, :, :4].abs().max()) == 0 and float(x64[:, :, 4:24, 4:24].max()) > 0.9
     _, y_all = task.load("test", 600, 0)
     assert np.bincount(y_all.numpy(), minlength=10).min() >= 40
-    held = digits.read_subset(digits.EVAL_FILE)[2]
-    calib = digits.read_subset(digits.CALIB_FILE)[2]
+    held = digits.read_digits_subset(digits.EVAL_FILE)[2]
+    calib = digits.read_digits_subset(digits.CALIB_FILE)[2]
     tune = digits.split_ids()[1]
     assert len(set(held.tolist())) == 600 and not set(held.tolist()) & set(tune.tolist())   # never trained on
     assert set(calib.tolist()) <= set(tune.tolist()) and held.tolist() == digits.split_ids()[0].tolist()

@@ -21,12 +21,12 @@ Images come out as float [n, 3, 28, 28] in [0, 1] (grey repeated over three chan
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .shipped import first_n, read_subset, seeded_order, to_pixels
 from .task import Task, register_task
 
 CLASSNAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -41,6 +41,7 @@ _DATA = Path(__file__).resolve().parents[2] / "assets" / "data"
 EVAL_FILE = _DATA / "digits-eval.safetensors"
 CALIB_FILE = _DATA / "digits-calib.safetensors"
 _SPLIT_SEED = 19980101   # fixed: which images are held out
+_SALT = 11               # of the task's seeded orders (shipped.seeded_order)
 PACKAGE = "scikit-learn"
 
 
@@ -78,12 +79,7 @@ def split_ids() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _order(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(np.random.SeedSequence([11, int(seed)])).permutation(count)
-
-
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
-    return x[:, None].expand(-1, 3, -1, -1).contiguous()
+    return seeded_order(count, seed, _SALT)
 
 
 def write_subsets() -> tuple[Path, Path]:
@@ -101,21 +97,14 @@ def write_subsets() -> tuple[Path, Path]:
     return EVAL_FILE, CALIB_FILE
 
 
-@lru_cache(maxsize=2)
-def read_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_digits_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A shipped subset: (images uint8 [N,28,28], labels uint8 [N], load_digits ids int64)."""
-    from safetensors.numpy import load_file
-    if not path.exists():
-        raise FileNotFoundError(f"the digits subset {path} is missing "
-                                "(python -m explorer zoo build --preset fashion --only digits writes it)")
-    t = load_file(str(path))
-    return t["images"], t["labels"], t["ids"].astype(np.int64)
+    return read_subset(path, "python -m explorer zoo build --preset fashion --only digits writes it")
 
 
 def _eval_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels, _ = read_subset(CALIB_FILE if split == "train" else EVAL_FILE)
-    pick = _order(len(labels), seed)[:n]
-    return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
+    images, labels, _ = read_digits_subset(CALIB_FILE if split == "train" else EVAL_FILE)
+    return first_n(images, labels, n, seed, _SALT)
 
 
 def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

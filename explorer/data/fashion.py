@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .shipped import first_n, read_subset, seeded_order, to_pixels
 from .task import Task, register_task
 
 CLASSNAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -50,6 +51,7 @@ CALIB_N = 512          # images in the shipped calibration subset (train split, 
 _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _SPLIT_SEED = 20170825  # fixed: which half of the train split is the pretraining corpus
+_SALT = 7               # of the tasks' seeded orders (shipped.seeded_order)
 
 
 def dataset_dir() -> Path:
@@ -92,12 +94,6 @@ def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [n,28,28] -> float [n,3,28,28] in [0,1] (grey repeated over RGB)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
-    return x[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
 def _halves() -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(_SPLIT_SEED).permutation(60000)
     return order[:30000], order[30000:]
@@ -109,7 +105,7 @@ def corpus_indices() -> np.ndarray:
 
 
 def _order(count: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(np.random.SeedSequence([7, int(seed)])).permutation(count)
+    return seeded_order(count, seed, _SALT)
 
 
 def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,22 +115,15 @@ def _train_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Te
     return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
 
-@lru_cache(maxsize=2)
 def read_eval_subset(path: Path = EVAL_FILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A shipped subset: (images uint8 [N,28,28], labels uint8 [N], split ids int64); the evaluation
     subset (N = 2000 test images) by default, or the calibration subset (``CALIB_FILE``, 512 train)."""
-    from safetensors.numpy import load_file
-    if not path.exists():
-        raise FileNotFoundError(f"the Fashion-MNIST subset {path} is missing "
-                                "(python -m explorer zoo build --preset fashion writes it)")
-    t = load_file(str(path))
-    return t["images"], t["labels"], t["ids"].astype(np.int64)
+    return read_subset(path, "python -m explorer zoo build --preset fashion writes it")
 
 
 def _eval_loader(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels, _ = read_eval_subset(CALIB_FILE if split == "train" else EVAL_FILE)
-    pick = _order(len(labels), seed)[:n]
-    return to_pixels(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
+    return first_n(images, labels, n, seed, _SALT)
 
 
 def eval_test_ids(n: int = EVAL_N, seed: int = 0) -> np.ndarray:
@@ -163,7 +152,7 @@ def _write_subset(path: Path, split: str, ids: np.ndarray, source: str, selectio
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
                "ids": ids.astype(np.int32)}, str(path), metadata={"source": source, "selection": selection})
-    read_eval_subset.cache_clear()
+    read_subset.cache_clear()
     return path
 
 
