@@ -176,35 +176,19 @@ class Service:
         ``yielding=True`` (the app's background curve, from a thread marked background): whenever
         another request waits for the engine lock (a slider's preview, Inspect, a page user's own
         sweep), the chunk in flight is abandoned at the attack's next step, the lock goes to that
-        request, and the sweep resumes from the store where it was (the abandoned chunk is
-        computed again, the same numbers: images are batch-free and seeded by id). Interactive work
-        then waits for one attack step, not one chunk. Local executor only (on Ray the sweep does
-        not hold this lock); ``rule.budget_s`` counts from each resumption.
+        request, and the sweep resumes from the store where it was (``LocalExecutor.anytime``).
+        Interactive work then waits for one attack step, not one chunk.
         """
         token = token if token is not None else current_token()
-        lock = self.lock(spec.base) if yielding and self.executor_kind == "local" else None
-        while True:
-            yielded: list[bool] = []   # set when the inner token fired because a request waits
-
-            def stop_or_yield(yielded: list[bool] = yielded) -> bool:
-                if token is not None and token.cancelled:
-                    return True
-                if lock is not None and lock.foreground_waiting():
-                    yielded.append(True)
-                    return True
-                return False
-            gen = run_anytime(self.executor(spec.base), _with_pretrained(spec), rule=rule, first=first, chunk=chunk)
-            try:
-                for _, row in scoped(CancelToken(also=stop_or_yield), gen):
-                    yield row
-                return
-            except Cancelled:
-                if not yielded or (token is not None and token.cancelled):
-                    log.info("anytime sweep stopped; every finished image is in the store")
-                    return
-                log.info("anytime sweep: the engine goes to an interactive request; resuming after it")
-            finally:
-                gen.close()
+        gen = run_anytime(self.executor(spec.base), _with_pretrained(spec), rule=rule, first=first, chunk=chunk,
+                          yielding=yielding)
+        try:
+            for _, row in scoped(token, gen):
+                yield row
+        except Cancelled:
+            log.info("anytime sweep stopped; every finished image is in the store")
+        finally:
+            gen.close()
 
     def background_sweep(self, spec: SweepSpec, after: BackgroundSweep | None = None) -> BackgroundSweep:
         """The sweep ``spec`` computed in a background thread, started on the first call and
@@ -218,12 +202,11 @@ class Service:
             if job is None:
                 total = 1 + len(sweep_grid(spec))
                 anytime = find_attack(spec.attack.name).tier == "reported"
-                if anytime:
-                    def rows() -> Iterator[dict]:
+
+                def rows() -> Iterator[dict]:
+                    if anytime:
                         return self.anytime_sweep(spec, chunk=FIRST_CHUNK, yielding=self.background_yields)
-                else:
-                    def rows() -> Iterator[dict]:
-                        return self.sweep(spec)
+                    return self.sweep(spec)
                 job = self._background[key] = BackgroundSweep(rows, total, after=after, label=spec.attack.label)
         return job.start()
 

@@ -67,18 +67,21 @@ def run_sweep(executor: Executor, spec: SweepSpec, *, use_bank: bool = False,
 
 
 def run_anytime(executor: Executor, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
-                first: int = FIRST_CHUNK, chunk: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+                first: int = FIRST_CHUNK, chunk: int | None = None,
+                yielding: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(index, row)`` of the jobs' points as they grow (anytime sweep, coarse first).
 
     An executor with an ``anytime`` method (the local one) grows every point round-robin, chunk by
     chunk (``explorer.engine.anytime``). Others (Ray) run whole points as they always did: every
     row is final, ``rule.until_ci`` cannot cut a point short, ``rule.budget_s`` and the cancel
     token stop the run between and inside points (the points in flight are abandoned).
-    ``chunk`` caps a local chunk's images (``anytime_sweep``); whole points ignore it.
+    ``chunk`` caps a local chunk's images (``anytime_sweep``) and ``yielding`` lets interactive
+    requests for the engine lock interrupt a local chunk (``LocalExecutor.anytime``); whole points
+    ignore both (Ray's actors do not hold this process's engine lock).
     """
     anytime = getattr(executor, "anytime", None)
     if anytime is not None:
-        yield from anytime(jobs, rule=rule, first=first, chunk=chunk)
+        yield from anytime(jobs, rule=rule, first=first, chunk=chunk, yielding=yielding)
         return
     t0, outer = time.perf_counter(), current_token()
 

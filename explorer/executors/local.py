@@ -10,7 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from explorer.config import PointSpec
-from explorer.core.cancel import Cancelled, check_cancelled
+from explorer.core.cancel import Cancelled, CancelToken, cancel_scope, check_cancelled, current_token
 from explorer.engine.anytime import FIRST_CHUNK, NO_RULE, StopRule, anytime_sweep
 from explorer.engine.frontier import Engine
 from explorer.zoo import Manifest
@@ -56,21 +56,45 @@ class LocalExecutor:
                 return
             yield i, row
 
-    def anytime(self, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE,
-                first: int = FIRST_CHUNK, chunk: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    def anytime(self, jobs: Sequence[PointSpec], *, rule: StopRule = NO_RULE, first: int = FIRST_CHUNK,
+                chunk: int | None = None, yielding: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """Round-robin growth of the jobs' points (``engine.anytime.anytime_sweep``): ``(index, row)``
-        after every chunk, partial rows ``final=False``; runs under the caller's cancel scope."""
-        gen = anytime_sweep(self.engine.runner, jobs, rule=rule, first=first, sweep=jobs[0].sweep if jobs else None,
-                            chunk=chunk)
-        try:
-            while True:
-                with self.lock:
-                    item = next(gen, None)
-                if item is None:
-                    return
-                yield item
-        finally:
-            gen.close()
+        after every chunk, partial rows ``final=False``; runs under the caller's cancel scope.
+
+        ``yielding=True`` (a background sweep; the lock must be a ``FairRLock``): whenever a request
+        from a thread not marked background waits for the lock, the chunk in flight is abandoned at
+        the attack's next step, the lock goes to that request, and the growth resumes from the store
+        where it was (the abandoned images are computed again, with the same results: they are
+        batch-free and seeded by id). ``rule.budget_s`` then counts from each resumption.
+        """
+        waiting = getattr(self.lock, "foreground_waiting", None) if yielding else None
+        outer = current_token()
+        while True:
+            gave_way: list[bool] = []
+
+            def stop_or_give_way(gave_way: list[bool] = gave_way) -> bool:
+                if outer is not None and outer.cancelled:
+                    return True
+                if waiting is not None and waiting():
+                    gave_way.append(True)
+                    return True
+                return False
+            gen = anytime_sweep(self.engine.runner, jobs, rule=rule, first=first,
+                                sweep=jobs[0].sweep if jobs else None, chunk=chunk)
+            token = CancelToken(also=stop_or_give_way, reason=outer.reason if outer is not None else "cancelled")
+            try:
+                while True:
+                    with self.lock, cancel_scope(token):
+                        item = next(gen, None)
+                    if item is None:
+                        return
+                    yield item
+            except Cancelled:
+                if not gave_way or (outer is not None and outer.cancelled):
+                    raise
+                log.info("anytime sweep: the engine goes to an interactive request; resuming after it")
+            finally:
+                gen.close()
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller."""
