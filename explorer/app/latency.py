@@ -38,7 +38,7 @@ def _curve(svc: Service, reported: str, points: int) -> SweepSpec:
                      attack=d.attack_spec(reported), eval=d.eval_spec())
 
 
-def _preview(svc: Service, alpha: float) -> tuple[float, dict[str, Any]]:
+def _point(svc: Service, alpha: float) -> tuple[float, dict[str, Any]]:
     d = svc.defaults
     t0 = time.perf_counter()
     row = svc.point(svc.default_base, [svc.zoo.names("natural")[0]], [svc.zoo.names("robust")[0]],
@@ -71,13 +71,13 @@ def run_latency_bench(manifest: str | None = None, device: str | None = "cpu", *
             lat = []
             for a in alphas:
                 time.sleep(gap_s)
-                lat.append(_preview(svc, a)[0])
+                lat.append(_point(svc, a)[0])
             job.stop()
             job.wait(600)
             out[mode] = lat
         quiet = Service(manifest, device, "none")
-        _preview(quiet, 0.5)   # the engine built and warm, as in the services above
-        out["bare"] = [_preview(quiet, a)[0] for a in alphas]
+        _point(quiet, 0.5)   # the engine built and warm, as in the services above
+        out["bare"] = [_point(quiet, a)[0] for a in alphas]
         d = quiet.defaults
         out.update(preview=d.attack_spec().label, background=d.attack_spec(reported).label, n=d.eval_spec().n)
     return out

@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=1,
                    help="with --executor ray: run local and Ray this many times each, in turns (medians)")
     p.add_argument("--interactive", action="store_true",
-                   help="measure how long a preview point waits while the first view's AutoAttack curve grows "
-                        "in the background, the background yielding vs holding its chunk (explorer.app.latency)")
-    p.add_argument("--requests", type=int, default=4, help="--interactive: preview requests per mode (1-8)")
+                   help="measure how long a slider's refined point waits while the first view's AutoAttack curve "
+                        "grows in the background, the background yielding vs holding its chunk (explorer.app.latency)")
+    p.add_argument("--requests", type=int, default=4, help="--interactive: point requests per mode (1-8)")
     p.add_argument("--gap-s", type=float, default=5.0, help="--interactive: seconds between requests")
     add_executor_flags(p)    # --executor ray: local engine (1 thread) vs Ray actors, `ray speedup: X`
 

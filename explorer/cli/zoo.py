@@ -109,20 +109,18 @@ def vector_tasks(manifest, pairs: list[str] | None) -> list[tuple[str, str]]:
 
 def run_multitask_table(args: argparse.Namespace, service) -> int:
     """``zoo multitask``: the merges of ``explorer.studies.multitask`` on every vector's task."""
-    from explorer.attacks import parse_attack
-    from explorer.config import resolve_defaults
     from explorer.data import get_task
     from explorer.studies.multitask import run_multitask, table
 
     pairs = vector_tasks(service.manifest, args.vector)
-    d = resolve_defaults(service.manifest.defaults, service.manifest.names("base"))
-    attack = parse_attack(args.attack or "none", d.eps if args.eps is None else args.eps, norm=args.norm,
-                          seed=args.seed)
+    args.attack = args.attack or "none"   # clean accuracy, the multi-task metric, unless told otherwise
+    attack, _ = resolve_specs(args, service.manifest)
     evals = []
     for _, task in pairs:   # each task's held-out images: --n, else up to 1,000 of them
-        size = get_task(task).sizes.get(args.split, 1000)
-        evals.append(d.eval_spec(task, args.n or min(1000, size), args.seed, args.split))
-        get_task(task).check_n(args.split, evals[-1].n)
+        t = get_task(task)
+        n = args.n or min(1000, t.sizes.get(args.split, 1000))
+        t.check_n(args.split, n)
+        evals.append(service.defaults.eval_spec(task, n, args.seed, args.split))
     tasks = [t for _, t in pairs]
     rows = run_multitask(service.engine(), [v for v, _ in pairs], tasks, attack, evals)
     print(table(rows, tasks, attack))

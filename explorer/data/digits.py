@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shipped import first_n, read_subset, seeded_order, to_pixels
+from .shipped import first_n, read_subset, seeded_order, to_pixels, write_subset
 from .task import Task, register_task
 
 CLASSNAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -84,16 +84,14 @@ def _order(count: int, seed: int) -> np.ndarray:
 
 def write_subsets() -> tuple[Path, Path]:
     """Write the shipped evaluation and calibration subsets (needs scikit-learn)."""
-    from safetensors.numpy import save_file
-
     images, labels = read_sklearn()
     held, tune = split_ids()
     calib = np.sort(tune[_order(len(tune), 0)[:CALIB_N]])
-    _DATA.mkdir(parents=True, exist_ok=True)
-    for path, ids, what in ((EVAL_FILE, held, "held out"), (CALIB_FILE, calib, "calibration, of the fine-tunes' part")):
-        save_file({"images": images[ids], "labels": labels[ids], "ids": ids.astype(np.int32)}, str(path),
-                  metadata={"source": f"sklearn.datasets.load_digits (UCI optdigits test part, CC BY 4.0), {what}"})
-    read_subset.cache_clear()
+    source = "sklearn.datasets.load_digits (UCI optdigits test part, CC BY 4.0)"
+    write_subset(EVAL_FILE, images[held], labels[held], held, source,
+                 f"{EVAL_N} held-out ids, numpy default_rng({_SPLIT_SEED}) permutation, sorted")
+    write_subset(CALIB_FILE, images[calib], labels[calib], calib, source,
+                 f"{CALIB_N} ids of the fine-tunes' part, seeded order (seed 0), sorted")
     return EVAL_FILE, CALIB_FILE
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shipped import first_n, read_subset, seeded_order, to_pixels
+from .shipped import first_n, read_subset, seeded_order, to_pixels, write_subset
 from .task import Task, register_task
 
 CLASSNAMES = ("t-shirt/top", "trouser", "pullover", "dress", "coat",
@@ -146,14 +146,9 @@ def write_calibration_subset(path: Path = CALIB_FILE, n: int = CALIB_N, seed: in
 
 
 def _write_subset(path: Path, split: str, ids: np.ndarray, source: str, selection: str) -> Path:
-    """Write images ``ids`` of ``split`` (uint8, with their labels and ids) as a safetensors subset."""
-    from safetensors.numpy import save_file
+    """Write images ``ids`` of ``split`` (uint8, with their labels and ids) as a shipped subset."""
     images, labels = read_split(split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"images": np.ascontiguousarray(images[ids]), "labels": labels[ids].copy(),
-               "ids": ids.astype(np.int32)}, str(path), metadata={"source": source, "selection": selection})
-    read_subset.cache_clear()
-    return path
+    return write_subset(path, images[ids], labels[ids], ids, source, selection)
 
 
 def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:

@@ -39,6 +39,17 @@ def read_subset(path: Path, hint: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return t["images"], t["labels"], t["ids"].astype(np.int64)
 
 
+def write_subset(path: Path, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, source: str,
+                 selection: str) -> Path:
+    """Write a subset file (module docstring) with its provenance in the metadata; readers see it next time."""
+    from safetensors.numpy import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(images), "labels": np.ascontiguousarray(labels),
+               "ids": ids.astype(np.int32)}, str(path), metadata={"source": source, "selection": selection})
+    read_subset.cache_clear()
+    return path
+
+
 def first_n(images: np.ndarray, labels: np.ndarray, n: int, seed: int, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images of the subset's seeded order, as (pixels, int64 labels)."""
     pick = seeded_order(len(labels), seed, salt)[:n]

@@ -17,7 +17,7 @@ import pandas as pd
 from explorer.attacks import ATTACK_NAMES, parse_attack
 from explorer.config import EvalSpec, MergeSpec, PointSpec, SweepSpec, parse_alphas, parse_options
 from explorer.core.errors import message_of
-from explorer.data import get_task
+from explorer.data import Task, get_task
 from explorer.merging import validate_spec
 from explorer.stats.intervals import fmt_ci
 from explorer.viz import partial, plots
@@ -119,12 +119,20 @@ def eval_spec(task: str, n: float | int | None) -> EvalSpec:
     if n is None or int(n) < 1:
         raise ValueError("sample count n must be a whole number >= 1")
     ev = EvalSpec(task=task, n=int(n))
-    try:
-        found = get_task(task)
-    except KeyError:   # an unknown task is named later, where the engine loads it
-        return ev
-    found.check_n(ev.split, ev.n)
+    found = _task(task)
+    if found is not None:   # an unknown task is named later, where the engine loads it
+        found.check_n(ev.split, ev.n)
     return ev
+
+
+@functools.lru_cache(maxsize=32)
+def _task(name: str) -> Task | None:
+    """The task of that name, looked up once (every slider move checks its n; a torchvision task
+    opens its dataset when made); None for an unknown name."""
+    try:
+        return get_task(name)
+    except KeyError:
+        return None
 
 
 def check_vectors(natural: Sequence[str] | None, robust: Sequence[str] | None) -> tuple[list[str], list[str]]:

@@ -4,7 +4,7 @@ figure of the frontier tab.
 
 The first view computes the default curve under the manifest's preview attack, then the same
 curve under ``REPORTED_ATTACK`` as an anytime sweep (``Service.background_sweep``: round-robin,
-16 images per point first, the engine lock held per chunk). A figure of a setting draws its
+16 images per point first, giving the engine way to any interactive request). A figure of a setting draws its
 *companion*, the same setting under the other tier, beside it (``companion_label``): the reported
 curve is the main one (full colour, its Pareto front and hypervolume) once it has as many points
 as the preview curve (its first round is in), and the preview curve is then drawn faded behind
