@@ -195,11 +195,11 @@ def pistole_masks(grads: Sequence[Tensor], robust: Sequence[bool], segments: Seq
 
 
 def _one_outside(mask: Tensor, segments: Sequence[tuple[int, int]]) -> Tensor:
-    """``mask`` with every coordinate outside ``segments`` set to 1 (in place; returned)."""
-    inside = mask[torch.cat([torch.arange(a, b, device=mask.device) for a, b in segments])].clone()
-    mask.fill_(1.0)
-    mask[torch.cat([torch.arange(a, b, device=mask.device) for a, b in segments])] = inside
-    return mask
+    """``mask`` inside ``segments``, 1 everywhere else (a new tensor; segment copies, no index tensors)."""
+    out = torch.ones_like(mask)
+    for a, b in segments:
+        out[a:b] = mask[a:b]
+    return out
 
 
 def pistole_coefficients(inputs: "MergeInputs", lambdas: Sequence[float], *, kappa: float, q: float,
